@@ -1,0 +1,113 @@
+"""Reading a user's catalog (CSV or folder-per-class) and splitting it into labeled / unlabeled / test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+REQUIRED_COLUMNS = ("image_path", "Class")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+SPLITS = ("labeled", "unlabeled", "test")
+
+
+def read_catalog(source: str | Path) -> pd.DataFrame:
+    """Load a catalog as a DataFrame with absolute `image_path`, `Class` and the user's other columns.
+
+    `source` is a CSV (paths relative to its folder) or a folder holding one sub-folder of images per class.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"catalog {source} does not exist: pass a CSV file or a folder with one sub-folder per class")
+    frame = _read_folder(source) if source.is_dir() else _read_csv(source)
+    if frame.empty:
+        raise UserError(f"catalog {source} holds no samples: add rows (or images) before packing")
+    frame["image_path"] = frame["image_path"].astype(str)
+    # An empty Class means "class unknown": such rows can only go to the unlabeled split.
+    frame["Class"] = frame["Class"].fillna("").astype(str).str.strip()
+    base = source if source.is_dir() else source.parent
+    frame["image_path"] = [str(path if Path(path).is_absolute() else (base / path)) for path in frame["image_path"]]
+    _reject_duplicates(frame, source)
+    return frame.reset_index(drop=True)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype={"objid": "Int64"} if _has_column(path, "objid") else None)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"catalog {path} is empty: it needs a header with columns image_path,Class") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"catalog {path} is not a readable CSV ({str(error).splitlines()[0]}): fix the file") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise UserError(
+            f"catalog {path} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))}): "
+            "add them (image_path relative to the CSV, Class the label)"
+        )
+    blank = frame["image_path"].isna()
+    if blank.any():
+        row = int(np.flatnonzero(blank.to_numpy())[0]) + 2
+        raise UserError(f"catalog {path} line {row} has an empty image_path: fill it in or remove the row")
+    return frame
+
+
+def _has_column(path: Path, column: str) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return column in handle.readline().strip().split(",")
+
+
+def _read_folder(folder: Path) -> pd.DataFrame:
+    rows = []
+    for class_dir in sorted(child for child in folder.iterdir() if child.is_dir()):
+        for image in sorted(class_dir.iterdir()):
+            if image.suffix.lower() in IMAGE_SUFFIXES:
+                rows.append({"image_path": str(image.relative_to(folder)), "Class": class_dir.name})
+    return pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS))
+
+
+def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
+    for column in ("image_path", "objid"):
+        if column not in frame.columns:
+            continue
+        values = frame[column].dropna()
+        duplicated = values[values.duplicated()]
+        if not duplicated.empty:
+            raise UserError(
+                f"catalog {source} has {len(duplicated)} duplicate {column} value(s), first {duplicated.iloc[0]}: "
+                "each sample must appear once; remove the duplicates"
+            )
+
+
+def stratified_split(
+    classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Assign each row to a split (an array of split names), stratified by class.
+
+    Rows of unknown class (empty string) all go to unlabeled. Per class, round(n * fraction) rows go to test and to labeled, the rest to unlabeled, so every split is within
+    one sample of the exact per-class proportion. Each class needs at least one sample in every split.
+    """
+    if not 0 < labeled_fraction < 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction >= 1:
+        raise UserError(
+            f"--labeled-fraction {labeled_fraction} and --test-fraction {test_fraction} must each lie in (0, 1) "
+            "and sum to less than 1"
+        )
+    rng = np.random.default_rng(seed)
+    assignment = np.full(len(classes), "unlabeled", dtype=object)
+    for name in sorted(set(classes.unique()) - {""}):
+        rows = np.flatnonzero((classes == name).to_numpy())
+        count = len(rows)
+        num_test, num_labeled = round(count * test_fraction), round(count * labeled_fraction)
+        if min(num_test, num_labeled, count - num_test - num_labeled) < 1:
+            needed = int(np.ceil(1 / min(labeled_fraction, test_fraction, 1 - labeled_fraction - test_fraction)))
+            raise UserError(
+                f"class {name!r} has only {count} sample(s), too few to split into labeled/unlabeled/test with these "
+                f"fractions: give it about {needed}+ samples, raise the fractions, or drop the class"
+            )
+        rows = rng.permutation(rows)
+        assignment[rows[:num_test]] = "test"
+        assignment[rows[num_test : num_test + num_labeled]] = "labeled"
+        assignment[rows[num_test + num_labeled :]] = "unlabeled"
+    return assignment

@@ -1,0 +1,88 @@
+"""`stellar-dist` command line: simulate, pack, evaluate, cluster.
+
+Training is launched with `accelerate launch launch/train.py` (see its docstring); `stellar-dist train` runs the
+same engine in this process, for one CPU or one GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import exit_on_user_error
+
+
+def _add_simulate(commands) -> None:
+    parser = commands.add_parser("simulate", help="render SDSS-like cutouts (the embedded default dataset)")
+    parser.add_argument("--out", required=True, help="new folder for images/ and catalog.csv")
+    parser.add_argument("--num", type=int, required=True, help="number of objects")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+
+
+def _add_pack(commands) -> None:
+    parser = commands.add_parser("pack", help="pack a catalog into WebDataset shards; --verify re-checks shards")
+    parser.add_argument("--catalog", help="CSV with image_path,Class[,objid,...] or a folder per class")
+    parser.add_argument("--out", help="new folder for the shards and manifest.json")
+    parser.add_argument("--verify", metavar="SHARDS", help="re-check counts and hashes of packed shards")
+    parser.add_argument("--labeled-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--preprocess", choices=["resize", "crop"], default="resize",
+                        help="resize: whole field, area-averaged (default); crop: centre crop at full resolution")
+    parser.add_argument("--encoding", choices=["png", "jpg"], default="png")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    parser.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically)")
+
+
+def _run_simulate(args) -> None:
+    from .simulate import simulate
+
+    path = simulate(args.out, args.num, seed=args.seed, workers=args.workers)
+    print(f"wrote {args.num} cutouts and {path}")
+
+
+def _run_pack(args) -> None:
+    from .errors import UserError
+    from .pack import PackOptions, pack, verify
+
+    if args.verify:
+        summary = verify(args.verify)
+        print(f"OK: {summary['shards']} shards, {summary['samples']} samples match {args.verify}/manifest.json")
+        return
+    if not args.catalog or not args.out:
+        raise UserError("pack needs --catalog CSV_OR_DIR and --out SHARDS (or --verify SHARDS)")
+    options = PackOptions(
+        labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, image_size=args.image_size,
+        preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, shard_size=args.shard_size,
+        workers=args.workers, strict=args.strict,
+    )
+    manifest = pack(args.catalog, args.out, options, overwrite=args.overwrite)
+    rate = manifest["num_input"] / max(manifest["pack_seconds"], 1e-9)
+    counts = ", ".join(f"{split} {count}" for split, count in manifest["num_samples"].items())
+    print(f"packed {counts} into {args.out} ({manifest['pack_seconds']:.1f} s, {rate:.0f} images/s)")
+    if manifest["skipped"]:
+        print(f"skipped {len(manifest['skipped'])} unreadable image(s), listed in {args.out}/manifest.json "
+              f"under 'skipped'; first: {manifest['skipped'][0]['image_path']}: {manifest['skipped'][0]['reason']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stellar-dist", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(commands)
+    _add_pack(commands)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    runners = {"simulate": _run_simulate, "pack": _run_pack}
+    runners[args.command](args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,267 @@
+"""Packing a catalog into WebDataset shards per split, with a manifest; and verifying packed shards.
+
+Shards are written in parallel, one worker per shard, into a hidden staging folder beside `--out` that is renamed
+into place only when every shard and the manifest are complete: an interrupted or failed pack leaves nothing.
+The format is described in shards/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from .catalog import SPLITS, read_catalog, stratified_split
+from .errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+ENCODINGS = ("png", "jpg")
+PREPROCESS_MODES = ("resize", "crop")
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    labeled_fraction: float = 0.1  # fraction of each class whose label training may use
+    test_fraction: float = 0.2  # fraction of each class held out for evaluation
+    image_size: int = 64  # output side in pixels
+    preprocess: str = "resize"  # "resize": whole field, area-averaged; "crop": centre crop at full resolution
+    encoding: str = "png"  # "png" is lossless; "jpg" (quality 95) is ~3x smaller
+    seed: int = 0  # seeds the split and the shard order
+    shard_size: int = 1000  # samples per shard
+    workers: int = 0  # 0 = all CPU cores
+    strict: bool = False  # an unreadable image aborts the pack instead of being skipped and listed
+
+
+def preprocess_image(path: str, image_size: int, mode: str) -> Image.Image:
+    """Load an image as RGB at `image_size` x `image_size` (raises OSError/ValueError for unusable files)."""
+    with Image.open(path) as image:
+        image.load()
+        image = image.convert("RGB")
+    width, height = image.size
+    if mode == "crop":
+        if min(width, height) < image_size:
+            raise ValueError(f"image is {width}x{height}, smaller than --image-size {image_size}")
+        left, top = (width - image_size) // 2, (height - image_size) // 2
+        return image.crop((left, top, left + image_size, top + image_size))
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square if side == image_size else square.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+def _encode(image: Image.Image, encoding: str) -> bytes:
+    buffer = io.BytesIO()
+    if encoding == "png":
+        image.save(buffer, format="PNG", compress_level=1)
+    else:
+        image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _json_safe(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if np.isnan(value) else float(value)
+    if value is pd.NA or value is None:
+        return None
+    return value
+
+
+def _sample_record(row: dict, split: str, class_index: dict[str, int], base: str) -> dict:
+    """The JSON part of a sample; the true class of unlabeled rows goes to `true_*` (diagnostics only)."""
+    meta = {key: _json_safe(value) for key, value in row.items() if key not in ("image_path", "Class", "_id")}
+    record = {"id": int(row["_id"]), "split": split, "source": os.path.relpath(row["image_path"], base), "meta": meta}
+    known = row["Class"] != ""
+    if split == "unlabeled":
+        record["true_label"] = class_index[row["Class"]] if known else -1
+        record["true_class"] = row["Class"] if known else None
+    else:
+        record["label"], record["class"] = class_index[row["Class"]], row["Class"]
+    return record
+
+
+def _write_shard(task: dict) -> dict:
+    """Write one shard; returns its manifest entry plus the rows it skipped."""
+    options = PackOptions(**task["options"])
+    path = Path(task["staging"]) / task["name"]
+    skipped, labels, num_written = [], Counter(), 0
+    with tarfile.open(path, "w") as tar:
+        for row in task["rows"]:
+            try:
+                image = preprocess_image(row["image_path"], options.image_size, options.preprocess)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                skipped.append({"image_path": row["image_path"], "reason": str(error).splitlines()[0][:200]})
+                continue
+            record = _sample_record(row, task["split"], task["class_index"], task["base"])
+            key = f"{record['id']:09d}"
+            for suffix, payload in ((options.encoding, _encode(image, options.encoding)),
+                                    ("json", json.dumps(record).encode())):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size, info.mtime = len(payload), 0
+                tar.addfile(info, io.BytesIO(payload))
+            labels[row["Class"] or "?"] += 1
+            num_written += 1
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    entry = {"name": task["name"], "num_samples": num_written, "sha256": digest, "bytes": path.stat().st_size}
+    return {"split": task["split"], "entry": entry, "skipped": skipped, "classes": dict(labels), "input": len(task["rows"])}
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "shards" if (out / MANIFEST_NAME).exists() or any(out.glob("*.tar")) else "files"
+        raise UserError(f"output folder {out} already holds {what}: choose a new --out, or pass --overwrite to replace it")
+
+
+def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, common: dict) -> list[dict]:
+    rng = np.random.default_rng(options.seed + 1)
+    tasks = []
+    for split in SPLITS:
+        # Shuffle within the split so that every shard mixes the classes (streams read shards in order).
+        rows = rng.permutation(np.flatnonzero(splits == split))
+        for shard_index, start in enumerate(range(0, len(rows), options.shard_size)):
+            chunk = frame.iloc[rows[start : start + options.shard_size]]
+            tasks.append({**common, "split": split, "name": f"{split}-{shard_index:06d}.tar",
+                          "rows": chunk.to_dict("records")})
+    return tasks
+
+
+def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOptions(), overwrite: bool = False) -> dict:
+    """Pack `catalog` into WebDataset shards under `out`; returns the manifest."""
+    if options.encoding not in ENCODINGS or options.preprocess not in PREPROCESS_MODES:
+        raise UserError(f"--encoding must be one of {ENCODINGS} and --preprocess one of {PREPROCESS_MODES}")
+    if options.image_size < 8 or options.shard_size < 1:
+        raise UserError("--image-size must be at least 8 and --shard-size at least 1")
+    out = Path(out)
+    _check_out_dir(out, overwrite)
+    started = time.perf_counter()
+    frame = read_catalog(catalog)
+    class_names = sorted(set(frame["Class"]) - {""})
+    if not class_names:
+        raise UserError(f"catalog {catalog} has no labelled rows: at least the labeled and test splits need a Class")
+    splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed)
+    frame = frame.assign(_id=np.arange(len(frame)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+    common = {"staging": str(staging), "options": asdict(options), "base": base,
+              "class_index": {name: index for index, name in enumerate(class_names)}}
+    try:
+        tasks = _shard_tasks(frame, splits, options, common)
+        results = []
+        with get_context("spawn").Pool(options.workers or os.cpu_count() or 1) as pool, \
+                tqdm(total=len(frame), desc="pack", unit="img") as progress:
+            for result in pool.imap_unordered(_write_shard, tasks):
+                results.append(result)
+                progress.update(result["input"])
+        elapsed = time.perf_counter() - started
+        manifest = _manifest(results, class_names, options, catalog, len(frame), elapsed)
+        if options.strict and manifest["skipped"]:
+            first = manifest["skipped"][0]
+            raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first {first['image_path']}: "
+                            f"{first['reason']}; fix or remove them, or drop --strict to skip and list them")
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Move the finished staging folder to `out`; an old `out` is removed only after the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _manifest(results: list[dict], class_names: list[str], options: PackOptions, catalog, num_input: int,
+              elapsed_s: float) -> dict:
+    counts = {split: {name: 0 for name in class_names} for split in SPLITS}
+    shards = {split: [] for split in SPLITS}
+    skipped = []
+    for result in sorted(results, key=lambda item: item["entry"]["name"]):
+        shards[result["split"]].append(result["entry"])
+        skipped.extend(result["skipped"])
+        for name, count in result["classes"].items():
+            counts[result["split"]][name] = counts[result["split"]].get(name, 0) + count
+    return {
+        "format_version": FORMAT_VERSION,
+        "classes": class_names,
+        "class_to_index": {name: index for index, name in enumerate(class_names)},
+        "image_size": options.image_size,
+        "channels": 3,
+        "encoding": options.encoding,
+        "preprocess": options.preprocess,
+        "num_input": num_input,
+        "num_samples": {split: sum(entry["num_samples"] for entry in shards[split]) for split in SPLITS},
+        "counts": counts,
+        "shards": shards,
+        "skipped": sorted(skipped, key=lambda item: item["image_path"]),
+        "arguments": {"catalog": str(catalog), **asdict(options)},
+        "pack_seconds": round(elapsed_s, 3),
+    }
+
+
+def load_manifest(shards_dir: str | Path) -> dict:
+    path = Path(shards_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise UserError(f"{shards_dir} has no {MANIFEST_NAME}: pack a catalog first with `stellar-dist pack`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is not valid JSON ({error}): re-pack the shards") from None
+
+
+def verify(shards_dir: str | Path) -> dict:
+    """Re-check every shard's hash and sample count against the manifest; returns a summary."""
+    shards_dir = Path(shards_dir)
+    manifest = load_manifest(shards_dir)
+    seen_ids: set[int] = set()
+    num_shards = 0
+    for split, entries in manifest["shards"].items():
+        for entry in entries:
+            path = shards_dir / entry["name"]
+            if not path.exists():
+                raise UserError(f"shard {path} listed in the manifest is missing: re-pack or restore it")
+            if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+                raise UserError(f"shard {path} does not match its sha256 in the manifest: it is corrupt; re-pack")
+            ids = _shard_ids(path)
+            if len(ids) != entry["num_samples"]:
+                raise UserError(f"shard {path} holds {len(ids)} samples, manifest says {entry['num_samples']}: re-pack")
+            if seen_ids & set(ids):
+                raise UserError(f"shard {path} repeats sample ids found in other shards: re-pack")
+            seen_ids.update(ids)
+            num_shards += 1
+        if sum(entry["num_samples"] for entry in entries) != manifest["num_samples"][split]:
+            raise UserError(f"split {split}: shard counts do not add up to the manifest total; re-pack")
+    return {"shards": num_shards, "samples": len(seen_ids)}
+
+
+def _shard_ids(path: Path) -> list[int]:
+    keys = set()
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            keys.add(member.name.split(".", 1)[0])
+    return sorted(int(key) for key in keys)
