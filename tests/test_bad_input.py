@@ -1,0 +1,98 @@
+"""Each bad input gets one clear line on stderr, exit status 2, and leaves nothing half-written."""
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+
+def pack_fails(tmp_path, catalog, *extra):
+    out = tmp_path / "out"
+    result = run_cli("pack", "--catalog", str(catalog), "--out", str(out), "--workers", "1", *extra, check=False)
+    assert result.returncode == 2, result.stderr
+    # Progress bars share stderr; the error itself is one line, the last.
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("pack:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*")), "half-written output left behind"
+    return lines[0]
+
+
+@pytest.fixture
+def small_catalog(sim_catalog, tmp_path):
+    """A writable copy of the simulated catalog with absolute paths."""
+    catalog = pd.read_csv(sim_catalog)
+    catalog["image_path"] = [str(sim_catalog.parent / path) for path in catalog["image_path"]]
+    return catalog
+
+
+def test_missing_column(tmp_path, small_catalog):
+    small_catalog.drop(columns=["Class"]).to_csv(tmp_path / "c.csv", index=False)
+    assert "lacks column(s) Class" in pack_fails(tmp_path, tmp_path / "c.csv")
+
+
+def test_empty_catalog(tmp_path):
+    (tmp_path / "c.csv").write_text("")
+    assert "is empty" in pack_fails(tmp_path, tmp_path / "c.csv")
+    (tmp_path / "h.csv").write_text("image_path,Class\n")
+    assert "holds no samples" in pack_fails(tmp_path, tmp_path / "h.csv")
+
+
+def test_missing_catalog(tmp_path):
+    assert "does not exist" in pack_fails(tmp_path, tmp_path / "nope.csv")
+
+
+def test_class_too_small(tmp_path, small_catalog):
+    tiny = pd.concat([small_catalog, small_catalog.head(2).assign(Class="WHITE_DWARF", objid=[1, 2],
+                                                                  image_path=lambda f: f["image_path"] + "?")])
+    tiny.to_csv(tmp_path / "c.csv", index=False)
+    assert "class 'WHITE_DWARF' has only 2 sample(s)" in pack_fails(tmp_path, tmp_path / "c.csv")
+
+
+def test_duplicate_path_and_objid(tmp_path, small_catalog):
+    pd.concat([small_catalog, small_catalog.head(1)]).to_csv(tmp_path / "c.csv", index=False)
+    assert "duplicate image_path" in pack_fails(tmp_path, tmp_path / "c.csv")
+    dup = small_catalog.copy()
+    dup.loc[1, "objid"] = dup.loc[0, "objid"]
+    dup.to_csv(tmp_path / "d.csv", index=False)
+    assert "duplicate objid" in pack_fails(tmp_path, tmp_path / "d.csv")
+
+
+def test_corrupt_and_missing_images_are_skipped_and_listed(tmp_path, small_catalog):
+    import json
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(open(small_catalog["image_path"][0], "rb").read()[:300])
+    bad = small_catalog.copy()
+    bad.loc[0, "image_path"], bad.loc[1, "image_path"] = str(corrupt), str(truncated)
+    bad.loc[2, "image_path"] = str(tmp_path / "missing.jpg")
+    bad.to_csv(tmp_path / "c.csv", index=False)
+    line = pack_fails(tmp_path, tmp_path / "c.csv", "--strict")
+    assert "3 unreadable image(s) with --strict" in line
+    result = run_cli("pack", "--catalog", str(tmp_path / "c.csv"), "--out", str(tmp_path / "out"), "--workers", "1")
+    assert "skipped 3 unreadable image(s)" in result.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(item["image_path"] for item in manifest["skipped"]) == sorted(
+        [str(corrupt), str(truncated), str(tmp_path / "missing.jpg")])
+    assert sum(manifest["num_samples"].values()) == len(bad) - 3 == manifest["num_input"] - 3
+
+
+def test_output_folder_with_shards_is_refused_then_overwritten(tmp_path, sim_shards, sim_catalog):
+    out = tmp_path / "out"
+    shutil.copytree(sim_shards, out)
+    before = (out / "manifest.json").read_text()
+    result = run_cli("pack", "--catalog", str(sim_catalog), "--out", str(out), check=False)
+    assert result.returncode == 2 and "already holds shards" in result.stderr and "--overwrite" in result.stderr
+    assert (out / "manifest.json").read_text() == before
+    run_cli("pack", "--catalog", str(sim_catalog), "--out", str(out), "--image-size", "16", "--overwrite")
+    assert '"image_size": 16' in (out / "manifest.json").read_text()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_bad_fractions(tmp_path, small_catalog):
+    small_catalog.to_csv(tmp_path / "c.csv", index=False)
+    assert "sum to less than 1" in pack_fails(tmp_path, tmp_path / "c.csv", "--labeled-fraction", "0.6",
+                                              "--test-fraction", "0.5")

@@ -1,0 +1,101 @@
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REAL_DATA, run_cli
+
+
+def read_shards(shards_dir: Path) -> dict[str, list[dict]]:
+    """Every sample's JSON record per split, read straight from the tar files; checks each image decodes."""
+    manifest = json.loads((shards_dir / "manifest.json").read_text())
+    records = {}
+    for split, entries in manifest["shards"].items():
+        records[split] = []
+        for entry in entries:
+            with tarfile.open(shards_dir / entry["name"]) as tar:
+                members = {member.name: member for member in tar.getmembers()}
+                for name in sorted(members):
+                    key, suffix = name.split(".", 1)
+                    if suffix == "json":
+                        record = json.loads(tar.extractfile(members[name]).read())
+                        image = Image.open(io.BytesIO(tar.extractfile(members[f"{key}.{manifest['encoding']}"]).read()))
+                        assert image.size == (manifest["image_size"],) * 2 and image.mode == "RGB"
+                        records[split].append(record)
+    return records
+
+
+def test_round_trip_every_sample_once_and_stratified(sim_catalog, sim_shards):
+    catalog = pd.read_csv(sim_catalog)
+    manifest = json.loads((sim_shards / "manifest.json").read_text())
+    records = read_shards(sim_shards)
+    all_ids = [record["id"] for split in records.values() for record in split]
+    assert sorted(all_ids) == list(range(len(catalog)))
+    assert sorted(record["meta"]["objid"] for split in records.values() for record in split) == sorted(catalog["objid"])
+    for split, split_records in records.items():
+        assert len(split_records) == manifest["num_samples"][split]
+        for entry in manifest["shards"][split]:
+            assert entry["num_samples"] <= 40
+    fractions = {"labeled": 0.2, "test": 0.2}
+    for name, count in catalog["Class"].value_counts().items():
+        for split, fraction in fractions.items():
+            got = sum(1 for record in records[split] if record["class"] == name)
+            assert abs(got - count * fraction) <= 1, (name, split, got, count)
+            assert manifest["counts"][split][name] == got
+    for record in records["unlabeled"]:
+        assert "label" not in record and record["true_class"] in manifest["classes"]
+    for record in records["labeled"] + records["test"]:
+        assert manifest["classes"][record["label"]] == record["class"]
+    assert manifest["skipped"] == [] and manifest["arguments"]["image_size"] == 32
+
+
+def test_verify_passes_then_detects_tampering(sim_shards, tmp_path):
+    assert "OK: " in run_cli("pack", "--verify", str(sim_shards)).stdout
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in sim_shards.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    victim = sorted(copy.glob("unlabeled-*.tar"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside an image (the tar's end is zero padding)
+    victim.write_bytes(bytes(data))
+    result = run_cli("pack", "--verify", str(copy), check=False)
+    assert result.returncode == 2 and "sha256" in result.stderr
+
+
+def test_same_seed_same_split(sim_catalog, sim_shards, tmp_path):
+    out = tmp_path / "again"
+    run_cli("pack", "--catalog", str(sim_catalog), "--out", str(out), "--labeled-fraction", "0.2",
+            "--test-fraction", "0.2", "--image-size", "32", "--shard-size", "40", "--workers", "1")
+    first, second = read_shards(sim_shards), read_shards(out)
+    for split in first:
+        assert sorted(r["id"] for r in first[split]) == sorted(r["id"] for r in second[split])
+
+
+def test_folder_per_class_and_unknown_classes(tmp_path):
+    for cls, count in (("GALAXY", 6), ("STAR", 6)):
+        (tmp_path / "in" / cls).mkdir(parents=True)
+        for index in range(count):
+            Image.new("RGB", (40, 40), (index * 20, 0, 0)).save(tmp_path / "in" / cls / f"{index}.png")
+    run_cli("pack", "--catalog", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--labeled-fraction", "0.34",
+            "--test-fraction", "0.34", "--image-size", "32", "--preprocess", "crop")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["classes"] == ["GALAXY", "STAR"] and sum(manifest["num_samples"].values()) == 12
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="../shared/sdss_dr16 is absent")
+def test_real_sdss_slice(tmp_path):
+    catalog = pd.read_csv(REAL_DATA / "catalog.csv")
+    sample = pd.concat([group.head(60) for _, group in catalog.groupby("Class")])
+    sample = sample.assign(image_path=[str(REAL_DATA / path) for path in sample["image_path"]])
+    sample.to_csv(tmp_path / "slice.csv", index=False)
+    run_cli("pack", "--catalog", str(tmp_path / "slice.csv"), "--out", str(tmp_path / "shards"), "--workers", "2")
+    records = read_shards(tmp_path / "shards")
+    assert sum(len(split) for split in records.values()) == 180
+    assert {record["meta"]["objid"] for split in records.values() for record in split} == set(sample["objid"])
+    assert "OK: " in run_cli("pack", "--verify", str(tmp_path / "shards")).stdout
