@@ -1,0 +1,81 @@
+"""Weak and strong views for FixMatch, made for sky images (no preferred "up", flux-like pixel values).
+
+Every function takes a CHW float tensor in [0, 1] and an explicit `torch.Generator`, so a sample's views depend
+only on its own seed: streams can skip ahead on resume and still produce the same views.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def weak(image: torch.Tensor, generator: torch.Generator, max_shift_fraction: float = 0.125) -> torch.Tensor:
+    """Flips, a multiple of 90 degrees, and a shift of up to 12.5% (reflect padding)."""
+    flips = torch.rand(2, generator=generator)
+    if flips[0] < 0.5:
+        image = image.flip(-1)
+    if flips[1] < 0.5:
+        image = image.flip(-2)
+    image = torch.rot90(image, int(torch.randint(4, (), generator=generator)), dims=(-2, -1))
+    size = image.shape[-1]
+    pad = max(1, int(round(size * max_shift_fraction)))
+    padded = F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="reflect").squeeze(0)
+    top, left = (int(value) for value in torch.randint(2 * pad + 1, (2,), generator=generator))
+    return padded[:, top : top + size, left : left + size]
+
+
+def _rotate(image, generator):
+    return TF.rotate(image, _uniform(generator, 0, 360), interpolation=TF.InterpolationMode.BILINEAR)
+
+
+def _psf_blur(image, generator):
+    sigma = _uniform(generator, 0.3, 1.5)  # pixels: a seeing change of up to ~1.4 arcsec FWHM at 0.4"/px
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
+
+
+def _noise(image, generator):
+    return image + _uniform(generator, 0.0, 0.06) * torch.randn(image.shape, generator=generator)
+
+
+def _brightness(image, generator):
+    return image * _uniform(generator, 0.6, 1.4)
+
+
+def _contrast(image, generator):
+    mean = image.mean()
+    return (image - mean) * _uniform(generator, 0.6, 1.4) + mean
+
+
+def _gamma(image, generator):
+    return image.clamp(0, 1) ** _uniform(generator, 0.6, 1.6)
+
+
+STRONG_OPS = (_rotate, _psf_blur, _noise, _brightness, _contrast, _gamma)
+
+
+def cutout(image: torch.Tensor, generator: torch.Generator, max_fraction: float = 0.5) -> torch.Tensor:
+    """Blank a square of up to half the side (FixMatch's Cutout), centred anywhere."""
+    size = image.shape[-1]
+    side = max(1, int(size * _uniform(generator, 0.1, max_fraction)))
+    centre_y, centre_x = (int(value) for value in torch.randint(size, (2,), generator=generator))
+    image = image.clone()
+    image[:, max(0, centre_y - side // 2) : centre_y + side // 2 + 1,
+          max(0, centre_x - side // 2) : centre_x + side // 2 + 1] = 0.0
+    return image
+
+
+def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2) -> torch.Tensor:
+    """Weak view, then `num_ops` random astronomy-aware ops (RandAugment-style), then Cutout."""
+    image = weak(image, generator)
+    for index in torch.randperm(len(STRONG_OPS), generator=generator)[:num_ops].tolist():
+        image = STRONG_OPS[index](image, generator)
+    return cutout(image.clamp(0, 1), generator)

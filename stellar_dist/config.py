@@ -1,0 +1,159 @@
+"""Run configuration: frozen dataclasses with commented defaults, a YAML file plus dotted overrides.
+
+    config = load_config("configs/demo.yaml", ["ssl.threshold=0.9", "train.steps=200"])
+
+Every key is type-checked; unknown keys are rejected with the list of valid ones. The resolved config is saved as
+`OUTPUT_DIR/config.yaml` with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: str = "data/sim-shards"  # folder written by `stellar-dist pack`
+    num_workers: int = 2  # dataloader processes per rank
+    shuffle_buffer: int = 256  # samples mixed across shards within each worker
+    grayscale: bool = False  # single-channel input, as in the original design; RGB keeps the colours
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 400  # optimizer steps (each rank runs exactly this many)
+    batch_size: int = 32  # labeled samples per device per step; unlabeled ones are ssl.mu times more
+    lr: float = 0.03  # peak learning rate for the global batch
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum, as FixMatch) or "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 20  # linear warmup, then cosine decay to zero at `steps`
+    ema_decay: float = 0.999  # EMA of weights used for evaluation
+    log_every_steps: int = 10
+    mixed_precision: str = "auto"  # "auto": bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    algorithm: str = "fixmatch"  # "fixmatch", or "supervised" (labeled data only: the baseline)
+    mu: int = 3  # unlabeled:labeled batch ratio (FixMatch paper: 7)
+    threshold: float = 0.95  # confidence above which a weak-view prediction becomes a pseudo-label
+    lambda_u: float = 1.0  # weight of the unsupervised loss
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "mobilenet_v2"  # any torchvision classification model
+    weights: str = "none"  # "none", "imagenet" (needs the torchvision cache or internet), or a .pt/.pth path
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_steps: int = 200  # test-split evaluation with the EMA model (and always at the end)
+    batch_size: int = 128  # per device
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 200  # and always at the end
+    keep_last: int = 3  # older step_* folders are deleted
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output_dir: str = "runs/demo"  # everything of the run goes here
+    seed: int = 0  # model init, data order, augmentation: the same seed gives the same run
+    resume: str = "none"  # "none", "auto" (latest checkpoint in output_dir, if any), or a checkpoint/run folder
+    tracking: str = "none"  # "none" or "wandb" (offline unless WANDB_API_KEY is set)
+    wandb_project: str = "stellar-dist"
+
+
+CHOICES = {
+    "train.optimizer": ("sgd", "adamw"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "ssl.algorithm": ("fixmatch", "supervised"),
+    "tracking": ("none", "wandb"),
+}
+
+
+def _check_type(dotted: str, value, expected):
+    if expected is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            pass
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise UserError(f"config key {dotted} must be {expected.__name__}, got {value!r}: fix the YAML or override")
+    return value
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [item.name for item in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise UserError(f"unknown config key(s) {', '.join(prefix + key for key in unknown)}; "
+                        f"valid keys here: {', '.join(prefix + name for name in names)}")
+    kwargs = {}
+    for name, value in values.items():
+        expected = hints[name]
+        if dataclasses.is_dataclass(expected):
+            kwargs[name] = _build(expected, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(prefix + name, value, expected)
+            allowed = CHOICES.get(prefix + name)
+            if allowed and kwargs[name] not in allowed:
+                raise UserError(f"config key {prefix}{name}={value!r} is not one of {', '.join(allowed)}")
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise UserError(f"override {override!r} is not KEY=VALUE (e.g. ssl.threshold=0.9)")
+    dotted, raw = override.split("=", 1)
+    *parents, leaf = dotted.strip().split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {override!r}: {part} is not a config section")
+    value = yaml.safe_load(raw)
+    node[leaf] = raw if value is None else value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"config file {path} does not exist: see configs/ for examples")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    for override in overrides:
+        _apply_override(tree, override)
+    return _build(Config, tree, "")
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,143 @@
+"""WebDataset streams split by rank and dataloader worker inside the pipeline (no rank-0 dispatch).
+
+Training streams resample shards with replacement, seeded by (seed, stream, rank, worker), and run forever: the
+engine takes exactly `train.steps` batches, so every rank runs the same number of steps whatever its shards (no
+DDP hang, webdataset#188). Batches are made inside each worker; the DataLoader hands them out round-robin, so on
+resume at step S worker w skips exactly the batches it had produced before S, without decoding them, and each
+sample's augmentation is seeded by its own position: a resumed run sees the same batches as an uninterrupted one.
+
+The test stream visits every sample once across all ranks and workers (see shards/README.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from . import augment
+from .pack import load_manifest
+
+STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
+
+
+@dataclass(frozen=True)
+class ItemMaker:
+    """Turns one raw sample (bytes per member) into tensors for a given use."""
+
+    use: str  # "labeled": weak view + label; "unlabeled": weak + strong views; "plain": no augmentation
+    encoding: str
+    grayscale: bool = False
+
+    def decode(self, raw: dict) -> torch.Tensor:
+        with Image.open(io.BytesIO(raw[self.encoding])) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        if self.grayscale:
+            tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
+        return tensor
+
+    def __call__(self, raw: dict, generator: torch.Generator) -> dict:
+        record = json.loads(raw["json"])
+        image = self.decode(raw)
+        label = record.get("label", -1)
+        true_label = record.get("true_label", label)
+        item = {"id": record["id"], "label": label, "true_label": true_label}
+        if self.use == "labeled":
+            item["image"] = augment.weak(image, generator)
+        elif self.use == "unlabeled":
+            item["weak"], item["strong"] = augment.weak(image, generator), augment.strong(image, generator)
+        else:
+            item["image"] = image
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    return {key: torch.stack([item[key] for item in items]) if torch.is_tensor(items[0][key])
+            else torch.tensor([item[key] for item in items]) for key in items[0]}
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _samples_of(paths: list[str]):
+    yield from tarfile_samples([{"url": path} for path in paths])
+
+
+class TrainStream(IterableDataset):
+    """Endless batches from resampled shards; `start_batch` fast-forwards to a resumed step."""
+
+    def __init__(self, shard_paths: list[str], make_item: ItemMaker, batch_size: int, *, seed: int, rank: int,
+                 stream: str, shuffle_buffer: int = 256, start_batch: int = 0):
+        self.shard_paths, self.make_item, self.batch_size = list(shard_paths), make_item, batch_size
+        self.seed, self.rank, self.stream_tag = seed, rank, STREAM_TAGS[stream]
+        self.shuffle_buffer, self.start_batch = max(1, shuffle_buffer), start_batch
+
+    def _shuffled(self, rng: np.random.Generator):
+        buffer = []
+        while True:
+            shard = self.shard_paths[int(rng.integers(len(self.shard_paths)))]
+            for raw in _samples_of([shard]):
+                buffer.append(raw)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(int(rng.integers(len(buffer))))
+
+    def __iter__(self):
+        worker_id, num_workers = _worker()
+        key = [self.seed, self.stream_tag, self.rank, worker_id]
+        rng = np.random.default_rng(key)
+        samples_to_skip = len(range(worker_id, self.start_batch, num_workers)) * self.batch_size
+        generator, batch = torch.Generator(), []
+        for position, raw in enumerate(self._shuffled(rng)):
+            if position < samples_to_skip:
+                continue
+            # One seed per sample position: the views do not depend on what was skipped before.
+            generator.manual_seed(int(np.random.SeedSequence(key + [position]).generate_state(1)[0]))
+            batch.append(self.make_item(raw, generator))
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+
+
+class OnceStream(IterableDataset):
+    """Every sample of the given shards exactly once across `world_size` ranks x dataloader workers."""
+
+    def __init__(self, shard_paths: list[str], make_item: ItemMaker, batch_size: int, *, rank: int,
+                 world_size: int):
+        self.shard_paths, self.make_item, self.batch_size = list(shard_paths), make_item, batch_size
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self):
+        worker_id, num_workers = _worker()
+        readers, reader = self.world_size * num_workers, self.rank * num_workers + worker_id
+        if len(self.shard_paths) >= readers:
+            samples = _samples_of(self.shard_paths[reader::readers])
+        else:  # fewer shards than readers: everyone reads all, keeps its own residue class
+            samples = (raw for index, raw in enumerate(_samples_of(self.shard_paths)) if index % readers == reader)
+        generator, batch = torch.Generator(), []
+        for raw in samples:
+            batch.append(self.make_item(raw, generator))
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch:
+            yield collate(batch)
+
+
+def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
+    manifest = load_manifest(shards_dir)
+    return [str(Path(shards_dir) / entry["name"]) for entry in manifest["shards"][split]]
+
+
+def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)

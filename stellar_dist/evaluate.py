@@ -1,0 +1,123 @@
+"""Test-split evaluation: predictions on every rank, gathered; metrics and plots on the main process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from . import dist
+from .data import ItemMaker, OnceStream, make_loader, shard_paths
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's predictions: ids, labels, predicted classes, class probabilities (on `device`)."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": []}
+    for batch in loader:
+        logits = model(batch["image"].to(device, non_blocking=True)).float()
+        parts["id"].append(batch["id"].to(device))
+        parts["label"].append(batch["label"].to(device))
+        parts["prediction"].append(logits.argmax(-1))
+        parts["probability"].append(logits.softmax(-1))
+    model.train(was_training)
+    num_classes = getattr(model, "classifier").out_features
+    empty = {"id": torch.zeros(0, dtype=torch.long), "label": torch.zeros(0, dtype=torch.long),
+             "prediction": torch.zeros(0, dtype=torch.long), "probability": torch.zeros(0, num_classes)}
+    return {key: torch.cat(value) if value else empty[key].to(device) for key, value in parts.items()}
+
+
+def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: int, num_workers: int,
+                       grayscale: bool, device: torch.device) -> dict[str, np.ndarray]:
+    """Predictions for the whole test split on every rank, sorted by id; checks the count against the manifest."""
+    stream = OnceStream(shard_paths(shards_dir, "test"), ItemMaker("plain", manifest["encoding"], grayscale),
+                        batch_size, rank=dist.rank(), world_size=dist.world_size())
+    local = predict(model, make_loader(stream, num_workers), device)
+    gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in local.items()}
+    order = np.argsort(gathered["id"])
+    gathered = {key: value[order] for key, value in gathered.items()}
+    expected = manifest["num_samples"]["test"]
+    if len(gathered["id"]) != expected or len(np.unique(gathered["id"])) != expected:
+        raise RuntimeError(f"test stream produced {len(gathered['id'])} predictions "
+                           f"({len(np.unique(gathered['id']))} unique) for {expected} test samples")
+    return gathered
+
+
+def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
+    indices = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=indices, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=indices).tolist(),
+        "classes": list(classes),
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"accuracy {report['accuracy']:.4f}  balanced accuracy {report['balanced_accuracy']:.4f}  "
+             f"macro-F1 {report['macro_f1']:.4f}", f"{'class':>10} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
+    for name, row in report["per_class"].items():
+        lines.append(f"{name:>10} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['support']:6d}")
+    lines.append("confusion matrix (rows: true, columns: predicted): " + json.dumps(report["confusion_matrix"]))
+    return "\n".join(lines)
+
+
+def plot_confusion(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.array(report["confusion_matrix"], dtype=float)
+    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, f"{int(count)}\n{normalised[row, column]:.2f}", ha="center", va="center",
+                  color="white" if normalised[row, column] > 0.5 else "black", fontsize=8)
+    ticks = range(len(report["classes"]))
+    axis.set(xticks=ticks, yticks=ticks, xticklabels=report["classes"], yticklabels=report["classes"],
+             xlabel="predicted", ylabel="true", title=f"test accuracy {report['accuracy']:.3f}")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(log_path: Path, path: Path) -> Path | None:
+    """Training curves from log.jsonl: losses, mask ratio, pseudo-label accuracy, test accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not log_path.exists():
+        return None
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    panels = [("train/sup_loss", "train/unsup_loss"), ("train/mask_ratio", "train/pseudo_label_accuracy"),
+              ("test/accuracy", "test/macro_f1")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(13, 3.4))
+    for axis, keys in zip(axes, panels):
+        for key in keys:
+            points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+            if points:
+                axis.plot(*zip(*points), marker="." if key.startswith("test") else None, label=key)
+        axis.set_xlabel("step")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

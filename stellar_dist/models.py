@@ -1,0 +1,77 @@
+"""Classifier = any torchvision backbone (its last Linear removed) + a class head (+ a cluster head, DeepCluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import UserError
+
+
+def _strip_last_linear(model: nn.Module) -> int:
+    """Replace the model's final nn.Linear with Identity; returns its input width (the feature dimension)."""
+    name, last = None, None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            name, last = module_name, module
+    if last is None:
+        raise UserError("model.arch has no final Linear layer: choose a torchvision classification model")
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Identity())
+    return last.in_features
+
+
+def _load_backbone(arch: str, weights: str) -> nn.Module:
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise UserError(f"model.arch={arch!r} is not a torchvision classification model "
+                        "(e.g. mobilenet_v2, resnet18, efficientnet_b0, convnext_tiny)")
+    if weights == "none" or Path(weights).suffix in (".pt", ".pth"):
+        return torchvision.models.get_model(arch, weights=None)
+    if weights != "imagenet":
+        raise UserError(f"model.weights={weights!r} must be none, imagenet, or a path to a .pt/.pth state dict")
+    try:
+        return torchvision.models.get_model(arch, weights="DEFAULT")
+    except Exception as error:  # no network, no cache: torchvision raises URLError/RuntimeError
+        raise UserError(
+            f"ImageNet weights for {arch} are not available ({type(error).__name__}): put them in the torch hub "
+            "cache, pass model.weights=/path/to/weights.pth, or use model.weights=none"
+        ) from None
+
+
+class StellarNet(nn.Module):
+    def __init__(self, arch: str, num_classes: int, weights: str = "none", num_clusters: int = 0):
+        super().__init__()
+        self.backbone = _load_backbone(arch, weights)
+        self.feature_dim = _strip_last_linear(self.backbone)
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self.cluster_head = nn.Linear(self.feature_dim, num_clusters) if num_clusters else None
+        if weights not in ("none", "imagenet"):
+            self._load_local(Path(weights))
+
+    def _load_local(self, path: Path) -> None:
+        if not path.exists():
+            raise UserError(f"model.weights file {path} does not exist: fix the path or use model.weights=none")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        own = self.backbone.state_dict()
+        usable = {key.removeprefix("backbone."): value for key, value in state.items()
+                  if key.removeprefix("backbone.") in own and own[key.removeprefix("backbone.")].shape == value.shape}
+        if not usable:
+            raise UserError(f"model.weights file {path} has no tensors matching the {type(self.backbone).__name__} "
+                            "backbone: is it for another model.arch?")
+        self.backbone.load_state_dict(usable, strict=False)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
+
+    def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and cluster logits (None without a cluster head) from one backbone pass."""
+        features = self.features(images)
+        clusters = self.cluster_head(features) if self.cluster_head is not None else None
+        return self.classifier(features), clusters

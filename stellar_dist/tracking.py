@@ -1,0 +1,61 @@
+"""Run logging on the main process only: OUTPUT_DIR/log.jsonl always, Weights & Biases when asked.
+
+W&B goes through Accelerate's tracker, so only the main process ever talks to it (images logged from every rank
+hang multi-GPU runs). Without WANDB_API_KEY it runs offline, never prompting: `wandb sync OUTPUT_DIR/wandb/...`
+uploads later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def prepare_wandb_environment(output_dir: Path) -> None:
+    """Called before the Accelerator is built: offline unless a key is configured, quiet, files under the run."""
+    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") not in ("online", "disabled"):
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_DIR", str(output_dir))
+
+
+class RunTracker:
+    def __init__(self, accelerator, config_dict: dict, output_dir: Path, use_wandb: bool, project: str):
+        self.accelerator, self.output_dir, self.use_wandb = accelerator, output_dir, use_wandb
+        self.is_main = accelerator.is_main_process
+        if use_wandb:
+            accelerator.init_trackers(project, config=config_dict,
+                                      init_kwargs={"wandb": {"dir": str(output_dir), "name": output_dir.name}})
+        self._log_file = open(output_dir / "log.jsonl", "a") if self.is_main else None
+
+    def log(self, metrics: dict, step: int) -> None:
+        if not self.is_main:
+            return
+        self._log_file.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+        self._log_file.flush()
+        if self.use_wandb:
+            self.accelerator.log(metrics, step=step)
+
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        if not (self.is_main and self.use_wandb):
+            return
+        import wandb
+
+        self.accelerator.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
+
+    def summary(self, values: dict) -> None:
+        if self.is_main and self.use_wandb:
+            self.accelerator.get_tracker("wandb", unwrap=True).summary.update(values)
+
+    def wandb_dir(self) -> str | None:
+        if self.is_main and self.use_wandb:
+            return self.accelerator.get_tracker("wandb", unwrap=True).dir
+        return None
+
+    def finish(self) -> None:
+        if self._log_file:
+            self._log_file.close()
+        if self.use_wandb:
+            self.accelerator.end_training()
