@@ -38,6 +38,22 @@ def _add_pack(commands) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically)")
 
 
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="test-split report for a checkpoint's EMA model")
+    parser.add_argument("--checkpoint", required=True, help="checkpoints/step_* folder, or a run folder (its latest)")
+    parser.add_argument("--shards", required=True, help="packed shards whose test split to evaluate")
+    parser.add_argument("--out", help="folder for metrics.json and plots (default: RUN/eval_step_N)")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
+
+
+def _run_evaluate(args) -> None:
+    from .evaluate import evaluate_checkpoint, format_report
+
+    report = evaluate_checkpoint(args.checkpoint, args.shards, args.out, args.workers)
+    print(format_report(report))
+    print(f"wrote {report['out_dir']}/metrics.json and confusion_matrix.png")
+
+
 def _run_simulate(args) -> None:
     from .simulate import simulate
 
@@ -74,13 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_simulate(commands)
     _add_pack(commands)
+    _add_evaluate(commands)
     return parser
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    runners = {"simulate": _run_simulate, "pack": _run_pack}
+    runners = {"simulate": _run_simulate, "pack": _run_pack, "evaluate": _run_evaluate}
     runners[args.command](args)
 
 

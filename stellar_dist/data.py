@@ -4,7 +4,8 @@ Training streams resample shards with replacement, seeded by (seed, stream, rank
 engine takes exactly `train.steps` batches, so every rank runs the same number of steps whatever its shards (no
 DDP hang, webdataset#188). Batches are made inside each worker; the DataLoader hands them out round-robin, so on
 resume at step S worker w skips exactly the batches it had produced before S, without decoding them, and each
-sample's augmentation is seeded by its own position: a resumed run sees the same batches as an uninterrupted one.
+sample's augmentation is seeded by its own position: a resumed run sees the same batches as an uninterrupted one
+(given the same data.num_workers).
 
 The test stream visits every sample once across all ranks and workers (see shards/README.md).
 """
@@ -93,9 +94,12 @@ class TrainStream(IterableDataset):
 
     def __iter__(self):
         worker_id, num_workers = _worker()
-        key = [self.seed, self.stream_tag, self.rank, worker_id]
+        # The loader's first batch comes from worker 0, but global batch `start_batch` was made by worker
+        # start_batch % num_workers: each worker plays the role of the one whose turn it is.
+        role = (self.start_batch + worker_id) % num_workers
+        key = [self.seed, self.stream_tag, self.rank, role]
         rng = np.random.default_rng(key)
-        samples_to_skip = len(range(worker_id, self.start_batch, num_workers)) * self.batch_size
+        samples_to_skip = len(range(role, self.start_batch, num_workers)) * self.batch_size
         generator, batch = torch.Generator(), []
         for position, raw in enumerate(self._shuffled(rng)):
             if position < samples_to_skip:

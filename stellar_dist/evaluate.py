@@ -121,3 +121,38 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def load_trained_model(checkpoint_path: str | Path):
+    """The EMA model of a checkpoint (a checkpoints/step_* folder or a run folder) and its run config."""
+    from . import checkpoint
+    from .config import load_config
+    from .models import StellarNet
+
+    folder = checkpoint.resolve(checkpoint_path)
+    config = load_config(folder.parent.parent / "config.yaml")
+    ema_state = checkpoint.load_ema_weights(folder)
+    num_classes = ema_state["classifier.weight"].shape[0]
+    num_clusters = ema_state["cluster_head.weight"].shape[0] if "cluster_head.weight" in ema_state else 0
+    model = StellarNet(config.model.arch, num_classes, "none", num_clusters=num_clusters)
+    model.load_state_dict(ema_state)
+    return model.eval(), config, folder
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out_dir: str | Path | None = None,
+                        num_workers: int = 2) -> dict:
+    """Evaluate a checkpoint's EMA model on a test split; writes metrics.json and the confusion matrix."""
+    from .pack import load_manifest
+
+    model, config, folder = load_trained_model(checkpoint_path)
+    manifest = load_manifest(shards_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gathered = gather_predictions(model.to(device), str(shards_dir), manifest, batch_size=config.eval.batch_size,
+                                  num_workers=num_workers, grayscale=config.data.grayscale, device=device)
+    report = classification_report(gathered["label"], gathered["prediction"], manifest["classes"])
+    out_dir = Path(out_dir) if out_dir else folder.parent.parent / f"eval_{folder.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps({"test": report, "checkpoint": str(folder),
+                                                      "shards": str(shards_dir)}, indent=2))
+    plot_confusion(report, out_dir / "confusion_matrix.png")
+    return report | {"out_dir": str(out_dir)}

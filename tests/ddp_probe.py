@@ -1,0 +1,57 @@
+"""Run under `accelerate launch` by test_ddp.py: each rank writes what the test compares.
+
+    probe.py train OUT_DIR SHARDS   -> trains a few steps; OUT_DIR/rank{R}.pt: steps, parameters, test ids seen
+    probe.py grads OUT_DIR SHARDS   -> one FixMatch loss + backward on this rank's half of a fixed global batch
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from stellar_dist import dist
+from stellar_dist.config import load_config
+from stellar_dist.engine import compute_loss, setup, train_loop
+from stellar_dist.evaluate import gather_predictions
+
+TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "eval.every_steps=1000",
+        "checkpoint.every_steps=1000", "data.num_workers=1", "data.shuffle_buffer=16", "ssl.threshold=0.5"]
+
+
+def fixed_batch(global_size: int, image_size: int) -> tuple[dict, dict]:
+    generator = torch.Generator().manual_seed(1234)
+    labeled = {"image": torch.rand(global_size, 3, image_size, image_size, generator=generator),
+               "label": torch.randint(3, (global_size,), generator=generator)}
+    unlabeled = {"weak": torch.rand(2 * global_size, 3, image_size, image_size, generator=generator),
+                 "strong": torch.rand(2 * global_size, 3, image_size, image_size, generator=generator)}
+    return labeled, unlabeled
+
+
+def main() -> None:
+    mode, out_dir, shards = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    config = load_config(None, TINY + [f"data.shards={shards}", f"output_dir={out_dir / 'run'}", "train.steps=4"])
+    run = setup(config)
+    rank = run.accelerator.process_index
+    if mode == "train":
+        steps = train_loop(run)
+        predictions = gather_predictions(run.ema.module, shards, run.manifest, batch_size=8, num_workers=1,
+                                         grayscale=False, device=run.accelerator.device)
+        parameters = torch.cat([p.detach().flatten() for p in run.accelerator.unwrap_model(run.model).parameters()])
+        torch.save({"steps": steps, "parameters": parameters, "test_ids": torch.as_tensor(predictions["id"])},
+                   out_dir / f"rank{rank}.pt")
+    else:
+        run.model.eval()  # frozen batch-norm statistics: per-device BN is the one intended difference
+        labeled, unlabeled = fixed_batch(8, 32)
+        half = slice(rank * 4, rank * 4 + 4), slice(rank * 8, rank * 8 + 8)
+        local_l = {key: value[half[0]] for key, value in labeled.items()}
+        local_u = {key: value[half[1]] for key, value in unlabeled.items()}
+        loss, _ = compute_loss(run.model, local_l, local_u, config)
+        run.accelerator.backward(loss)
+        grads = torch.cat([p.grad.flatten() for p in run.accelerator.unwrap_model(run.model).parameters()])
+        mean_loss = dist.all_reduce_sum(loss.detach()) / dist.world_size()
+        torch.save({"loss": mean_loss, "grads": grads}, out_dir / f"grads{rank}.pt")
+    run.tracker.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+from stellar_dist.data import ItemMaker, OnceStream, TrainStream, make_loader, shard_paths
+
+
+def ids_of(loader, num_batches=None):
+    ids = []
+    for index, batch in enumerate(loader):
+        if num_batches is not None and index == num_batches:
+            break
+        ids.extend(batch["id"].tolist())
+    return ids
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_test_stream_each_sample_once_across_ranks(sim_shards, num_workers):
+    manifest = json.loads((sim_shards / "manifest.json").read_text())
+    paths = shard_paths(sim_shards, "test")
+    for shards in (paths, paths[:1]):  # enough shards for every reader, and fewer shards than readers
+        seen = []
+        for rank in range(2):
+            stream = OnceStream(shards, ItemMaker("plain", "png"), 5, rank=rank, world_size=2)
+            seen.append(ids_of(make_loader(stream, num_workers)))
+        assert not set(seen[0]) & set(seen[1])
+        expected = sum(entry["num_samples"] for entry in manifest["shards"]["test"] if str(sim_shards / entry["name"]) in shards)
+        assert len(seen[0] + seen[1]) == len(set(seen[0] + seen[1])) == expected
+
+
+def test_train_stream_differs_by_rank_and_repeats_by_seed(sim_shards):
+    paths = shard_paths(sim_shards, "unlabeled")
+    def stream(rank, seed=0, start=0):
+        return TrainStream(paths, ItemMaker("unlabeled", "png"), 6, seed=seed, rank=rank, stream="unlabeled",
+                           shuffle_buffer=16, start_batch=start)
+    rank0, rank1 = ids_of(make_loader(stream(0), 0), 8), ids_of(make_loader(stream(1), 0), 8)
+    assert rank0 != rank1 and len(rank0) == 48
+    assert rank0 == ids_of(make_loader(stream(0), 0), 8)
+    batch = next(iter(make_loader(stream(0), 0)))
+    assert batch["weak"].shape == batch["strong"].shape == (6, 3, 32, 32)
+    assert not torch.equal(batch["weak"], batch["strong"])
+    assert (batch["label"] == -1).all() and (batch["true_label"] >= 0).all()
+
+
+def test_train_stream_resumes_exactly_with_workers(sim_shards):
+    paths = shard_paths(sim_shards, "labeled")
+    def loader(start):
+        stream = TrainStream(paths, ItemMaker("labeled", "png"), 4, seed=3, rank=0, stream="labeled",
+                             shuffle_buffer=8, start_batch=start)
+        return iter(make_loader(stream, 2))
+    full_iter = loader(0)
+    full = [next(full_iter) for _ in range(7)]
+    resumed_iter = loader(3)
+    for expected in full[3:]:
+        got = next(resumed_iter)
+        assert torch.equal(got["id"], expected["id"]) and torch.equal(got["image"], expected["image"])

@@ -1,0 +1,88 @@
+"""Single-process end-to-end runs through the user's command (launch/train.py), resume, evaluate, W&B offline."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO_ROOT, run_cli
+from wandb_records import config_and_summary
+
+TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "data.num_workers=2",
+        "data.shuffle_buffer=16", "ssl.threshold=0.5", "train.steps=6", "checkpoint.every_steps=3",
+        "eval.every_steps=3", "train.warmup_steps=2"]
+
+
+def train(*overrides, check=True):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "train.py"), *TINY, *overrides],
+                            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def test_run_files_metrics_and_wandb_offline(sim_shards, tmp_path):
+    out = tmp_path / "run"
+    result = train(f"data.shards={sim_shards}", f"output_dir={out}", "tracking=wandb")
+    assert "accuracy" in result.stdout and str(out) in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]
+    assert metrics["steps"] == 6 and metrics["world_size"] == 1
+    assert sum(row["support"] for row in test["per_class"].values()) == 40 == sum(map(sum, test["confusion_matrix"]))
+    assert set(test) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes"}
+    assert (out / "plots" / "confusion_matrix.png").stat().st_size > 0
+    assert (out / "plots" / "training_curves.png").stat().st_size > 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train_rows = [row for row in log if "train/sup_loss" in row]
+    assert [row["step"] for row in train_rows] == [2, 4, 6]
+    for key in ("train/unsup_loss", "train/mask_ratio", "train/lr", "train/images_per_second",
+                "train/mask_ratio/GALAXY", "train/pseudo_label_accuracy"):
+        assert key in train_rows[-1]
+    assert [row["step"] for row in log if "test/accuracy" in row] == [3, 6]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000006"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
+    run_files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    config, summary = config_and_summary(run_files[0])
+    assert json.loads(config["ssl"])["threshold"] == 0.5 and json.loads(config["train"])["steps"] == 6
+    assert abs(float(summary["test/accuracy"]) - test["accuracy"]) < 1e-9
+    assert list((out / "wandb").glob("offline-run-*/files/media/images/test/confusion_matrix_*.png"))
+    evaluated = run_cli("evaluate", "--checkpoint", str(out), "--shards", str(sim_shards))
+    assert f"accuracy {test['accuracy']:.4f}" in evaluated.stdout
+    assert json.loads((out / "eval_step_0000006" / "metrics.json").read_text())["test"] == test
+
+
+def test_resume_from_mid_run_checkpoint_reaches_the_same_weights(sim_shards, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(f"data.shards={sim_shards}", f"output_dir={full}")
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_0000003", resumed / "checkpoints" / "step_0000003")
+    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    result = train(f"data.shards={sim_shards}", f"output_dir={resumed}", "resume=auto")
+    assert "resumed from" in result.stdout and "at step 3" in result.stdout
+    final_full = load_file(full / "checkpoints" / "step_0000006" / "model.safetensors")
+    final_resumed = load_file(resumed / "checkpoints" / "step_0000006" / "model.safetensors")
+    for key, value in final_full.items():
+        assert torch.equal(value, final_resumed[key]), key
+    ema_full = torch.load(full / "checkpoints" / "step_0000006" / "ema.pt", weights_only=True)
+    ema_resumed = torch.load(resumed / "checkpoints" / "step_0000006" / "ema.pt", weights_only=True)
+    assert all(torch.equal(value, ema_resumed[key]) for key, value in ema_full.items())
+
+
+def test_non_finite_loss_stops_with_a_clear_message(sim_shards, tmp_path):
+    result = train(f"data.shards={sim_shards}", f"output_dir={tmp_path / 'run'}", "train.lr=1e12",
+                   "ssl.algorithm=supervised", "train.warmup_steps=1", "checkpoint.every_steps=1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "non-finite" in error[0] and "last good checkpoint is" in error[0]
+
+
+def test_missing_shards_and_bad_weights_are_one_line_errors(tmp_path, sim_shards):
+    result = train(f"data.shards={tmp_path / 'nope'}", check=False)
+    assert result.returncode == 2 and "has no manifest.json" in result.stderr and "Traceback" not in result.stderr
+    result = train(f"data.shards={sim_shards}", f"output_dir={tmp_path / 'r'}", "model.weights=imagenet",
+                   check=False)
+    assert result.returncode == 2 and "ImageNet weights" in result.stderr and "Traceback" not in result.stderr
