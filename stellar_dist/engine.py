@@ -119,6 +119,10 @@ def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Opti
 
 def _resume_checkpoint(config: Config) -> Path | None:
     if config.resume == "none":
+        existing = checkpoint.find_latest(config.output_dir)
+        if existing is not None:
+            raise UserError(f"output_dir {config.output_dir} already holds a run ({existing.name}): pass resume=auto "
+                            "to continue it, or choose another output_dir")
         return None
     if config.resume == "auto":
         return checkpoint.find_latest(config.output_dir)

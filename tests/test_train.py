@@ -61,6 +61,8 @@ def test_resume_from_mid_run_checkpoint_reaches_the_same_weights(sim_shards, tmp
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_0000003", resumed / "checkpoints" / "step_0000003")
     (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    refused = train(f"data.shards={sim_shards}", f"output_dir={resumed}", check=False)
+    assert refused.returncode == 2 and "already holds a run (step_0000003)" in refused.stderr
     result = train(f"data.shards={sim_shards}", f"output_dir={resumed}", "resume=auto")
     assert "resumed from" in result.stdout and "at step 3" in result.stdout
     final_full = load_file(full / "checkpoints" / "step_0000006" / "model.safetensors")
