@@ -86,8 +86,9 @@ def stratified_split(
 ) -> np.ndarray:
     """Assign each row to a split (an array of split names), stratified by class.
 
-    Rows of unknown class (empty string) all go to unlabeled. Per class, round(n * fraction) rows go to test and to labeled, the rest to unlabeled, so every split is within
-    one sample of the exact per-class proportion. Each class needs at least one sample in every split.
+    Rows of unknown class (empty string) all go to unlabeled. Per class, round(n * fraction) rows go to test and
+    to labeled, the rest to unlabeled, so every split is within one sample of the exact per-class proportion.
+    Each class needs at least one sample in every split.
     """
     if not 0 < labeled_fraction < 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction >= 1:
         raise UserError(

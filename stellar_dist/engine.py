@@ -40,6 +40,15 @@ def compute_loss(model, labeled: dict, unlabeled: dict | None, config: Config) -
                          config.ssl.threshold, config.ssl.lambda_u)
 
 
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
+    """EMA of the parameters; batch-norm statistics copied as they are. Averaging them too would mix in their
+    initial values (variance 1) for thousands of steps, while sky images have tiny pixel variance."""
+    ema.update_parameters(model)
+    for ema_buffer, buffer in zip(ema.module.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -142,7 +151,7 @@ def setup(config: Config) -> Run:
     accelerator.wait_for_everyone()
     set_seed(config.seed)  # same initial weights on every rank
     model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=False)
     optimizer = _build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
@@ -248,7 +257,7 @@ def train_loop(run: Run) -> int:
         accelerator.backward(loss)
         run.optimizer.step()
         run.scheduler.step()
-        run.ema.update_parameters(accelerator.unwrap_model(run.model))
+        update_ema(run.ema, accelerator.unwrap_model(run.model))
         stats.add(step_stats, unlabeled, labeled["image"].shape[0])
         done = step + 1
         if done % config.train.log_every_steps == 0 or done == config.train.steps:
