@@ -1,0 +1,118 @@
+"""k-means backends and cluster-to-class evaluation (groundwork for DeepCluster re-clustering, issue 4).
+
+Backends, both seeded explicitly (never from the global RNG), both refilling empty clusters by splitting the
+largest one (DeepCluster's fix, deepcluster#43):
+- `kmeans_faiss`: Faiss k-means on one process (GPU when faiss-gpu and a GPU are present).
+Both start from the same k-means++ seeding of a hashed sample of the data (`initial_centroids`).
+- `kmeans_torch`: Lloyd iterations where each rank keeps its own features and only centroid sums and counts are
+  all-reduced; the initial centroids are chosen by a hash of the sample ids, so the result does not depend on how
+  the samples are spread over ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from . import dist
+
+SPLIT_EPSILON = 1e-4
+
+
+def split_empty_clusters(centroids: torch.Tensor, counts: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Give each empty cluster half of the largest one: copy its centroid and push the two apart slightly."""
+    centroids, counts = centroids.clone(), counts.clone().double()
+    for empty in torch.nonzero(counts == 0).flatten().tolist():
+        largest = int(torch.argmax(counts))
+        noise = SPLIT_EPSILON * torch.randn(centroids.shape[1], generator=generator, dtype=centroids.dtype)
+        centroids[empty] = centroids[largest] + noise.to(centroids.device)
+        centroids[largest] = centroids[largest] - noise.to(centroids.device)
+        counts[empty] = counts[largest] / 2
+        counts[largest] = counts[largest] / 2
+    return centroids
+
+
+def _assign(features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    distances = torch.cdist(features, centroids).pow(2)
+    best, assignment = distances.min(dim=1)
+    return assignment, best
+
+
+def kmeans_plus_plus(candidates: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """k-means++ seeding on a candidate sample, from an explicit generator."""
+    generator = torch.Generator().manual_seed(seed)
+    candidates = candidates.double().cpu()
+    chosen = [int(torch.randint(len(candidates), (), generator=generator))]
+    nearest = torch.cdist(candidates, candidates[chosen]).pow(2).min(1).values
+    for _ in range(1, k):
+        chosen.append(int(torch.multinomial(nearest / nearest.sum(), 1, generator=generator)))
+        nearest = torch.minimum(nearest, torch.cdist(candidates, candidates[chosen[-1:]]).pow(2)[:, 0])
+    return candidates[chosen]
+
+
+def initial_centroids(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int,
+                      num_candidates: int = 20000) -> torch.Tensor:
+    """k-means++ on the samples with the smallest seeded hash of their id, wherever they live: the same
+    initial centroids whatever the number of ranks."""
+    keys = (ids.long() * 6364136223846793005 + seed * 1442695040888963407) % (2**61 - 1)
+    local = torch.argsort(keys)[:num_candidates]
+    candidate_keys, candidates = dist.gather_variable(keys[local]), dist.gather_variable(features[local])
+    order = torch.argsort(candidate_keys)[:num_candidates]
+    return kmeans_plus_plus(candidates[order], k, seed).to(features.device, features.dtype)
+
+
+def kmeans_torch(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int, iterations: int = 20):
+    """Distributed k-means: returns (centroids, this rank's assignments, global inertia)."""
+    features = features.double()
+    centroids = initial_centroids(features, ids, k, seed)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(iterations):
+        assignment, _ = _assign(features, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, features)
+        counts = torch.zeros(k, dtype=torch.float64, device=features.device).index_add_(
+            0, assignment, torch.ones_like(assignment, dtype=torch.float64))
+        sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centroids)
+        centroids = split_empty_clusters(centroids, counts, generator)
+    assignment, squared = _assign(features, centroids)
+    inertia = dist.all_reduce_sum(squared.sum().reshape(1)).item()
+    return centroids.float(), assignment, inertia
+
+
+def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, use_gpu: bool | None = None):
+    """Faiss k-means on one process: returns (centroids, assignments, inertia)."""
+    import faiss
+
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if use_gpu is None:
+        use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    kmeans = faiss.Kmeans(features.shape[1], k, niter=iterations, seed=seed, gpu=bool(use_gpu), verbose=False,
+                          min_points_per_centroid=1, max_points_per_centroid=10**9)
+    init = initial_centroids(torch.from_numpy(features), torch.arange(len(features)), k, seed)
+    kmeans.train(features, init_centroids=init.float().numpy())
+    centroids = torch.from_numpy(kmeans.centroids.copy())
+    assignment, squared = _assign(torch.from_numpy(features), centroids)
+    counts = torch.bincount(assignment, minlength=k)
+    if (counts == 0).any():
+        centroids = split_empty_clusters(centroids, counts, torch.Generator().manual_seed(seed))
+        assignment, squared = _assign(torch.from_numpy(features), centroids)
+    return centroids, assignment, float(squared.double().sum())
+
+
+def match_clusters(true_labels: np.ndarray, clusters: np.ndarray, num_classes: int, k: int) -> np.ndarray:
+    """Cluster -> class map maximising agreement: one-to-one (Hungarian) when k <= classes, else many-to-one
+    (each cluster to its majority class, the optimum when several clusters may share a class)."""
+    table = np.zeros((k, num_classes), dtype=np.int64)
+    np.add.at(table, (clusters, true_labels), 1)
+    if k > num_classes:
+        return table.argmax(axis=1)
+    rows, columns = linear_sum_assignment(table, maximize=True)
+    mapping = np.zeros(k, dtype=np.int64)
+    mapping[rows] = columns
+    return mapping
+
+
+def cluster_accuracy(true_labels: np.ndarray, clusters: np.ndarray, num_classes: int, k: int) -> float:
+    mapping = match_clusters(true_labels, clusters, num_classes, k)
+    return float((mapping[clusters] == true_labels).mean())

@@ -1,0 +1,58 @@
+import numpy as np
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+
+from stellar_dist.cluster import (cluster_accuracy, kmeans_faiss, kmeans_torch, match_clusters,
+                                  split_empty_clusters)
+
+
+def blobs(num_per_blob=200, k=5, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, size=(k, dim))
+    labels = np.repeat(np.arange(k), num_per_blob)
+    return (centres[labels] + rng.normal(0, 0.5, size=(len(labels), dim))).astype(np.float32), labels
+
+
+def test_hungarian_accuracy_is_one_on_permuted_labels():
+    labels = np.random.default_rng(0).integers(0, 3, 300)
+    permuted = np.array([2, 0, 1])[labels]
+    assert cluster_accuracy(labels, permuted, num_classes=3, k=3) == 1.0
+
+
+def test_hungarian_hand_case_and_many_to_one():
+    true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    clusters = np.array([1, 1, 0, 0, 0, 2, 2, 1])
+    # table rows=clusters: c0 -> {0:1, 1:2}, c1 -> {0:2, 2:1}, c2 -> {2:2}; best one-to-one: c0->1, c1->0, c2->2
+    assert match_clusters(true, clusters, 3, 3).tolist() == [1, 0, 2]
+    assert cluster_accuracy(true, clusters, 3, 3) == 6 / 8
+    five = np.array([0, 1, 1, 2, 2, 3, 4, 1])  # k=5 > 3 classes: majority class per cluster (c1: 0, 0, 2)
+    assert cluster_accuracy(true, five, 3, 5) == 7 / 8
+
+
+def test_empty_cluster_is_split_from_the_largest():
+    centroids = torch.tensor([[0.0, 0.0], [5.0, 5.0], [9.0, 9.0]])
+    counts = torch.tensor([10, 0, 90])
+    fixed = split_empty_clusters(centroids, counts, torch.Generator().manual_seed(0))
+    assert torch.allclose(fixed[1], torch.tensor([9.0, 9.0]), atol=1e-3)
+    assert not torch.equal(fixed[1], fixed[2]) and torch.equal(fixed[0], centroids[0])
+
+
+def test_faiss_and_torch_agree_on_separated_blobs():
+    features, labels = blobs()
+    _, faiss_assign, faiss_inertia = kmeans_faiss(features, 5, seed=1)
+    ids = torch.arange(len(features))
+    _, torch_assign, torch_inertia = kmeans_torch(torch.from_numpy(features), ids, 5, seed=1)
+    assert abs(faiss_inertia - torch_inertia) / torch_inertia < 0.01
+    assert normalized_mutual_info_score(labels, faiss_assign.numpy()) > 0.99
+    assert normalized_mutual_info_score(labels, torch_assign.numpy()) > 0.99
+
+
+def test_seeded_and_never_from_global_rng():
+    features, _ = blobs(k=4, seed=3)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    first = kmeans_faiss(features, 6, seed=5)[1]
+    torch.manual_seed(999)
+    np.random.seed(999)
+    assert torch.equal(first, kmeans_faiss(features, 6, seed=5)[1])
+    assert (torch.bincount(first, minlength=6) > 0).all()
