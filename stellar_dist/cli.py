@@ -54,6 +54,27 @@ def _run_evaluate(args) -> None:
     print(f"wrote {report['out_dir']}/metrics.json and confusion_matrix.png")
 
 
+def _add_cluster(commands) -> None:
+    parser = commands.add_parser("cluster", help="k-means of a checkpoint's features: Hungarian accuracy, NMI, "
+                                                 "ARI, linear probe, cluster grids")
+    parser.add_argument("--checkpoint", required=True, help="checkpoints/step_* folder, or a run folder (its latest)")
+    parser.add_argument("--shards", required=True, help="packed shards (labeled + unlabeled are clustered)")
+    parser.add_argument("--k", type=int, help="clusters (default: the run's cluster.k, 0 = 5 x classes)")
+    parser.add_argument("--backend", choices=["faiss", "torch"], help="default: the run's cluster.backend")
+    parser.add_argument("--out", help="folder for metrics.json and plots (default: RUN/cluster_step_N)")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
+
+
+def _run_cluster(args) -> None:
+    from .cluster_stage import cluster_checkpoint, format_cluster_report
+
+    metrics = cluster_checkpoint(args.checkpoint, args.shards, args.k, args.backend, args.out, args.workers)
+    print(format_cluster_report(metrics))
+    sizes = metrics["cluster_sizes"]
+    print(f"cluster sizes: {sizes}; matched classes: {metrics['cluster_to_class']}")
+    print(f"wrote {metrics['out_dir']}/metrics.json, cluster_grid.png, cluster_table.png")
+
+
 def _run_simulate(args) -> None:
     from .simulate import simulate
 
@@ -91,13 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_pack(commands)
     _add_evaluate(commands)
+    _add_cluster(commands)
     return parser
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    runners = {"simulate": _run_simulate, "pack": _run_pack, "evaluate": _run_evaluate}
+    runners = {"simulate": _run_simulate, "pack": _run_pack, "evaluate": _run_evaluate, "cluster": _run_cluster}
     runners[args.command](args)
 
 

@@ -80,8 +80,10 @@ def kmeans_torch(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int, i
     return centroids.float(), assignment, inertia
 
 
-def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, use_gpu: bool | None = None):
-    """Faiss k-means on one process: returns (centroids, assignments, inertia)."""
+def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, use_gpu: bool | None = None,
+                 ids: torch.Tensor | None = None):
+    """Faiss k-means on one process: returns (centroids, assignments, inertia). `ids` (default: row numbers)
+    pick the k-means++ candidates, as in `kmeans_torch`."""
     import faiss
 
     features = np.ascontiguousarray(features, dtype=np.float32)
@@ -89,7 +91,9 @@ def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, 
         use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
     kmeans = faiss.Kmeans(features.shape[1], k, niter=iterations, seed=seed, gpu=bool(use_gpu), verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=10**9)
-    init = initial_centroids(torch.from_numpy(features), torch.arange(len(features)), k, seed)
+    ids = torch.arange(len(features)) if ids is None else ids
+    with dist.local_only():
+        init = initial_centroids(torch.from_numpy(features), ids, k, seed)
     kmeans.train(features, init_centroids=init.float().numpy())
     centroids = torch.from_numpy(kmeans.centroids.copy())
     assignment, squared = _assign(torch.from_numpy(features), centroids)
@@ -111,6 +115,11 @@ def match_clusters(true_labels: np.ndarray, clusters: np.ndarray, num_classes: i
     mapping = np.zeros(k, dtype=np.int64)
     mapping[rows] = columns
     return mapping
+
+
+def assign(features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid and squared distance of each row."""
+    return _assign(features.to(centroids.dtype), centroids)
 
 
 def cluster_accuracy(true_labels: np.ndarray, clusters: np.ndarray, num_classes: int, k: int) -> float:

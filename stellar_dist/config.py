@@ -42,7 +42,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SSLConfig:
-    algorithm: str = "fixmatch"  # "fixmatch", or "supervised" (labeled data only: the baseline)
+    algorithm: str = "fixmatch"  # "fixmatch"; "supervised" (labeled only: the baseline); "deepcluster" (no labels)
     mu: int = 3  # unlabeled:labeled batch ratio (FixMatch paper: 7)
     threshold: float = 0.95  # confidence above which a weak-view prediction becomes a pseudo-label
     lambda_u: float = 1.0  # weight of the unsupervised loss
@@ -67,6 +67,18 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    every_steps: int = 0  # re-cluster every N steps; 0: only at the end (deepcluster: once per epoch-equivalent)
+    at_end: bool = True  # cluster the final EMA features and report cluster accuracy / NMI / ARI
+    k: int = 0  # clusters; 0 = 5 x the number of classes
+    backend: str = "faiss"  # "faiss" (gathered to rank 0; GPU with faiss-gpu) or "torch" (distributed, no gather)
+    pca_dim: int = 64  # PCA-whitened dimensions before k-means, as DeepCluster (0 = no PCA)
+    iterations: int = 20  # k-means iterations
+    lambda_c: float = 0.0  # weight of the DeepCluster loss on the cluster head during fixmatch (0 disables it)
+    grid_clusters: int = 12  # clusters shown in plots/cluster_grid.png (largest first)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -74,6 +86,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     output_dir: str = "runs/demo"  # everything of the run goes here
     seed: int = 0  # model init, data order, augmentation: the same seed gives the same run
     resume: str = "none"  # "none", "auto" (latest checkpoint in output_dir, if any), or a checkpoint/run folder
@@ -84,7 +97,8 @@ class Config:
 CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "ssl.algorithm": ("fixmatch", "supervised"),
+    "ssl.algorithm": ("fixmatch", "supervised", "deepcluster"),
+    "cluster.backend": ("faiss", "torch"),
     "tracking": ("none", "wandb"),
 }
 

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
 
+_LOCAL_ONLY = [False]
+
+
+@contextlib.contextmanager
+def local_only():
+    """Within this block every collective is the identity: for work that one rank does alone (rank 0's k-means)."""
+    _LOCAL_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY[0] = False
+
+
 def world_size() -> int:
+    if _LOCAL_ONLY[0]:
+        return 1
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    if _LOCAL_ONLY[0]:
+        return 0
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 

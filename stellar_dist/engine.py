@@ -9,166 +9,43 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import checkpoint, dist
-from .config import Config, save_config, to_dict
+from .cluster_stage import format_cluster_report, run_clustering
+from .config import Config
 from .data import ItemMaker, TrainStream, make_loader, shard_paths
+from .diagnostics import IntervalStats
 from .errors import UserError
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
-from .models import StellarNet
-from .pack import load_manifest
-from .ssl import fixmatch_loss, supervised_loss
-from .tracking import RunTracker, prepare_wandb_environment
+from .session import Run, save_run, setup, update_ema, uses_cluster_head
+from .ssl import deepcluster_loss, fixmatch_loss, supervised_loss
 
 
-def compute_loss(model, labeled: dict, unlabeled: dict | None, config: Config) -> tuple[torch.Tensor, dict]:
-    """One forward pass over labeled + weak + strong views (shared batch-norm statistics), then the loss."""
-    if unlabeled is None:
+def compute_loss(model, labeled: dict | None, unlabeled: dict | None, config: Config,
+                 cluster_targets: torch.Tensor | None = None, cluster_weights: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, dict]:
+    """One forward pass over labeled + weak + strong views (shared batch-norm statistics), then the loss.
+    With cluster targets (one per unlabeled sample), the cluster head learns them from the weak view."""
+    if config.ssl.algorithm == "supervised":
         return supervised_loss(model(labeled["image"]), labeled["label"])
+    if config.ssl.algorithm == "deepcluster":
+        _, cluster_logits = model(unlabeled["weak"], with_clusters=True)
+        return deepcluster_loss(cluster_logits, cluster_targets, cluster_weights)
     num_labeled, num_unlabeled = labeled["image"].shape[0], unlabeled["weak"].shape[0]
-    logits = model(torch.cat([labeled["image"], unlabeled["weak"], unlabeled["strong"]]))
+    inputs = torch.cat([labeled["image"], unlabeled["weak"], unlabeled["strong"]])
+    logits, cluster_logits = model(inputs, with_clusters=True) if cluster_targets is not None else (model(inputs), None)
     logits_weak, logits_strong = logits[num_labeled:].split(num_unlabeled)
-    return fixmatch_loss(logits[:num_labeled], labeled["label"], logits_weak, logits_strong,
-                         config.ssl.threshold, config.ssl.lambda_u)
-
-
-@torch.no_grad()
-def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
-    """EMA of the parameters; batch-norm statistics copied as they are. Averaging them too would mix in their
-    initial values (variance 1) for thousands of steps, while sky images have tiny pixel variance."""
-    ema.update_parameters(model)
-    for ema_buffer, buffer in zip(ema.module.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-class IntervalStats:
-    """Sums over a log interval on this rank; `reduce` adds them over ranks."""
-
-    def __init__(self, num_classes: int, device: torch.device):
-        self.num_classes, self.device = num_classes, device
-        self.scalars = torch.zeros(8, device=device, dtype=torch.float64)
-        self.per_class = torch.zeros(2, num_classes, device=device, dtype=torch.float64)
-
-    def add(self, stats: dict, unlabeled: dict | None, labeled_images: int) -> None:
-        values = [stats["sup_loss"], stats.get("unsup_loss", torch.zeros(())), 1.0, 0, 0, 0, 0, labeled_images]
-        if "mask" in stats:
-            mask, pseudo = stats["mask"], stats["pseudo_labels"]
-            known = unlabeled["true_label"] >= 0
-            correct = (pseudo == unlabeled["true_label"]).double() * mask * known
-            values[3:7] = [mask.sum(), mask.numel(), correct.sum(), (mask * known).sum()]
-            self.per_class[0].index_add_(0, pseudo, mask.double())
-            self.per_class[1].index_add_(0, pseudo, torch.ones_like(mask, dtype=torch.float64))
-        self.scalars += torch.tensor([float(value) for value in values], device=self.device, dtype=torch.float64)
-
-    def reduce(self, classes: list[str]) -> dict:
-        scalars, per_class = dist.all_reduce_sum(self.scalars), dist.all_reduce_sum(self.per_class)
-        steps = max(scalars[2].item(), 1.0) / dist.world_size()
-        metrics = {"train/sup_loss": scalars[0].item() / (steps * dist.world_size()),
-                   "train/unsup_loss": scalars[1].item() / (steps * dist.world_size())}
-        if scalars[4] > 0:
-            metrics["train/mask_ratio"] = scalars[3].item() / scalars[4].item()
-            metrics["train/pseudo_label_accuracy"] = scalars[5].item() / scalars[6].item() if scalars[6] > 0 else None
-            for index, name in enumerate(classes):
-                count = per_class[1, index].item()
-                metrics[f"train/mask_ratio/{name}"] = per_class[0, index].item() / count if count else None
-        images = scalars[7].item() + 2 * scalars[4].item()
-        self.scalars.zero_(), self.per_class.zero_()
-        return metrics | {"train/images": images}
-
-
-@dataclass
-class Run:
-    """Everything a training run holds, built once by `setup`."""
-
-    config: Config
-    accelerator: Accelerator
-    manifest: dict
-    model: torch.nn.Module
-    ema: AveragedModel
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    tracker: RunTracker
-    output_dir: Path
-    start_step: int = 0
-
-
-def _mixed_precision(config: Config) -> str:
-    if config.train.mixed_precision != "auto":
-        return config.train.mixed_precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    # No weight decay on biases and normalisation parameters (as in the FixMatch reference).
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.train.lr, momentum=config.train.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.train.lr)
-
-
-def _resume_checkpoint(config: Config) -> Path | None:
-    if config.resume == "none":
-        existing = checkpoint.find_latest(config.output_dir)
-        if existing is not None:
-            raise UserError(f"output_dir {config.output_dir} already holds a run ({existing.name}): pass resume=auto "
-                            "to continue it, or choose another output_dir")
-        return None
-    if config.resume == "auto":
-        return checkpoint.find_latest(config.output_dir)
-    return checkpoint.resolve(config.resume)
-
-
-def setup(config: Config) -> Run:
-    output_dir = Path(config.output_dir)
-    manifest = load_manifest(config.data.shards)
-    if config.tracking == "wandb":
-        prepare_wandb_environment(output_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
-                              log_with="wandb" if config.tracking == "wandb" else None)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-    accelerator.wait_for_everyone()
-    set_seed(config.seed)  # same initial weights on every rank
-    model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=False)
-    optimizer = _build_optimizer(model, config)
-    # The scheduler is stepped by us once per step (Accelerate would step it once per process).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
-                                                                           config.train.steps))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
-    tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
-    run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, tracker, output_dir)
-    resume_from = _resume_checkpoint(config)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = checkpoint.load_trainer_state(resume_from)
-        ema.load_state_dict(state["ema"])
-        scheduler.load_state_dict(state["scheduler"])
-        run.start_step = int(state["step"])
-        accelerator.print(f"resumed from {resume_from} at step {run.start_step}")
-    return run
+    loss, stats = fixmatch_loss(logits[:num_labeled], labeled["label"], logits_weak, logits_strong,
+                                config.ssl.threshold, config.ssl.lambda_u)
+    if cluster_logits is not None:
+        cluster_loss, cluster_stats = deepcluster_loss(cluster_logits[num_labeled : num_labeled + num_unlabeled],
+                                                       cluster_targets, cluster_weights)
+        loss, stats = loss + config.cluster.lambda_c * cluster_loss, stats | cluster_stats
+    return loss, stats
 
 
 def _loaders(run: Run):
@@ -184,20 +61,19 @@ def _loaders(run: Run):
                              start_batch=run.start_step)
         return iter(make_loader(stream, config.data.num_workers, pin_memory=pin))
 
-    labeled = loader("labeled", "labeled", config.train.batch_size)
+    labeled = None if config.ssl.algorithm == "deepcluster" else loader("labeled", "labeled", config.train.batch_size)
     if config.ssl.algorithm == "supervised":
         return labeled, None
     return labeled, loader("unlabeled", "unlabeled", config.train.batch_size * config.ssl.mu)
 
 
+def _images_forwarded(config: Config, labeled: dict | None, unlabeled: dict | None) -> int:
+    views = {"supervised": 0, "deepcluster": 1, "fixmatch": 2}[config.ssl.algorithm]
+    return (labeled["image"].shape[0] if labeled else 0) + (views * unlabeled["weak"].shape[0] if unlabeled else 0)
+
+
 def _to_device(batch: dict | None, device: torch.device) -> dict | None:
     return None if batch is None else {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-def _save(run: Run, step: int) -> Path:
-    state = {"step": step, "ema": run.ema.state_dict(), "scheduler": run.scheduler.state_dict()}
-    return checkpoint.save(run.accelerator, run.output_dir, step, state, run.ema.module.state_dict(),
-                           run.config.checkpoint.keep_last)
 
 
 def _stop_non_finite(run: Run, step: int, loss: torch.Tensor) -> None:
@@ -225,11 +101,13 @@ def evaluate_run(run: Run, step: int) -> dict:
     return report
 
 
-def _write_metrics(run: Run, report: dict, step: int, seconds: float) -> None:
+def _write_metrics(run: Run, report: dict, step: int, seconds: float, clusters: dict | None) -> None:
     if not run.accelerator.is_main_process:
         return
     metrics = {"test": report, "steps": step, "world_size": run.accelerator.num_processes,
                "algorithm": run.config.ssl.algorithm, "arch": run.config.model.arch, "train_seconds": seconds}
+    if clusters is not None:
+        metrics["cluster"] = clusters
     temporary = run.output_dir / "metrics.json.tmp"
     temporary.write_text(json.dumps(metrics, indent=2))
     temporary.replace(run.output_dir / "metrics.json")
@@ -240,25 +118,65 @@ def _write_metrics(run: Run, report: dict, step: int, seconds: float) -> None:
                          "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})
 
 
+def cluster_every_steps(config: Config, manifest: dict, world_size: int) -> int:
+    """Re-clustering period; DeepCluster alone re-clusters once per epoch-equivalent of unlabeled data."""
+    if config.cluster.every_steps or config.ssl.algorithm != "deepcluster":
+        return config.cluster.every_steps
+    per_step = config.train.batch_size * config.ssl.mu * world_size
+    return max(1, math.ceil(manifest["num_samples"]["unlabeled"] / per_step))
+
+
+def recluster_run(run: Run, step: int, final: bool = False) -> dict | None:
+    """Cluster the EMA features on all ranks; reset the cluster head; log the cluster metrics (main process)."""
+    config, accelerator = run.config, run.accelerator
+    previous = run.cluster_state.num_reclusterings if run.cluster_state is not None else 0
+    run.cluster_state, metrics = run_clustering(
+        run.ema.module, config.cluster, shards_dir=config.data.shards, manifest=run.manifest, seed=config.seed,
+        device=accelerator.device, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+        grayscale=config.data.grayscale, num_reclusterings=previous, is_main=accelerator.is_main_process,
+        plots_dir=run.output_dir / "plots" if final else None)
+    run.model.train()
+    model = accelerator.unwrap_model(run.model)
+    if model.cluster_head is not None and not final:
+        model.reset_cluster_head(torch.Generator().manual_seed(config.seed * 1000 + run.cluster_state.num_reclusterings))
+        for parameter in model.cluster_head.parameters():
+            run.optimizer.state.pop(parameter, None)  # stale momentum for a head that means something new
+        run.ema.module.cluster_head.load_state_dict(model.cluster_head.state_dict())
+    if metrics is not None:
+        run.tracker.log({"cluster/accuracy": metrics["accuracy"], "cluster/nmi": metrics["nmi"],
+                         "cluster/ari": metrics["ari"], "cluster/inertia": metrics["inertia"],
+                         "cluster/linear_probe_accuracy": metrics["linear_probe"]["accuracy"]}, step)
+        if final:
+            run.tracker.log_images({f"cluster/{name}": Path(path) for name, path in metrics["plots"].items()}, step)
+    return metrics
+
+
 def train_loop(run: Run) -> int:
     config, accelerator = run.config, run.accelerator
     labeled_iter, unlabeled_iter = _loaders(run)
+    every = cluster_every_steps(config, run.manifest, accelerator.num_processes)
+    if uses_cluster_head(config) and run.cluster_state is None:
+        recluster_run(run, run.start_step)
     stats = IntervalStats(len(run.manifest["classes"]), accelerator.device)
     progress = tqdm(range(run.start_step, config.train.steps), initial=run.start_step, total=config.train.steps,
                     desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     interval_start = time.perf_counter()
     run.model.train()
     for step in progress:
-        labeled = _to_device(next(labeled_iter), accelerator.device)
+        labeled = _to_device(next(labeled_iter), accelerator.device) if labeled_iter is not None else None
         unlabeled = _to_device(next(unlabeled_iter), accelerator.device) if unlabeled_iter is not None else None
-        loss, step_stats = compute_loss(run.model, labeled, unlabeled, config)
+        targets = weights = None
+        if uses_cluster_head(config):
+            targets = run.cluster_state.assignments.to(accelerator.device)[unlabeled["id"]]
+            weights = run.cluster_state.cluster_weights.to(accelerator.device)
+        loss, step_stats = compute_loss(run.model, labeled, unlabeled, config, targets, weights)
         _stop_non_finite(run, step, loss.detach())
         run.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         run.optimizer.step()
         run.scheduler.step()
         update_ema(run.ema, accelerator.unwrap_model(run.model))
-        stats.add(step_stats, unlabeled, labeled["image"].shape[0])
+        stats.add(step_stats, unlabeled, _images_forwarded(config, labeled, unlabeled))
         done = step + 1
         if done % config.train.log_every_steps == 0 or done == config.train.steps:
             metrics = stats.reduce(run.manifest["classes"])
@@ -272,22 +190,31 @@ def train_loop(run: Run) -> int:
             interval_start = time.perf_counter()
         if done % config.eval.every_steps == 0 and done != config.train.steps:
             evaluate_run(run, done)
+        if every and done % every == 0 and done != config.train.steps:
+            recluster_run(run, done)
         if done % config.checkpoint.every_steps == 0 and done != config.train.steps:
-            _save(run, done)
+            save_run(run, done)
     return config.train.steps
 
 
-def train(config: Config) -> dict:
-    """Train, evaluate and checkpoint; returns the final test report (the same on every rank)."""
+def train(config: Config) -> dict | None:
+    """Train, evaluate, cluster and checkpoint; returns the final test report (on the main process; for
+    ssl.algorithm=deepcluster, the linear probe's)."""
     started = time.perf_counter()
     run = setup(config)
     try:
         steps = train_loop(run)
-        report = evaluate_run(run, steps)
-        final = _save(run, steps)
-        _write_metrics(run, report, steps, time.perf_counter() - started)
+        deepcluster = config.ssl.algorithm == "deepcluster"
+        report = None if deepcluster else evaluate_run(run, steps)
+        clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or deepcluster else None
+        if deepcluster and clusters is not None:
+            report = clusters["linear_probe"]
+        final = save_run(run, steps)
+        _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
         if run.accelerator.is_main_process:
             print(format_report(report))
+            if clusters is not None:
+                print(format_cluster_report(clusters))
             print(f"run files: {run.output_dir} (metrics.json, log.jsonl, plots/, config.yaml); checkpoint {final}")
     finally:
         run.tracker.finish()

@@ -67,11 +67,18 @@ class StellarNet(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images))
-
-    def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class logits and cluster logits (None without a cluster head) from one backbone pass."""
+    def forward(self, images: torch.Tensor, with_clusters: bool = False):
+        """Class logits; with `with_clusters`, (class logits, cluster logits) from one backbone pass. (A flag, not
+        a second method, so that DDP's forward hooks see every call.)"""
         features = self.features(images)
-        clusters = self.cluster_head(features) if self.cluster_head is not None else None
-        return self.classifier(features), clusters
+        if not with_clusters:
+            return self.classifier(features)
+        return self.classifier(features), self.cluster_head(features)
+
+    @torch.no_grad()
+    def reset_cluster_head(self, generator: torch.Generator) -> None:
+        """Fresh cluster head after each re-clustering (the cluster ids mean something new), same on all ranks."""
+        bound = 1 / self.feature_dim**0.5
+        self.cluster_head.weight.copy_(torch.rand(self.cluster_head.weight.shape, generator=generator) * 2 * bound
+                                       - bound)
+        self.cluster_head.bias.zero_()

@@ -25,3 +25,11 @@ def fixmatch_loss(logits_labeled: torch.Tensor, labels: torch.Tensor, logits_wea
 def supervised_loss(logits_labeled: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
     loss = F.cross_entropy(logits_labeled, labels)
     return loss, {"sup_loss": loss.detach()}
+
+
+def deepcluster_loss(cluster_logits: torch.Tensor, targets: torch.Tensor, cluster_weights: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict]:
+    """DeepCluster (Caron et al. 2018): CE against the current cluster assignments, weighted uniformly over clusters
+    (each cluster's weight is inversely proportional to its size) so that big clusters do not dominate."""
+    loss = F.cross_entropy(cluster_logits, targets, weight=cluster_weights.to(cluster_logits.dtype))
+    return loss, {"cluster_loss": loss.detach()}

@@ -18,7 +18,7 @@ def test_yaml_then_overrides_typed(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("ssl.thresh=0.9", "unknown config key(s) ssl.thresh; valid keys here: ssl.algorithm"),
     ("train.steps=ten", "train.steps must be int"),
-    ("ssl.algorithm=mixmatch", "not one of fixmatch, supervised"),
+    ("ssl.algorithm=mixmatch", "not one of fixmatch, supervised, deepcluster"),
     ("bogus=1", "unknown config key(s) bogus"),
     ("train.steps", "is not KEY=VALUE"),
 ])

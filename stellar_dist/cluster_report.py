@@ -1,0 +1,127 @@
+"""Cluster analysis on the main process: Hungarian accuracy, NMI, ARI, cluster x class table, linear probe, grids."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.preprocessing import StandardScaler
+
+from . import dist
+from .cluster import cluster_accuracy, match_clusters
+from .data import _samples_of, shard_paths
+from .evaluate import classification_report
+from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
+
+
+def gather_local(local: LocalFeatures, reduced: torch.Tensor, assignment: torch.Tensor,
+                 centroids: torch.Tensor) -> dict[str, np.ndarray]:
+    """Ids, classes, splits, clusters and centroid distances of every rank's samples, sorted by id; backbone
+    features only for the labeled and test samples (the linear probe's), not the large unlabeled split."""
+    distance = (reduced - centroids.to(reduced.device)[assignment]).norm(dim=1)
+    parts = {"ids": local.ids, "labels": local.labels, "splits": local.splits, "assignment": assignment,
+             "distance": distance}
+    gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in parts.items()}
+    order = np.argsort(gathered["ids"])
+    gathered = {key: value[order] for key, value in gathered.items()}
+    probe = local.splits != SPLIT_CODES["unlabeled"]
+    probe_parts = {key: dist.gather_variable(value[probe]).cpu().numpy()
+                   for key, value in (("ids", local.ids), ("features", local.features))}
+    order = np.argsort(probe_parts["ids"])
+    gathered["probe_ids"], gathered["probe_features"] = probe_parts["ids"][order], probe_parts["features"][order]
+    return gathered
+
+
+def cluster_metrics(samples: dict, state: ClusterState, classes: list[str]) -> dict:
+    """Scores against the true classes of the labeled + test samples (the clusters were fit without labels)."""
+    k = state.centroids.shape[0]
+    known = (samples["splits"] != SPLIT_CODES["unlabeled"]) & (samples["labels"] >= 0)
+    labels, clusters = samples["labels"][known], samples["assignment"][known]
+    table = np.zeros((k, len(classes)), dtype=np.int64)
+    np.add.at(table, (clusters, labels), 1)
+    mapping = match_clusters(labels, clusters, len(classes), k)
+    fit = samples["splits"] != SPLIT_CODES["test"]
+    return {
+        "k": k,
+        "accuracy": cluster_accuracy(labels, clusters, len(classes), k),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "inertia": state.inertia,
+        "cluster_to_class": [classes[index] for index in mapping],
+        "cluster_class_table": table.tolist(),
+        "cluster_sizes": np.bincount(samples["assignment"][fit], minlength=k).tolist(),
+        "num_scored": int(known.sum()),
+        "classes": list(classes),
+    }
+
+
+def linear_probe(samples: dict, classes: list[str], seed: int) -> dict:
+    """Logistic regression on frozen backbone features of the labeled split, scored on the test split."""
+    rows = np.searchsorted(samples["ids"], samples["probe_ids"])
+    splits, labels, features = samples["splits"][rows], samples["labels"][rows], samples["probe_features"]
+    train, test = splits == SPLIT_CODES["labeled"], splits == SPLIT_CODES["test"]
+    scaler = StandardScaler().fit(features[train])
+    probe = LogisticRegression(max_iter=2000, random_state=seed)
+    probe.fit(scaler.transform(features[train]), labels[train])
+    return classification_report(labels[test], probe.predict(scaler.transform(features[test])), classes)
+
+
+def nearest_ids(samples: dict, cluster_ids: list[int], per_cluster: int) -> dict[int, list[int]]:
+    fit = samples["splits"] != SPLIT_CODES["test"]
+    chosen = {}
+    for cluster in cluster_ids:
+        members = np.flatnonzero(fit & (samples["assignment"] == cluster))
+        chosen[cluster] = samples["ids"][members[np.argsort(samples["distance"][members])[:per_cluster]]].tolist()
+    return chosen
+
+
+def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: ClusterState, metrics: dict,
+                      path: Path, num_clusters: int, per_cluster: int = 8) -> Path:
+    """One row per cluster (largest first): the samples nearest its centroid, labelled with the matched class."""
+    from PIL import ImageDraw
+
+    largest = np.argsort(metrics["cluster_sizes"])[::-1][:num_clusters].tolist()
+    chosen = nearest_ids(samples, largest, per_cluster)
+    wanted = {f"{sample_id:09d}" for ids in chosen.values() for sample_id in ids}
+    images = {}
+    paths = shard_paths(shards_dir, "labeled") + shard_paths(shards_dir, "unlabeled")
+    for raw in _samples_of(paths):
+        if raw["__key__"] in wanted:
+            images[int(raw["__key__"])] = Image.open(io.BytesIO(raw[manifest["encoding"]])).convert("RGB")
+    size, label_width = manifest["image_size"], 150
+    grid = Image.new("RGB", (label_width + per_cluster * size, len(largest) * size), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, cluster in enumerate(largest):
+        draw.text((4, row * size + 4), f"cluster {cluster}\nn={metrics['cluster_sizes'][cluster]}\n"
+                                      f"-> {metrics['cluster_to_class'][cluster]}", fill="black")
+        for column, sample_id in enumerate(chosen[cluster]):
+            grid.paste(images[sample_id], (label_width + column * size, row * size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def plot_cluster_table(metrics: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = np.array(metrics["cluster_class_table"], dtype=float)
+    fractions = table / np.maximum(table.sum(1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(4 + 0.2 * len(metrics["classes"]), 1.5 + 0.25 * len(table)))
+    axis.imshow(fractions, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    axis.set(xticks=range(len(metrics["classes"])), xticklabels=metrics["classes"], ylabel="cluster",
+             title=f"cluster acc {metrics['accuracy']:.3f}  NMI {metrics['nmi']:.3f}  ARI {metrics['ari']:.3f}")
+    for (row, column), count in np.ndenumerate(table):
+        axis.text(column, row, int(count), ha="center", va="center", fontsize=7, color="white")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

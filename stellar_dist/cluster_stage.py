@@ -1,0 +1,73 @@
+"""One clustering stage, as training and `stellar-dist cluster` run it: extract -> recluster -> (report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid,
+                             plot_cluster_table)
+from .config import ClusterConfig
+from .recluster import ClusterState, extract_features, recluster
+
+
+def num_clusters(cluster: ClusterConfig, num_classes: int) -> int:
+    return cluster.k or 5 * num_classes
+
+
+def run_clustering(model, cluster: ClusterConfig, *, shards_dir: str, manifest: dict, seed: int, device,
+                   batch_size: int, num_workers: int, grayscale: bool, num_reclusterings: int = 0,
+                   report: bool = True, is_main: bool = True, plots_dir: Path | None = None
+                   ) -> tuple[ClusterState, dict | None]:
+    """Cluster the features of `model` (all ranks take part); metrics on the main process when `report`."""
+    local = extract_features(model, shards_dir, manifest, batch_size=batch_size, num_workers=num_workers,
+                             grayscale=grayscale, device=device)
+    state, reduced, assignment = recluster(
+        local, k=num_clusters(cluster, len(manifest["classes"])), num_ids=manifest["num_input"],
+        backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed, iterations=cluster.iterations,
+        num_reclusterings=num_reclusterings)
+    if not report:
+        return state, None
+    samples = gather_local(local, reduced, assignment, state.centroids)
+    if not is_main:
+        return state, None
+    classes = manifest["classes"]
+    metrics = cluster_metrics(samples, state, classes)
+    metrics["linear_probe"] = linear_probe(samples, classes, seed)
+    if plots_dir is not None:
+        metrics["plots"] = {
+            "cluster_grid": str(plot_cluster_grid(shards_dir, manifest, samples, state, metrics,
+                                                  plots_dir / "cluster_grid.png", cluster.grid_clusters)),
+            "cluster_table": str(plot_cluster_table(metrics, plots_dir / "cluster_table.png")),
+        }
+    return state, metrics
+
+
+def format_cluster_report(metrics: dict) -> str:
+    probe = metrics["linear_probe"]
+    return (f"clusters k={metrics['k']}: Hungarian accuracy {metrics['accuracy']:.4f}  NMI {metrics['nmi']:.4f}  "
+            f"ARI {metrics['ari']:.4f}  (on {metrics['num_scored']} labeled + test samples)\n"
+            f"linear probe (labeled -> test): accuracy {probe['accuracy']:.4f}  macro-F1 {probe['macro_f1']:.4f}")
+
+
+def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, backend: str | None,
+                       out_dir: str | None, num_workers: int = 2) -> dict:
+    """`stellar-dist cluster`: the analysis for any trained checkpoint, on one process."""
+    from dataclasses import replace
+
+    from .evaluate import load_trained_model
+    from .pack import load_manifest
+
+    model, config, folder = load_trained_model(checkpoint_path)
+    cluster = replace(config.cluster, **{key: value for key, value in (("k", k), ("backend", backend))
+                                         if value is not None})
+    out = Path(out_dir) if out_dir else folder.parent.parent / f"cluster_{folder.name}"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _, metrics = run_clustering(model.to(device), cluster, shards_dir=str(shards_dir),
+                                manifest=load_manifest(shards_dir), seed=config.seed, device=device,
+                                batch_size=config.eval.batch_size, num_workers=num_workers,
+                                grayscale=config.data.grayscale, plots_dir=out)
+    (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
+    return metrics | {"out_dir": str(out)}

@@ -1,0 +1,45 @@
+"""Training diagnostics summed over a log interval on each rank, then over ranks."""
+
+from __future__ import annotations
+
+import torch
+
+from . import dist
+
+
+class IntervalStats:
+    """Sums over a log interval on this rank; `reduce` adds them over ranks."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.num_classes, self.device = num_classes, device
+        self.scalars = torch.zeros(9, device=device, dtype=torch.float64)
+        self.per_class = torch.zeros(2, num_classes, device=device, dtype=torch.float64)
+
+    def add(self, stats: dict, unlabeled: dict | None, images: int) -> None:
+        """`images`: images forwarded this step (labeled + weak + strong views)."""
+        zero = torch.zeros(())
+        values = [stats.get("sup_loss", zero), stats.get("unsup_loss", zero), 1.0, 0, 0, 0, 0, images,
+                  stats.get("cluster_loss", zero)]
+        if "mask" in stats:
+            mask, pseudo = stats["mask"], stats["pseudo_labels"]
+            known = unlabeled["true_label"] >= 0
+            correct = (pseudo == unlabeled["true_label"]).double() * mask * known
+            values[3:7] = [mask.sum(), mask.numel(), correct.sum(), (mask * known).sum()]
+            self.per_class[0].index_add_(0, pseudo, mask.double())
+            self.per_class[1].index_add_(0, pseudo, torch.ones_like(mask, dtype=torch.float64))
+        self.scalars += torch.tensor([float(value) for value in values], device=self.device, dtype=torch.float64)
+
+    def reduce(self, classes: list[str]) -> dict:
+        scalars, per_class = dist.all_reduce_sum(self.scalars), dist.all_reduce_sum(self.per_class)
+        steps = max(scalars[2].item(), 1.0) / dist.world_size()
+        per_step = steps * dist.world_size()
+        metrics = {"train/sup_loss": scalars[0].item() / per_step, "train/unsup_loss": scalars[1].item() / per_step,
+                   "train/cluster_loss": scalars[8].item() / per_step}
+        if scalars[4] > 0 and per_class[1].sum() > 0:
+            metrics["train/mask_ratio"] = scalars[3].item() / scalars[4].item()
+            metrics["train/pseudo_label_accuracy"] = scalars[5].item() / scalars[6].item() if scalars[6] > 0 else None
+            for index, name in enumerate(classes):
+                count = per_class[1, index].item()
+                metrics[f"train/mask_ratio/{name}"] = per_class[0, index].item() / count if count else None
+        self.scalars.zero_(), self.per_class.zero_()
+        return metrics | {"train/images": scalars[7].item()}

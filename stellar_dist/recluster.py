@@ -1,0 +1,119 @@
+"""DeepCluster re-clustering across ranks: features -> PCA-whitening -> L2 -> k-means -> assignment table.
+
+Each rank extracts backbone features (eval mode, no augmentation) for its share of the labeled, unlabeled and test
+samples (the test stream's split). PCA statistics are all-reduced (sums and outer products), so every rank derives
+the same whitening without moving features. The `faiss` backend gathers the reduced labeled + unlabeled features
+(sorted by sample id, so the result does not depend on the number of ranks) to run Faiss on rank 0 and broadcasts
+the centroids; the `torch` backend runs a distributed k-means where only centroid sums and counts travel. Every
+rank then assigns its own samples, and the (id -> cluster) table is all-gathered: any rank may stream any sample.
+Test samples are assigned to the nearest centroid but never fit it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import dist
+from .cluster import assign, kmeans_faiss, kmeans_torch
+from .data import ItemMaker, OnceStream, make_loader, shard_paths
+
+SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
+
+
+@dataclass
+class LocalFeatures:
+    """This rank's share of the samples: ids, true class (-1 unknown), split code, backbone features."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    splits: torch.Tensor
+    features: torch.Tensor
+
+
+@dataclass
+class ClusterState:
+    """What training needs from the latest clustering; saved in checkpoints (tensors only)."""
+
+    assignments: torch.Tensor  # [num_ids] cluster of each sample id, -1 for test / not clustered
+    centroids: torch.Tensor  # [k, pca_dim]
+    cluster_weights: torch.Tensor  # [k] loss weights, uniform over clusters: n / (k * n_c)
+    num_reclusterings: int = 0
+    inertia: float = 0.0
+
+    def state_dict(self) -> dict:
+        return {"assignments": self.assignments, "centroids": self.centroids, "cluster_weights": self.cluster_weights,
+                "num_reclusterings": self.num_reclusterings, "inertia": self.inertia}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ClusterState":
+        return cls(**state)
+
+
+@torch.no_grad()
+def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int, num_workers: int, grayscale: bool,
+                     device: torch.device) -> LocalFeatures:
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {"ids": [], "labels": [], "splits": [], "features": []}
+    for split, code in SPLIT_CODES.items():
+        stream = OnceStream(shard_paths(shards_dir, split), ItemMaker("plain", manifest["encoding"], grayscale),
+                            batch_size, rank=dist.rank(), world_size=dist.world_size())
+        for batch in make_loader(stream, num_workers):
+            parts["features"].append(model.features(batch["image"].to(device)).float())
+            parts["ids"].append(batch["id"].to(device))
+            parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(device))
+            parts["splits"].append(torch.full_like(batch["id"], code).to(device))
+    model.train(was_training)
+    width = getattr(model, "feature_dim", 1)
+    empty = {"features": torch.zeros(0, width, device=device)}
+    return LocalFeatures(**{key: torch.cat(value) if value else empty.get(key, torch.zeros(0, dtype=torch.long,
+                                                                                            device=device))
+                            for key, value in parts.items()})
+
+
+def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int) -> torch.Tensor:
+    """Project on the top `dim` principal axes of the fit rows over all ranks, whiten, L2-normalise."""
+    x = features.double()
+    if dim > 0:
+        count = dist.all_reduce_sum(fit.double().sum().reshape(1))
+        mean = dist.all_reduce_sum(x[fit].sum(0)) / count
+        centred = x[fit] - mean
+        covariance = dist.all_reduce_sum(centred.T @ centred) / (count - 1).clamp(min=1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.cpu())
+        top = torch.argsort(eigenvalues, descending=True)[: min(dim, x.shape[1])]
+        projection = (eigenvectors[:, top] / (eigenvalues[top].clamp(min=0) + 1e-5).sqrt()).to(x.device)
+        x = (x - mean) @ projection
+    return F.normalize(x, dim=1).float()
+
+
+def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, seed: int, iterations: int):
+    if backend == "torch":
+        centroids, _, _ = kmeans_torch(reduced, ids, k, seed, iterations)
+        return centroids
+    gathered, gathered_ids = dist.gather_variable(reduced), dist.gather_variable(ids)
+    centroids = torch.zeros(k, reduced.shape[1], device=reduced.device)
+    if dist.rank() == 0:
+        order = torch.argsort(gathered_ids)
+        found, _, _ = kmeans_faiss(gathered[order].cpu().numpy(), k, seed, iterations, ids=gathered_ids[order].cpu())
+        centroids = found.to(reduced.device)
+    return dist.broadcast(centroids)
+
+
+def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_dim: int, seed: int,
+              iterations: int, num_reclusterings: int = 0) -> tuple[ClusterState, torch.Tensor, torch.Tensor]:
+    """Cluster the labeled + unlabeled samples of all ranks; returns the state (same on every rank) and this
+    rank's reduced features and assignments (for reports)."""
+    fit = local.splits != SPLIT_CODES["test"]
+    reduced = pca_whiten(local.features, fit, pca_dim)
+    centroids = _centroids(reduced[fit], local.ids[fit], k, backend, seed + num_reclusterings, iterations)
+    assignment, squared = assign(reduced, centroids)
+    table = torch.full((num_ids,), -1, dtype=torch.long, device=reduced.device)
+    table[dist.gather_variable(local.ids[fit])] = dist.gather_variable(assignment[fit])
+    counts = torch.bincount(table[table >= 0], minlength=k).double()
+    weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
+    inertia = dist.all_reduce_sum(squared[fit].double().sum().reshape(1)).item()
+    state = ClusterState(table.cpu(), centroids.float().cpu(), weights.float().cpu(), num_reclusterings + 1, inertia)
+    return state, reduced, assignment

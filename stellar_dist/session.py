@@ -1,0 +1,135 @@
+"""A training run's objects, built once: Accelerator, model, EMA, optimizer, scheduler; resume and save."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import checkpoint
+from .cluster_stage import num_clusters
+from .config import Config, save_config, to_dict
+from .errors import UserError
+from .models import StellarNet
+from .pack import load_manifest
+from .recluster import ClusterState
+from .tracking import RunTracker, prepare_wandb_environment
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
+    """EMA of the parameters; batch-norm statistics copied as they are. Averaging them too would mix in their
+    initial values (variance 1) for thousands of steps, while sky images have tiny pixel variance."""
+    ema.update_parameters(model)
+    for ema_buffer, buffer in zip(ema.module.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class Run:
+    """Everything a training run holds, built once by `setup`."""
+
+    config: Config
+    accelerator: Accelerator
+    manifest: dict
+    model: torch.nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    tracker: RunTracker
+    output_dir: Path
+    start_step: int = 0
+    cluster_state: ClusterState | None = None
+
+
+def uses_cluster_head(config: Config) -> bool:
+    return config.ssl.algorithm == "deepcluster" or config.cluster.lambda_c > 0
+
+
+def _mixed_precision(config: Config) -> str:
+    if config.train.mixed_precision != "auto":
+        return config.train.mixed_precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    # No weight decay on biases and normalisation parameters (as in the FixMatch reference).
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.train.lr, momentum=config.train.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.train.lr)
+
+
+def _resume_checkpoint(config: Config) -> Path | None:
+    if config.resume == "none":
+        existing = checkpoint.find_latest(config.output_dir)
+        if existing is not None:
+            raise UserError(f"output_dir {config.output_dir} already holds a run ({existing.name}): pass resume=auto "
+                            "to continue it, or choose another output_dir")
+        return None
+    if config.resume == "auto":
+        return checkpoint.find_latest(config.output_dir)
+    return checkpoint.resolve(config.resume)
+
+
+def setup(config: Config) -> Run:
+    output_dir = Path(config.output_dir)
+    manifest = load_manifest(config.data.shards)
+    if config.tracking == "wandb":
+        prepare_wandb_environment(output_dir)
+    # DeepCluster alone never uses the class head: DDP must be told that some parameters get no gradient.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.ssl.algorithm == "deepcluster")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
+                              log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp])
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)  # same initial weights on every rank
+    heads = num_clusters(config.cluster, len(manifest["classes"])) if uses_cluster_head(config) else 0
+    model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights, num_clusters=heads)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=False)
+    optimizer = _build_optimizer(model, config)
+    # The scheduler is stepped by us once per step (Accelerate would step it once per process).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
+                                                                           config.train.steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema.to(accelerator.device)
+    tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
+    run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, tracker, output_dir)
+    resume_from = _resume_checkpoint(config)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = checkpoint.load_trainer_state(resume_from)
+        ema.load_state_dict(state["ema"])
+        scheduler.load_state_dict(state["scheduler"])
+        run.start_step = int(state["step"])
+        if "cluster" in state:
+            run.cluster_state = ClusterState.from_state_dict(state["cluster"])
+        accelerator.print(f"resumed from {resume_from} at step {run.start_step}")
+    return run
+
+
+def save_run(run: Run, step: int) -> Path:
+    state = {"step": step, "ema": run.ema.state_dict(), "scheduler": run.scheduler.state_dict()}
+    if run.cluster_state is not None:
+        state["cluster"] = run.cluster_state.state_dict()
+    return checkpoint.save(run.accelerator, run.output_dir, step, state, run.ema.module.state_dict(),
+                           run.config.checkpoint.keep_last)
