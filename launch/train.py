@@ -8,6 +8,9 @@ All GPUs of a node (bf16):
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml launch/train.py --config configs/sdss.yaml
 Without accelerate (one process):
     python launch/train.py --config configs/demo.yaml train.steps=50 ssl.algorithm=supervised
+DeepCluster alone (no labels), or a DeepCluster head beside FixMatch:
+    python launch/train.py --config configs/demo.yaml ssl.algorithm=deepcluster output_dir=runs/dc
+    python launch/train.py --config configs/demo.yaml cluster.lambda_c=0.3 cluster.every_steps=100
 
 Any config key can be overridden as KEY=VALUE (e.g. ssl.threshold=0.9 output_dir=runs/t09 resume=auto).
 """

@@ -2,6 +2,7 @@
 
     probe.py train OUT_DIR SHARDS   -> trains a few steps; OUT_DIR/rank{R}.pt: steps, parameters, test ids seen
     probe.py grads OUT_DIR SHARDS   -> one FixMatch loss + backward on this rank's half of a fixed global batch
+    probe.py cluster OUT_DIR SHARDS -> features of the initial EMA model and cluster tables (faiss and torch)
 """
 
 import sys
@@ -39,6 +40,17 @@ def main() -> None:
         parameters = torch.cat([p.detach().flatten() for p in run.accelerator.unwrap_model(run.model).parameters()])
         torch.save({"steps": steps, "parameters": parameters, "test_ids": torch.as_tensor(predictions["id"])},
                    out_dir / f"rank{rank}.pt")
+    elif mode == "cluster":
+        from stellar_dist.recluster import extract_features, recluster
+
+        local = extract_features(run.ema.module, shards, run.manifest, batch_size=16, num_workers=1,
+                                 grayscale=False, device=run.accelerator.device)
+        result = {"ids": dist.gather_variable(local.ids), "features": dist.gather_variable(local.features)}
+        for backend in ("faiss", "torch"):
+            state, _, _ = recluster(local, k=6, num_ids=run.manifest["num_input"], backend=backend, pca_dim=16,
+                                    seed=0, iterations=10)
+            result[f"table_{backend}"], result[f"inertia_{backend}"] = state.assignments, torch.tensor(state.inertia)
+        torch.save(result, out_dir / f"cluster{rank}_of{run.accelerator.num_processes}.pt")
     else:
         run.model.eval()  # frozen batch-norm statistics: per-device BN is the one intended difference
         labeled, unlabeled = fixed_batch(8, 32)

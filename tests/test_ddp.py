@@ -16,9 +16,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(*args: str) -> None:
+def launch(*args: str, config: str = "cpu_ddp.yaml") -> None:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
+               str(REPO_ROOT / "accelerate_configs" / config), "--main_process_port", str(free_port()),
                str(REPO_ROOT / "tests" / "ddp_probe.py"), *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT / "tests")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -56,3 +56,22 @@ def test_ddp_gradients_match_one_process_with_the_global_batch(sim_shards, tmp_p
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert torch.allclose(ddp["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
     assert torch.allclose(ddp["grads"], grads, rtol=1e-4, atol=1e-6)
+
+
+def test_two_rank_clustering_equals_one_rank(sim_shards, tmp_path):
+    launch("cluster", str(tmp_path), str(sim_shards))
+    launch("cluster", str(tmp_path), str(sim_shards), config="cpu.yaml")
+    rank0, rank1, single = (torch.load(tmp_path / name, weights_only=True)
+                            for name in ("cluster0_of2.pt", "cluster1_of2.pt", "cluster0_of1.pt"))
+    # Gathered features: the same ids and values as one process computing them all.
+    order2, order1 = torch.argsort(rank0["ids"]), torch.argsort(single["ids"])
+    assert torch.equal(rank0["ids"][order2], single["ids"][order1])
+    assert len(set(single["ids"].tolist())) == len(single["ids"]) == 200
+    assert torch.allclose(rank0["features"][order2], single["features"][order1], atol=1e-4, rtol=1e-4)
+    for backend in ("faiss", "torch"):
+        table = rank0[f"table_{backend}"]
+        assert torch.equal(table, rank1[f"table_{backend}"])  # every rank holds the same assignment table
+        assert (table >= 0).sum() == 160  # labeled + unlabeled clustered, test not
+        assert torch.equal(table, single[f"table_{backend}"]), backend  # 2 ranks == 1 rank
+        assert abs(rank0[f"inertia_{backend}"] - single[f"inertia_{backend}"]) < 1e-3 * single[f"inertia_{backend}"]
+    assert abs(single["inertia_faiss"] - single["inertia_torch"]) < 0.01 * single["inertia_torch"]

@@ -1,0 +1,57 @@
+"""DeepCluster in training (cluster head, re-clustering, resume) and `stellar-dist cluster`, one process."""
+
+import json
+import shutil
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from test_train import train
+
+CLUSTER = ["cluster.every_steps=3", "cluster.lambda_c=0.5", "cluster.k=6", "cluster.pca_dim=16",
+           "cluster.grid_clusters=4"]
+
+
+def test_resume_restores_cluster_state(sim_shards, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(f"data.shards={sim_shards}", f"output_dir={full}", *CLUSTER)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_0000003", resumed / "checkpoints" / "step_0000003")
+    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    train(f"data.shards={sim_shards}", f"output_dir={resumed}", "resume=auto", *CLUSTER)
+    state_full = torch.load(full / "checkpoints" / "step_0000006" / "trainer_state.pt", weights_only=True)
+    state_resumed = torch.load(resumed / "checkpoints" / "step_0000006" / "trainer_state.pt", weights_only=True)
+    assert state_full["cluster"]["num_reclusterings"] == 3  # at start, at step 3, and the final report
+    for key in ("assignments", "centroids", "cluster_weights"):
+        assert torch.equal(state_full["cluster"][key], state_resumed["cluster"][key]), key
+    weights_full = load_file(full / "checkpoints" / "step_0000006" / "model.safetensors")
+    weights_resumed = load_file(resumed / "checkpoints" / "step_0000006" / "model.safetensors")
+    assert "cluster_head.weight" in weights_full
+    assert all(torch.equal(value, weights_resumed[key]) for key, value in weights_full.items())
+    metrics = json.loads((full / "metrics.json").read_text())["cluster"]
+    assert metrics["k"] == 6 and sum(metrics["cluster_sizes"]) == 160 and 0 <= metrics["nmi"] <= 1
+    assert sum(map(sum, metrics["cluster_class_table"])) == metrics["num_scored"] == 80  # labeled + test
+    assert (full / "plots" / "cluster_grid.png").stat().st_size > 0
+    log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "cluster/accuracy" in row] == [0, 3, 6]
+    assert all(row["train/cluster_loss"] > 0 for row in log if "train/cluster_loss" in row)
+
+
+def test_deepcluster_alone_and_the_cluster_command(sim_shards, tmp_path):
+    out = tmp_path / "dc"
+    result = train(f"data.shards={sim_shards}", f"output_dir={out}", "ssl.algorithm=deepcluster", "cluster.k=6",
+                   "cluster.pca_dim=16", "cluster.backend=torch")
+    assert "linear probe" in result.stdout and "Hungarian accuracy" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["algorithm"] == "deepcluster" and metrics["test"] == metrics["cluster"]["linear_probe"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # 120 unlabeled / (4 x 2 per step) = 15 steps per epoch-equivalent > 6 steps: clustered at start and end only
+    assert [row["step"] for row in log if "cluster/nmi" in row] == [0, 6]
+    assert all(row["train/sup_loss"] == 0 for row in log if "train/sup_loss" in row)
+    report = run_cli("cluster", "--checkpoint", str(out), "--shards", str(sim_shards), "--k", "3",
+                     "--backend", "faiss")
+    assert "clusters k=3: Hungarian accuracy" in report.stdout
+    saved = json.loads((out / "cluster_step_0000006" / "metrics.json").read_text())["cluster"]
+    assert saved["k"] == 3 and len(saved["cluster_sizes"]) == 3
+    assert (out / "cluster_step_0000006" / "cluster_grid.png").exists()
