@@ -75,18 +75,22 @@ def _samples_of(paths: list[str]):
 
 
 class TrainStream(IterableDataset):
-    """Endless batches from resampled shards; `start_batch` fast-forwards to a resumed step."""
+    """Endless batches from resampled shards; `start_batch` fast-forwards to a resumed step.
+
+    With at least `world_size x workers` shards, each reader (rank, worker) resamples its own disjoint subset of
+    them; with fewer, every reader resamples all shards (with its own seed), so no reader is ever left without data.
+    """
 
     def __init__(self, shard_paths: list[str], make_item: ItemMaker, batch_size: int, *, seed: int, rank: int,
-                 stream: str, shuffle_buffer: int = 256, start_batch: int = 0):
+                 stream: str, world_size: int = 1, shuffle_buffer: int = 256, start_batch: int = 0):
         self.shard_paths, self.make_item, self.batch_size = list(shard_paths), make_item, batch_size
-        self.seed, self.rank, self.stream_tag = seed, rank, STREAM_TAGS[stream]
+        self.seed, self.rank, self.world_size, self.stream_tag = seed, rank, world_size, STREAM_TAGS[stream]
         self.shuffle_buffer, self.start_batch = max(1, shuffle_buffer), start_batch
 
-    def _shuffled(self, rng: np.random.Generator):
+    def _shuffled(self, rng: np.random.Generator, shards: list[str]):
         buffer = []
         while True:
-            shard = self.shard_paths[int(rng.integers(len(self.shard_paths)))]
+            shard = shards[int(rng.integers(len(shards)))]
             for raw in _samples_of([shard]):
                 buffer.append(raw)
                 if len(buffer) >= self.shuffle_buffer:
@@ -100,8 +104,10 @@ class TrainStream(IterableDataset):
         key = [self.seed, self.stream_tag, self.rank, role]
         rng = np.random.default_rng(key)
         samples_to_skip = len(range(role, self.start_batch, num_workers)) * self.batch_size
+        readers, reader = self.world_size * num_workers, self.rank * num_workers + role
+        shards = self.shard_paths[reader::readers] if len(self.shard_paths) >= readers else self.shard_paths
         generator, batch = torch.Generator(), []
-        for position, raw in enumerate(self._shuffled(rng)):
+        for position, raw in enumerate(self._shuffled(rng, shards)):
             if position < samples_to_skip:
                 continue
             # One seed per sample position: the views do not depend on what was skipped before.
@@ -138,8 +144,9 @@ class OnceStream(IterableDataset):
 
 
 def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
+    """The split's non-empty shards (a shard whose images were all unreadable holds nothing to stream)."""
     manifest = load_manifest(shards_dir)
-    return [str(Path(shards_dir) / entry["name"]) for entry in manifest["shards"][split]]
+    return [str(Path(shards_dir) / entry["name"]) for entry in manifest["shards"][split] if entry["num_samples"]]
 
 
 def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:

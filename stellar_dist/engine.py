@@ -57,7 +57,7 @@ def _loaders(run: Run):
         if not paths:
             raise UserError(f"{config.data.shards} has no {split} shards: re-pack with a larger fraction")
         stream = TrainStream(paths, ItemMaker(use, encoding, config.data.grayscale), batch_size, seed=config.seed,
-                             rank=rank, stream=split, shuffle_buffer=config.data.shuffle_buffer,
+                             rank=rank, stream=split, world_size=run.accelerator.num_processes, shuffle_buffer=config.data.shuffle_buffer,
                              start_batch=run.start_step)
         return iter(make_loader(stream, config.data.num_workers, pin_memory=pin))
 

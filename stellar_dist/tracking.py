@@ -1,7 +1,7 @@
 """Run logging on the main process only: OUTPUT_DIR/log.jsonl always, Weights & Biases when asked.
 
 W&B goes through Accelerate's tracker, so only the main process ever talks to it (images logged from every rank
-hang multi-GPU runs). Without WANDB_API_KEY it runs offline, never prompting: `wandb sync OUTPUT_DIR/wandb/...`
+hang multi-GPU runs). Without WANDB_API_KEY (or a `wandb login`) it runs offline, never prompting: `wandb sync OUTPUT_DIR/wandb/...`
 uploads later.
 """
 
@@ -15,7 +15,10 @@ from pathlib import Path
 
 def prepare_wandb_environment(output_dir: Path) -> None:
     """Called before the Accelerator is built: offline unless a key is configured, quiet, files under the run."""
-    if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") not in ("online", "disabled"):
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    logged_in = netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="replace")
+    if not (os.environ.get("WANDB_API_KEY") or logged_in) and os.environ.get("WANDB_MODE") not in ("online",
+                                                                                                 "disabled"):
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DIR", str(output_dir))

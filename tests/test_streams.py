@@ -55,3 +55,17 @@ def test_train_stream_resumes_exactly_with_workers(sim_shards):
     for expected in full[3:]:
         got = next(resumed_iter)
         assert torch.equal(got["id"], expected["id"]) and torch.equal(got["image"], expected["image"])
+
+
+def test_train_streams_split_shards_by_rank_when_there_are_enough(sim_shards):
+    paths = shard_paths(sim_shards, "unlabeled")
+    assert len(paths) == 3
+    def seen(rank, world_size):
+        stream = TrainStream(paths, ItemMaker("labeled", "png"), 8, seed=0, rank=rank, stream="unlabeled",
+                             world_size=world_size, shuffle_buffer=4)
+        return set(ids_of(make_loader(stream, 0), 30))
+    rank0, rank1 = seen(0, 2), seen(1, 2)
+    assert rank0 and rank1 and not rank0 & rank1  # 3 shards >= 2 readers: disjoint subsets
+    assert len(rank0 | rank1) == 120  # and together they cover the split
+    crowded = [seen(rank, 4) for rank in range(4)]  # 3 shards < 4 readers: everyone resamples everything
+    assert all(len(ids) > 40 for ids in crowded)
