@@ -34,20 +34,24 @@ def split_empty_clusters(centroids: torch.Tensor, counts: torch.Tensor, generato
 
 
 def _assign(features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    distances = torch.cdist(features, centroids).pow(2)
+    distances = torch.cdist(features, centroids.to(features.dtype)).pow(2)  # matrix-multiply form for big inputs
     best, assignment = distances.min(dim=1)
     return assignment, best
 
 
 def kmeans_plus_plus(candidates: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """k-means++ seeding on a candidate sample, from an explicit generator."""
+    """Greedy k-means++ seeding (as scikit-learn: 2 + ln k trials per centre, keep the best), seeded explicitly."""
     generator = torch.Generator().manual_seed(seed)
-    candidates = candidates.double().cpu()
+    candidates = candidates.float().cpu()
+    trials = 2 + int(np.log(k))
     chosen = [int(torch.randint(len(candidates), (), generator=generator))]
-    nearest = torch.cdist(candidates, candidates[chosen]).pow(2).min(1).values
+    nearest = torch.cdist(candidates, candidates[chosen]).pow(2)[:, 0]
     for _ in range(1, k):
-        chosen.append(int(torch.multinomial(nearest / nearest.sum(), 1, generator=generator)))
-        nearest = torch.minimum(nearest, torch.cdist(candidates, candidates[chosen[-1:]]).pow(2)[:, 0])
+        picks = torch.multinomial(nearest / nearest.sum(), trials, replacement=True, generator=generator)
+        options = torch.minimum(nearest[None, :], torch.cdist(candidates[picks], candidates).pow(2))
+        best = int(torch.argmin(options.double().sum(1)))
+        chosen.append(int(picks[best]))
+        nearest = options[best]
     return candidates[chosen]
 
 
@@ -64,12 +68,13 @@ def initial_centroids(features: torch.Tensor, ids: torch.Tensor, k: int, seed: i
 
 def kmeans_torch(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int, iterations: int = 20):
     """Distributed k-means: returns (centroids, this rank's assignments, global inertia)."""
-    features = features.double()
-    centroids = initial_centroids(features, ids, k, seed)
+    features = features.float()
+    exact = features.double()  # float32 distances, float64 sums: fast and order-insensitive enough
+    centroids = initial_centroids(features, ids, k, seed).double()
     generator = torch.Generator().manual_seed(seed)
     for _ in range(iterations):
         assignment, _ = _assign(features, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, features)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, exact)
         counts = torch.zeros(k, dtype=torch.float64, device=features.device).index_add_(
             0, assignment, torch.ones_like(assignment, dtype=torch.float64))
         sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
