@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import dist
 from .cluster import cluster_accuracy, match_clusters
-from .data import _samples_of, shard_paths
+from .data import iter_samples, shard_paths
 from .evaluate import classification_report
 from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
 
@@ -90,7 +90,7 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     wanted = {f"{sample_id:09d}" for ids in chosen.values() for sample_id in ids}
     images = {}
     paths = shard_paths(shards_dir, "labeled") + shard_paths(shards_dir, "unlabeled")
-    for raw in _samples_of(paths):
+    for raw in iter_samples(paths):
         if raw["__key__"] in wanted:
             images[int(raw["__key__"])] = Image.open(io.BytesIO(raw[manifest["encoding"]])).convert("RGB")
     size, label_width = manifest["image_size"], 150

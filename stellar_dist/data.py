@@ -70,7 +70,7 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _samples_of(paths: list[str]):
+def iter_samples(paths: list[str]):
     yield from tarfile_samples([{"url": path} for path in paths])
 
 
@@ -91,7 +91,7 @@ class TrainStream(IterableDataset):
         buffer = []
         while True:
             shard = shards[int(rng.integers(len(shards)))]
-            for raw in _samples_of([shard]):
+            for raw in iter_samples([shard]):
                 buffer.append(raw)
                 if len(buffer) >= self.shuffle_buffer:
                     yield buffer.pop(int(rng.integers(len(buffer))))
@@ -130,9 +130,9 @@ class OnceStream(IterableDataset):
         worker_id, num_workers = _worker()
         readers, reader = self.world_size * num_workers, self.rank * num_workers + worker_id
         if len(self.shard_paths) >= readers:
-            samples = _samples_of(self.shard_paths[reader::readers])
+            samples = iter_samples(self.shard_paths[reader::readers])
         else:  # fewer shards than readers: everyone reads all, keeps its own residue class
-            samples = (raw for index, raw in enumerate(_samples_of(self.shard_paths)) if index % readers == reader)
+            samples = (raw for index, raw in enumerate(iter_samples(self.shard_paths)) if index % readers == reader)
         generator, batch = torch.Generator(), []
         for raw in samples:
             batch.append(self.make_item(raw, generator))

@@ -57,7 +57,8 @@ def _loaders(run: Run):
         if not paths:
             raise UserError(f"{config.data.shards} has no {split} shards: re-pack with a larger fraction")
         stream = TrainStream(paths, ItemMaker(use, encoding, config.data.grayscale), batch_size, seed=config.seed,
-                             rank=rank, stream=split, world_size=run.accelerator.num_processes, shuffle_buffer=config.data.shuffle_buffer,
+                             rank=rank, stream=split, world_size=run.accelerator.num_processes,
+                             shuffle_buffer=config.data.shuffle_buffer,
                              start_batch=run.start_step)
         return iter(make_loader(stream, config.data.num_workers, pin_memory=pin))
 
@@ -130,15 +131,18 @@ def recluster_run(run: Run, step: int, final: bool = False) -> dict | None:
     """Cluster the EMA features on all ranks; reset the cluster head; log the cluster metrics (main process)."""
     config, accelerator = run.config, run.accelerator
     previous = run.cluster_state.num_reclusterings if run.cluster_state is not None else 0
-    run.cluster_state, metrics = run_clustering(
+    state, metrics = run_clustering(
         run.ema.module, config.cluster, shards_dir=config.data.shards, manifest=run.manifest, seed=config.seed,
         device=accelerator.device, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
         grayscale=config.data.grayscale, num_reclusterings=previous, is_main=accelerator.is_main_process,
         plots_dir=run.output_dir / "plots" if final else None)
     run.model.train()
     model = accelerator.unwrap_model(run.model)
+    if model.cluster_head is None or not final:  # the final report must not replace the head's targets
+        run.cluster_state = state
     if model.cluster_head is not None and not final:
-        model.reset_cluster_head(torch.Generator().manual_seed(config.seed * 1000 + run.cluster_state.num_reclusterings))
+        seed = config.seed * 1000 + run.cluster_state.num_reclusterings
+        model.reset_cluster_head(torch.Generator().manual_seed(seed))
         for parameter in model.cluster_head.parameters():
             run.optimizer.state.pop(parameter, None)  # stale momentum for a head that means something new
         run.ema.module.cluster_head.load_state_dict(model.cluster_head.state_dict())
@@ -186,9 +190,11 @@ def train_loop(run: Run) -> int:
             if torch.cuda.is_available():
                 metrics["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             run.tracker.log(metrics, done)
-            progress.set_postfix(loss=f"{metrics['train/sup_loss']:.3f}", mask=metrics.get("train/mask_ratio"))
+            progress.set_postfix(sup=f"{metrics['train/sup_loss']:.3f}", mask=metrics.get("train/mask_ratio"),
+                                 cluster=f"{metrics['train/cluster_loss']:.3f}")
             interval_start = time.perf_counter()
-        if done % config.eval.every_steps == 0 and done != config.train.steps:
+        evaluate_now = done % config.eval.every_steps == 0 and config.ssl.algorithm != "deepcluster"
+        if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)
         if every and done % every == 0 and done != config.train.steps:
             recluster_run(run, done)

@@ -119,7 +119,8 @@ def _write_shard(task: dict) -> dict:
             num_written += 1
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     entry = {"name": task["name"], "num_samples": num_written, "sha256": digest, "bytes": path.stat().st_size}
-    return {"split": task["split"], "entry": entry, "skipped": skipped, "classes": dict(labels), "input": len(task["rows"])}
+    return {"split": task["split"], "entry": entry, "skipped": skipped, "classes": dict(labels),
+            "input": len(task["rows"])}
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -127,7 +128,8 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise UserError(f"--out {out} is a file: choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         what = "shards" if (out / MANIFEST_NAME).exists() or any(out.glob("*.tar")) else "files"
-        raise UserError(f"output folder {out} already holds {what}: choose a new --out, or pass --overwrite to replace it")
+        raise UserError(f"output folder {out} already holds {what}: choose a new --out, "
+                        "or pass --overwrite to replace it")
 
 
 def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, common: dict) -> list[dict]:
@@ -175,8 +177,9 @@ def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOption
         manifest = _manifest(results, class_names, options, catalog, len(frame), elapsed)
         if options.strict and manifest["skipped"]:
             first = manifest["skipped"][0]
-            raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first {first['image_path']}: "
-                            f"{first['reason']}; fix or remove them, or drop --strict to skip and list them")
+            raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first "
+                            f"{first['image_path']}: {first['reason']}; fix or remove them, "
+                            "or drop --strict to skip and list them")
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         _replace_dir(staging, out)
     except BaseException:

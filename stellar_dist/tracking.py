@@ -1,8 +1,8 @@
 """Run logging on the main process only: OUTPUT_DIR/log.jsonl always, Weights & Biases when asked.
 
 W&B goes through Accelerate's tracker, so only the main process ever talks to it (images logged from every rank
-hang multi-GPU runs). Without WANDB_API_KEY (or a `wandb login`) it runs offline, never prompting: `wandb sync OUTPUT_DIR/wandb/...`
-uploads later.
+hang multi-GPU runs). Without WANDB_API_KEY (or a `wandb login`) it runs offline, never prompting:
+`wandb sync OUTPUT_DIR/wandb/offline-run-*` uploads later.
 """
 
 from __future__ import annotations
