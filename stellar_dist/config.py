@@ -38,6 +38,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # EMA of weights used for evaluation
     log_every_steps: int = 10
     mixed_precision: str = "auto"  # "auto": bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
+    cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes (accelerate sets 1)
 
 
 @dataclass(frozen=True)

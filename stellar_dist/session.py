@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def setup(config: Config) -> Run:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
     accelerator.wait_for_everyone()
+    if accelerator.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate/torchrun launchers
+        torch.set_num_threads(config.train.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     set_seed(config.seed)  # same initial weights on every rank
     heads = num_clusters(config.cluster, len(manifest["classes"])) if uses_cluster_head(config) else 0
     model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights, num_clusters=heads)
