@@ -20,18 +20,23 @@ from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
 
 
 def gather_local(local: LocalFeatures, reduced: torch.Tensor, assignment: torch.Tensor,
-                 centroids: torch.Tensor) -> dict[str, np.ndarray]:
-    """Ids, classes, splits, clusters and centroid distances of every rank's samples, sorted by id; backbone
-    features only for the labeled and test samples (the linear probe's), not the large unlabeled split."""
+                 centroids: torch.Tensor) -> dict[str, np.ndarray] | None:
+    """On rank 0 (None elsewhere): ids, classes, splits, clusters and centroid distances of every rank's samples,
+    sorted by id; backbone features only for the labeled and test samples (the linear probe's), not the large
+    unlabeled split."""
     distance = (reduced - centroids.to(reduced.device)[assignment]).norm(dim=1)
     parts = {"ids": local.ids, "labels": local.labels, "splits": local.splits, "assignment": assignment,
              "distance": distance}
-    gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in parts.items()}
+    gathered = {key: dist.gather_to_main(value) for key, value in parts.items()}
+    probe = local.splits != SPLIT_CODES["unlabeled"]
+    probe_parts = {key: dist.gather_to_main(value[probe]) for key, value in (("ids", local.ids),
+                                                                              ("features", local.features))}
+    if dist.rank() != 0:
+        return None
+    gathered = {key: value.cpu().numpy() for key, value in gathered.items()}
+    probe_parts = {key: value.cpu().numpy() for key, value in probe_parts.items()}
     order = np.argsort(gathered["ids"])
     gathered = {key: value[order] for key, value in gathered.items()}
-    probe = local.splits != SPLIT_CODES["unlabeled"]
-    probe_parts = {key: dist.gather_variable(value[probe]).cpu().numpy()
-                   for key, value in (("ids", local.ids), ("features", local.features))}
     order = np.argsort(probe_parts["ids"])
     gathered["probe_ids"], gathered["probe_features"] = probe_parts["ids"][order], probe_parts["features"][order]
     return gathered
@@ -119,7 +124,8 @@ def plot_cluster_table(metrics: dict, path: Path) -> Path:
     axis.set(xticks=range(len(metrics["classes"])), xticklabels=metrics["classes"], ylabel="cluster",
              title=f"cluster acc {metrics['accuracy']:.3f}  NMI {metrics['nmi']:.3f}  ARI {metrics['ari']:.3f}")
     for (row, column), count in np.ndenumerate(table):
-        axis.text(column, row, int(count), ha="center", va="center", fontsize=7, color="white")
+        axis.text(column, row, int(count), ha="center", va="center", fontsize=7,
+                  color="black" if fractions[row, column] > 0.6 else "white")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

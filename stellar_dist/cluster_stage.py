@@ -31,7 +31,7 @@ def run_clustering(model, cluster: ClusterConfig, *, shards_dir: str, manifest: 
     if not report:
         return state, None
     samples = gather_local(local, reduced, assignment, state.centroids)
-    if not is_main:
+    if samples is None or not is_main:
         return state, None
     classes = manifest["classes"]
     metrics = cluster_metrics(samples, state, classes)

@@ -63,6 +63,23 @@ def gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[: int(size.item())] for part, size in zip(gathered, lengths)])
 
 
+def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Concatenate every rank's tensor (lengths may differ) on rank 0 only; None on the other ranks."""
+    if world_size() == 1:
+        return tensor
+    length = torch.tensor([tensor.shape[0]], device=tensor.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(item.item() for item in lengths))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(world_size())] if rank() == 0 else None
+    dist.gather(padded, parts, dst=0)
+    if rank() != 0:
+        return None
+    return torch.cat([part[: int(size.item())] for part, size in zip(parts, lengths)])
+
+
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s tensor on every rank (shape and dtype must already match)."""
     if world_size() > 1:

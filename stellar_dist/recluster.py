@@ -93,7 +93,7 @@ def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, s
     if backend == "torch":
         centroids, _, _ = kmeans_torch(reduced, ids, k, seed, iterations)
         return centroids
-    gathered, gathered_ids = dist.gather_variable(reduced), dist.gather_variable(ids)
+    gathered, gathered_ids = dist.gather_to_main(reduced), dist.gather_to_main(ids)
     centroids = torch.zeros(k, reduced.shape[1], device=reduced.device)
     if dist.rank() == 0:
         order = torch.argsort(gathered_ids)

@@ -12,10 +12,10 @@ import torch
 
 from stellar_dist import dist
 from stellar_dist.config import load_config
-from stellar_dist.engine import compute_loss, setup, train_loop
+from stellar_dist.engine import compute_loss, recluster_run, setup, train_loop
 from stellar_dist.evaluate import gather_predictions
 
-TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "eval.every_steps=1000",
+TINY = ["cluster.k=6", "cluster.pca_dim=16", "model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "eval.every_steps=1000",
         "checkpoint.every_steps=1000", "data.num_workers=1", "data.shuffle_buffer=16", "ssl.threshold=0.5"]
 
 
@@ -37,8 +37,11 @@ def main() -> None:
         steps = train_loop(run)
         predictions = gather_predictions(run.ema.module, shards, run.manifest, batch_size=8, num_workers=1,
                                          grayscale=False, device=run.accelerator.device)
+        clusters = recluster_run(run, steps, final=True)  # the final cluster report, made on rank 0
         parameters = torch.cat([p.detach().flatten() for p in run.accelerator.unwrap_model(run.model).parameters()])
-        torch.save({"steps": steps, "parameters": parameters, "test_ids": torch.as_tensor(predictions["id"])},
+        torch.save({"steps": steps, "parameters": parameters, "test_ids": torch.as_tensor(predictions["id"]),
+                    "cluster_scored": torch.tensor(clusters["num_scored"] if clusters else -1),
+                    "cluster_sizes": torch.tensor(clusters["cluster_sizes"] if clusters else [])},
                    out_dir / f"rank{rank}.pt")
     elif mode == "cluster":
         from stellar_dist.recluster import extract_features, recluster
