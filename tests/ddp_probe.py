@@ -1,6 +1,7 @@
 """Run under `accelerate launch` by test_ddp.py: each rank writes what the test compares.
 
-    probe.py train OUT_DIR SHARDS   -> trains a few steps; OUT_DIR/rank{R}.pt: steps, parameters, test ids seen
+    probe.py train OUT_DIR SHARDS   -> trains a few steps (FixMatch + DeepCluster head, re-clustering every 2 steps);
+                                       OUT_DIR/rank{R}.pt: steps, parameters, test ids seen, cluster report
     probe.py grads OUT_DIR SHARDS   -> one FixMatch loss + backward on this rank's half of a fixed global batch
     probe.py cluster OUT_DIR SHARDS -> features of the initial EMA model and cluster tables (faiss and torch)
 """
@@ -30,7 +31,9 @@ def fixed_batch(global_size: int, image_size: int) -> tuple[dict, dict]:
 
 def main() -> None:
     mode, out_dir, shards = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    config = load_config(None, TINY + [f"data.shards={shards}", f"output_dir={out_dir / 'run'}", "train.steps=4"])
+    extra = ["cluster.lambda_c=0.5", "cluster.every_steps=2"] if mode == "train" else []  # DeepCluster head too
+    config = load_config(None, TINY + extra + [f"data.shards={shards}", f"output_dir={out_dir / 'run'}",
+                                               "train.steps=4"])
     run = setup(config)
     rank = run.accelerator.process_index
     if mode == "train":

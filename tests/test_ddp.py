@@ -36,6 +36,8 @@ def test_two_ranks_train_in_step_and_cover_the_test_split_once(sim_shards, tmp_p
     assert len(test_ids) == len(set(test_ids)) == manifest["num_samples"]["test"]
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "train/sup_loss" in line] == [2, 4]  # only the main process logs
+    assert [line["step"] for line in lines if "cluster/nmi" in line] == [0, 2, 4]
+    assert all(line["train/cluster_loss"] > 0 for line in lines if "train/cluster_loss" in line)
     assert rank0["cluster_scored"] == 80 and rank1["cluster_scored"] == -1  # cluster report on rank 0 only
     assert rank0["cluster_sizes"].sum() == 160
     assert (tmp_path / "run" / "plots" / "cluster_grid.png").stat().st_size > 0
