@@ -48,36 +48,35 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _pad_to_longest(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's row count, and this rank's tensor zero-padded to the longest (collectives need equal shapes)."""
+    length = torch.tensor([tensor.shape[0]], device=tensor.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size())]
+    dist.all_gather(lengths, length)
+    sizes = [int(item.item()) for item in lengths]
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    return padded, sizes
+
+
 def gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's tensor along dim 0 (lengths may differ), in rank order, on every rank."""
     if world_size() == 1:
         return tensor
-    length = torch.tensor([tensor.shape[0]], device=tensor.device)
-    lengths = [torch.zeros_like(length) for _ in range(world_size())]
-    dist.all_gather(lengths, length)
-    longest = int(max(item.item() for item in lengths))
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    gathered = [torch.zeros_like(padded) for _ in range(world_size())]
-    dist.all_gather(gathered, padded)
-    return torch.cat([part[: int(size.item())] for part, size in zip(gathered, lengths)])
+    padded, sizes = _pad_to_longest(tensor)
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
 def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
     """Concatenate every rank's tensor (lengths may differ) on rank 0 only; None on the other ranks."""
     if world_size() == 1:
         return tensor
-    length = torch.tensor([tensor.shape[0]], device=tensor.device)
-    lengths = [torch.zeros_like(length) for _ in range(world_size())]
-    dist.all_gather(lengths, length)
-    longest = int(max(item.item() for item in lengths))
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.zeros_like(padded) for _ in range(world_size())] if rank() == 0 else None
+    padded, sizes = _pad_to_longest(tensor)
+    parts = [torch.zeros_like(padded) for _ in sizes] if rank() == 0 else None
     dist.gather(padded, parts, dst=0)
-    if rank() != 0:
-        return None
-    return torch.cat([part[: int(size.item())] for part, size in zip(parts, lengths)])
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]) if rank() == 0 else None
 
 
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
