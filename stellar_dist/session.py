@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint
 from .cluster_stage import num_clusters
@@ -20,6 +20,19 @@ from .models import StellarNet
 from .pack import load_manifest
 from .recluster import ClusterState
 from .tracking import RunTracker, prepare_wandb_environment
+
+
+def ema_with_warmup(decay: float):
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates (as TensorFlow's
+    ExponentialMovingAverage with num_updates): without it, a short run's EMA is mostly its random init."""
+
+    @torch.no_grad()
+    def update(ema_parameters, parameters, num_averaged):
+        step = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + step) / (10.0 + step))
+        torch._foreach_lerp_(ema_parameters, parameters, weight)
+
+    return update
 
 
 @torch.no_grad()
@@ -109,7 +122,7 @@ def setup(config: Config) -> Run:
     set_seed(config.seed)  # same initial weights on every rank
     heads = num_clusters(config.cluster, len(manifest["classes"])) if uses_cluster_head(config) else 0
     model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights, num_clusters=heads)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(config.train.ema_decay), use_buffers=False)
     optimizer = _build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
