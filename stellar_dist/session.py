@@ -30,7 +30,8 @@ def ema_with_warmup(decay: float):
     def update(ema_parameters, parameters, num_averaged):
         step = float(num_averaged)
         weight = 1.0 - min(decay, (1.0 + step) / (10.0 + step))
-        torch._foreach_lerp_(ema_parameters, parameters, weight)
+        for ema_parameter, parameter in zip(ema_parameters, parameters):
+            ema_parameter.lerp_(parameter, weight)
 
     return update
 
