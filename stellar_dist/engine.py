@@ -77,11 +77,12 @@ def _to_device(batch: dict | None, device: torch.device) -> dict | None:
     return None if batch is None else {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
 
-def _stop_non_finite(run: Run, step: int, loss: torch.Tensor) -> None:
-    bad = dist.all_reduce_max(torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device))
-    if bad.item() > 0:
+def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> None:
+    """Checked at log / evaluation / checkpoint boundaries, not every step: one host sync per interval, and no
+    weights are saved or evaluated in between."""
+    if dist.all_reduce_max(non_finite_steps.reshape(1)).item() > 0:
         latest = checkpoint.find_latest(run.output_dir)
-        raise UserError(f"loss became non-finite at step {step}; the last good checkpoint is "
+        raise UserError(f"loss became non-finite by step {step}; the last good checkpoint is "
                         f"{latest or 'none (no checkpoint yet)'}; lower train.lr or raise train.warmup_steps, "
                         "then resume=auto")
 
@@ -165,16 +166,17 @@ def train_loop(run: Run) -> int:
     progress = tqdm(range(run.start_step, config.train.steps), initial=run.start_step, total=config.train.steps,
                     desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     interval_start = time.perf_counter()
+    non_finite_steps = torch.zeros((), device=accelerator.device)
     run.model.train()
     for step in progress:
         labeled = _to_device(next(labeled_iter), accelerator.device) if labeled_iter is not None else None
         unlabeled = _to_device(next(unlabeled_iter), accelerator.device) if unlabeled_iter is not None else None
         targets = weights = None
-        if uses_cluster_head(config):
-            targets = run.cluster_state.assignments.to(accelerator.device)[unlabeled["id"]]
-            weights = run.cluster_state.cluster_weights.to(accelerator.device)
+        if uses_cluster_head(config):  # the state lives on the device: no per-step copy of the table
+            targets = run.cluster_state.assignments[unlabeled["id"]]
+            weights = run.cluster_state.cluster_weights
         loss, step_stats = compute_loss(run.model, labeled, unlabeled, config, targets, weights)
-        _stop_non_finite(run, step, loss.detach())
+        non_finite_steps += (~torch.isfinite(loss.detach())).float()
         run.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         run.optimizer.step()
@@ -182,7 +184,13 @@ def train_loop(run: Run) -> int:
         update_ema(run.ema, accelerator.unwrap_model(run.model))
         stats.add(step_stats, unlabeled, _images_forwarded(config, labeled, unlabeled))
         done = step + 1
-        if done % config.train.log_every_steps == 0 or done == config.train.steps:
+        evaluate_now = done % config.eval.every_steps == 0 and config.ssl.algorithm != "deepcluster"
+        log_now = done % config.train.log_every_steps == 0 or done == config.train.steps
+        recluster_now = every and done % every == 0 and done != config.train.steps
+        save_now = done % config.checkpoint.every_steps == 0 and done != config.train.steps
+        if log_now or evaluate_now or recluster_now or save_now:
+            _stop_non_finite(run, done, non_finite_steps)
+        if log_now:
             metrics = stats.reduce(run.manifest["classes"])
             elapsed = time.perf_counter() - interval_start
             metrics["train/images_per_second"] = metrics.pop("train/images") / max(elapsed, 1e-9)
@@ -193,12 +201,11 @@ def train_loop(run: Run) -> int:
             progress.set_postfix(sup=f"{metrics['train/sup_loss']:.3f}", mask=metrics.get("train/mask_ratio"),
                                  cluster=f"{metrics['train/cluster_loss']:.3f}")
             interval_start = time.perf_counter()
-        evaluate_now = done % config.eval.every_steps == 0 and config.ssl.algorithm != "deepcluster"
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)
-        if every and done % every == 0 and done != config.train.steps:
+        if recluster_now:
             recluster_run(run, done)
-        if done % config.checkpoint.every_steps == 0 and done != config.train.steps:
+        if save_now:
             save_run(run, done)
     return config.train.steps
 

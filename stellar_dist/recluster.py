@@ -35,7 +35,7 @@ class LocalFeatures:
 
 @dataclass
 class ClusterState:
-    """What training needs from the latest clustering; saved in checkpoints (tensors only)."""
+    """What training needs from the latest clustering, on the training device; saved in checkpoints."""
 
     assignments: torch.Tensor  # [num_ids] cluster of each sample id, -1 for test / not clustered
     centroids: torch.Tensor  # [k, pca_dim]
@@ -48,8 +48,9 @@ class ClusterState:
                 "num_reclusterings": self.num_reclusterings, "inertia": self.inertia}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "ClusterState":
-        return cls(**state)
+    def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> "ClusterState":
+        tensors = {key: value.to(device) for key, value in state.items() if torch.is_tensor(value)}
+        return cls(**(state | tensors))
 
 
 @torch.no_grad()
@@ -115,5 +116,5 @@ def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_d
     counts = torch.bincount(table[table >= 0], minlength=k).double()
     weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
     inertia = dist.all_reduce_sum(squared[fit].double().sum().reshape(1)).item()
-    state = ClusterState(table.cpu(), centroids.float().cpu(), weights.float().cpu(), num_reclusterings + 1, inertia)
+    state = ClusterState(table, centroids.float(), weights.float(), num_reclusterings + 1, inertia)
     return state, reduced, assignment

@@ -140,7 +140,7 @@ def setup(config: Config) -> Run:
         scheduler.load_state_dict(state["scheduler"])
         run.start_step = int(state["step"])
         if "cluster" in state:
-            run.cluster_state = ClusterState.from_state_dict(state["cluster"])
+            run.cluster_state = ClusterState.from_state_dict(state["cluster"], accelerator.device)
         accelerator.print(f"resumed from {resume_from} at step {run.start_step}")
     return run
 
