@@ -1,7 +1,7 @@
 """Train StellarDeepCluster (FixMatch or the supervised baseline) from packed shards.
 
 1 CPU process / 1 GPU:
-    accelerate launch --config_file accelerate_configs/cpu.yaml launch/train.py --config configs/demo.yaml
+    accelerate launch -q --config_file accelerate_configs/cpu.yaml launch/train.py --config configs/demo.yaml
 2 CPU processes (DDP on gloo):
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml launch/train.py --config configs/demo.yaml
 All GPUs of a node (bf16):

@@ -30,42 +30,72 @@ def read_catalog(source: str | Path) -> pd.DataFrame:
     frame["Class"] = frame["Class"].fillna("").astype(str).str.strip()
     base = source if source.is_dir() else source.parent
     frame["image_path"] = [str(path if Path(path).is_absolute() else (base / path)) for path in frame["image_path"]]
+    _reject_lookalike_classes(frame["Class"], source)
     _reject_duplicates(frame, source)
     return frame.reset_index(drop=True)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    """Every cell is read as text first, then each column gets the narrowest exact type (see `_typed_column`):
+    pandas' own inference turns a 19-digit id column with one empty cell into float64 and loses digits."""
     try:
-        frame = pd.read_csv(path, dtype={"objid": "Int64"} if _has_column(path, "objid") else None)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise UserError(f"catalog {path} is empty: it needs a header with columns image_path,Class") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise UserError(f"catalog {path} is not a readable CSV ({str(error).splitlines()[0]}): fix the file") from None
+    frame.columns = [str(column).strip() for column in frame.columns]
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise UserError(
             f"catalog {path} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))}): "
             "add them (image_path relative to the CSV, Class the label)"
         )
-    blank = frame["image_path"].isna()
+    if frame.columns.duplicated().any():
+        raise UserError(f"catalog {path} repeats column {frame.columns[frame.columns.duplicated()][0]!r}: "
+                        "give every column its own name")
+    blank = frame["image_path"].str.strip() == ""
     if blank.any():
         row = int(np.flatnonzero(blank.to_numpy())[0]) + 2
         raise UserError(f"catalog {path} line {row} has an empty image_path: fill it in or remove the row")
+    for column in frame.columns:
+        if column not in REQUIRED_COLUMNS:
+            frame[column] = _typed_column(frame[column])
     return frame
 
 
-def _has_column(path: Path, column: str) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return column in handle.readline().strip().split(",")
+def _typed_column(text: pd.Series) -> pd.Series:
+    """Integers stay exact Python ints (any width), other numbers become float, anything else stays text;
+    empty cells become None."""
+    values = text.str.strip()
+    present = values[values != ""]
+    if present.str.fullmatch(r"[+-]?[0-9]+").all():
+        return pd.Series([int(value) if value else None for value in values], index=text.index, dtype=object)
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.notna().all():
+        return pd.Series([float(value) if value else None for value in values], index=text.index, dtype=object)
+    return pd.Series([value if value else None for value in values], index=text.index, dtype=object)
 
 
 def _read_folder(folder: Path) -> pd.DataFrame:
+    """One sub-folder per class; hidden folders and files (.ipynb_checkpoints, .DS_Store) are not data."""
     rows = []
-    for class_dir in sorted(child for child in folder.iterdir() if child.is_dir()):
+    for class_dir in sorted(child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")):
         for image in sorted(class_dir.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES:
+            if image.suffix.lower() in IMAGE_SUFFIXES and not image.name.startswith("."):
                 rows.append({"image_path": str(image.relative_to(folder)), "Class": class_dir.name})
     return pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS))
+
+
+def _reject_lookalike_classes(classes: pd.Series, source: Path) -> None:
+    """'Star', 'STAR' and 'S TAR' are one class misspelt, not three: refuse rather than train on the split."""
+    seen: dict[str, str] = {}
+    for name in sorted(set(classes) - {""}):
+        key = "".join(name.split()).casefold()
+        if key in seen:
+            raise UserError(f"catalog {source} has classes {seen[key]!r} and {name!r} that differ only by case or "
+                            "spaces: spell each class one way")
+        seen[key] = name
 
 
 def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:

@@ -1,25 +1,31 @@
 """Checkpoints: `accelerator.save_state` plus our own trainer state, written atomically, with a `latest` pointer.
 
     OUTPUT_DIR/checkpoints/step_0000200/   model.safetensors, optimizer.bin, random_states_*.pkl (Accelerate)
-                                           trainer_state.pt (step, EMA, scheduler, cluster state), ema.pt
+                                           trainer_state.pt (step, EMA, scheduler, cluster state, classes), ema.pt
     OUTPUT_DIR/checkpoints/latest          the name of the newest complete checkpoint
 
 A checkpoint is built in a hidden `.step_*.tmp` folder and renamed when complete; `latest` is replaced atomically
-after that. Our own files are read with `torch.load(weights_only=True)`: no pickled code runs.
+after that. Only finite weights are ever saved. A checkpoint that later turns out missing or unreadable is skipped
+(newest complete one first) and, on resume, renamed `unreadable-step_*` so that it is neither pruned nor
+overwritten. Our own files are read with `torch.load(weights_only=True)`: no pickled code runs.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from .errors import UserError
+from .errors import UserError, storage_failure
 
 TRAINER_STATE = "trainer_state.pt"
 EMA_WEIGHTS = "ema.pt"
+MODEL_WEIGHTS = "model.safetensors"
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -33,46 +39,129 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        torch.save(trainer_state, staging / TRAINER_STATE)
-        torch.save(ema_state, staging / EMA_WEIGHTS)
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)
-        pointer = root / ".latest.tmp"
-        pointer.write_text(final.name + "\n")
-        os.replace(pointer, root / "latest")
-        for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            torch.save(trainer_state, staging / TRAINER_STATE)
+            torch.save(ema_state, staging / EMA_WEIGHTS)
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+            pointer = root / ".latest.tmp"
+            pointer.write_text(final.name + "\n")
+            os.replace(pointer, root / "latest")
+            for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException as error:
+        storage = storage_failure(error, root) if isinstance(error, Exception) else None
+        if accelerator.is_main_process:  # a full disk or a signal: no half-written checkpoint stays behind
+            shutil.rmtree(staging, ignore_errors=True)
+        if storage is not None:
+            raise storage from None
+        raise
     accelerator.wait_for_everyone()
     return final
 
 
+def update_trainer_state(folder: Path, trainer_state: dict) -> None:
+    """Replace a complete checkpoint's trainer state atomically (the final clustering is added after saving)."""
+    temporary = folder / f".{TRAINER_STATE}.tmp"
+    torch.save(trainer_state, temporary)
+    os.replace(temporary, folder / TRAINER_STATE)
+
+
+def _all_finite(state: dict) -> bool:
+    return all(torch.isfinite(value).all() for value in state.values()
+               if torch.is_tensor(value) and value.is_floating_point())
+
+
+def problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete, readable checkpoint with finite weights; None when it is."""
+    if not folder.is_dir():
+        return "is missing"
+    missing = [name for name in (TRAINER_STATE, EMA_WEIGHTS, MODEL_WEIGHTS) if not (folder / name).is_file()]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    try:
+        torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+        ema, model = load_ema_weights(folder), load_file(folder / MODEL_WEIGHTS)
+    except (UserError, SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        return f"is unreadable ({' '.join(str(error).split())[:160]})"
+    if not (_all_finite(ema) and _all_finite(model)):
+        return "holds non-finite weights"
+    return None
+
+
+def candidates(output_dir: str | Path) -> list[Path]:
+    """The checkpoints of a run, newest first: `latest`'s target, then every step_* folder by step."""
+    root = checkpoint_root(output_dir)
+    found = sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []
+    pointer = root / "latest"
+    if pointer.is_file():
+        name = pointer.read_text(errors="replace").strip()
+        if name.startswith("step_") and "/" not in name:
+            found = [root / name] + [path for path in found if path.name != name]
+    return found
+
+
+def has_checkpoints(output_dir: str | Path) -> bool:
+    root = checkpoint_root(output_dir)
+    return root.is_dir() and (bool(list(root.glob("step_*"))) or (root / "latest").exists())
+
+
+def newest_complete(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint of a run (None if none is) and the newer ones skipped, with the reason."""
+    skipped = []
+    for folder in candidates(output_dir):
+        reason = problem(folder)
+        if reason is None:
+            return folder, skipped
+        skipped.append((folder, reason))
+    return None, skipped
+
+
+def set_aside(skipped: list[tuple[Path, str]]) -> None:
+    """Rename unreadable checkpoints so that resuming neither overwrites nor prunes them (the user decides)."""
+    for folder, _ in skipped:
+        if folder.is_dir():
+            folder.rename(folder.with_name(f"unreadable-{folder.name}"))
+
+
 def resolve(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder / checkpoints folder meaning its latest checkpoint."""
+    """A checkpoint folder, or a run folder / checkpoints folder meaning its newest complete checkpoint."""
     path = Path(path)
     if (path / TRAINER_STATE).exists():
+        reason = problem(path)
+        if reason:
+            raise UserError(f"checkpoint {path} {reason}: pass another checkpoints/step_* folder")
         return path
-    for root in (checkpoint_root(path), path):
-        pointer = root / "latest"
-        if pointer.exists():
-            candidate = root / pointer.read_text().strip()
-            if (candidate / TRAINER_STATE).exists():
-                return candidate
-    raise UserError(f"no checkpoint at {path}: pass a checkpoints/step_* folder or a run folder that has one")
+    run_dir = path.parent if path.name == "checkpoints" else path
+    folder, skipped = newest_complete(run_dir)
+    if folder is None:
+        detail = f" ({skipped[0][0].name} {skipped[0][1]})" if skipped else ""
+        raise UserError(f"no complete checkpoint at {path}{detail}: pass a checkpoints/step_* folder or a run "
+                        "folder that has one")
+    for bad, reason in skipped:
+        print(f"warning: checkpoint {bad} {reason}; using {folder}")
+    return folder
 
 
 def find_latest(output_dir: str | Path) -> Path | None:
+    folder, _ = newest_complete(output_dir)
+    return folder
+
+
+def _load(path: Path) -> dict:
     try:
-        return resolve(output_dir)
-    except UserError:
-        return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise UserError(f"{path} is unreadable ({' '.join(str(error).split())[:160]}): use another checkpoint "
+                        "(checkpoints/step_*)") from None
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / TRAINER_STATE, map_location="cpu", weights_only=True)
+    return _load(checkpoint / TRAINER_STATE)
 
 
 def load_ema_weights(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / EMA_WEIGHTS, map_location="cpu", weights_only=True)
+    return _load(checkpoint / EMA_WEIGHTS)

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", 0) < 0:
+        from .errors import UserError
+
+        raise UserError(f"--workers must be 0 or more (got {args.workers})")
     runners = {"simulate": _run_simulate, "pack": _run_pack, "evaluate": _run_evaluate, "cluster": _run_cluster}
     runners[args.command](args)
 

@@ -57,16 +57,22 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     """`stellar-dist cluster`: the analysis for any trained checkpoint, on one process."""
     from dataclasses import replace
 
+    from .errors import UserError
     from .evaluate import load_trained_model
-    from .pack import load_manifest
+    from .manifest import load_manifest
 
-    model, config, folder = load_trained_model(checkpoint_path)
+    manifest = load_manifest(shards_dir)
+    model, config, folder = load_trained_model(checkpoint_path, manifest)
     cluster = replace(config.cluster, **{key: value for key, value in (("k", k), ("backend", backend))
                                          if value is not None})
+    fit = manifest["num_samples"]["labeled"] + manifest["num_samples"]["unlabeled"]
+    if not 2 <= num_clusters(cluster, len(manifest["classes"])) <= fit:
+        raise UserError(f"--k {num_clusters(cluster, len(manifest['classes']))} is not between 2 and the {fit} "
+                        "labeled + unlabeled samples of the shards: choose a k in that range")
     out = Path(out_dir) if out_dir else folder.parent.parent / f"cluster_{folder.name}"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _, metrics = run_clustering(model.to(device), cluster, shards_dir=str(shards_dir),
-                                manifest=load_manifest(shards_dir), seed=config.seed, device=device,
+                                manifest=manifest, seed=config.seed, device=device,
                                 batch_size=config.eval.batch_size, num_workers=num_workers,
                                 grayscale=config.data.grayscale, plots_dir=out)
     (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))

@@ -57,14 +57,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every_steps: int = 200  # test-split evaluation with the EMA model (and always at the end)
+    every_steps: int = 200  # test-split evaluation with the EMA model (and always at the end); 0: only at the end
     batch_size: int = 128  # per device
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 200  # and always at the end
-    keep_last: int = 3  # older step_* folders are deleted
+    every_steps: int = 200  # and always at the end; 0: only at the end
+    keep_last: int = 3  # older step_* folders are deleted; 0: keep every checkpoint
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,43 @@ CHOICES = {
     "tracking": ("none", "wandb"),
 }
 
+# Allowed ranges of every numeric key ("[" inclusive, "(" exclusive). 0 means "off" only where a default's comment
+# says so (eval/checkpoint/cluster every_steps, cluster.k, cluster.pca_dim, train.cpu_threads, keep_last).
+RANGES = {
+    "data.num_workers": "[0, 64]", "data.shuffle_buffer": "[1, inf)",
+    "train.steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
+    "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
+    "train.log_every_steps": "[1, inf)", "train.cpu_threads": "[0, inf)",
+    "ssl.mu": "[1, inf)", "ssl.threshold": "(0, 1)", "ssl.lambda_u": "[0, inf)",
+    "eval.every_steps": "[0, inf)", "eval.batch_size": "[1, inf)",
+    "checkpoint.every_steps": "[0, inf)", "checkpoint.keep_last": "[0, inf)",
+    "cluster.every_steps": "[0, inf)", "cluster.k": "[0, inf)", "cluster.pca_dim": "[0, inf)",
+    "cluster.iterations": "[1, inf)", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, inf)",
+    "seed": "[0, inf)",
+}
+
+
+def _check_range(dotted: str, value) -> None:
+    spec = RANGES.get(dotted)
+    if spec is None:
+        return
+    low, high = (float(bound) for bound in spec[1:-1].split(","))
+    inside = (low <= value if spec[0] == "[" else low < value) and (value <= high if spec[-1] == "]" else value < high)
+    if not inside or value != value:  # NaN compares false with everything
+        raise UserError(f"config key {dotted}={value!r} is out of range: it must lie in {spec}")
+
+
+def _check_combinations(config: "Config") -> "Config":
+    if config.cluster.k == 1:
+        raise UserError("config key cluster.k=1 makes one cluster: use 0 (5 x classes) or at least 2")
+    if config.cluster.lambda_c > 0 and config.ssl.algorithm != "fixmatch":
+        raise UserError(f"cluster.lambda_c={config.cluster.lambda_c} adds a cluster head to FixMatch's unlabeled "
+                        f"batches; ssl.algorithm={config.ssl.algorithm} has none: set cluster.lambda_c=0 "
+                        "(ssl.algorithm=deepcluster trains the cluster head by itself)")
+    if not config.output_dir.strip():
+        raise UserError("config key output_dir is empty: name a folder for the run")
+    return config
+
 
 def _check_type(dotted: str, value, expected):
     if expected is float and not isinstance(value, bool) and isinstance(value, (int, str)):
@@ -131,6 +168,8 @@ def _build(cls, values: dict, prefix: str):
             kwargs[name] = _build(expected, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(prefix + name, value, expected)
+            if expected in (int, float):
+                _check_range(prefix + name, kwargs[name])
             allowed = CHOICES.get(prefix + name)
             if allowed and kwargs[name] not in allowed:
                 raise UserError(f"config key {prefix}{name}={value!r} is not one of {', '.join(allowed)}")
@@ -163,7 +202,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
     for override in overrides:
         _apply_override(tree, override)
-    return _build(Config, tree, "")
+    return _check_combinations(_build(Config, tree, ""))
 
 
 def to_dict(config: Config) -> dict:

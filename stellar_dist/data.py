@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from . import augment
-from .pack import load_manifest
+from .errors import UserError
+from .manifest import load_manifest
 
 STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
 
@@ -46,8 +48,13 @@ class ItemMaker:
         return tensor
 
     def __call__(self, raw: dict, generator: torch.Generator) -> dict:
-        record = json.loads(raw["json"])
-        image = self.decode(raw)
+        try:
+            record = json.loads(raw["json"])
+            image = self.decode(raw)
+        except (KeyError, ValueError, OSError, SyntaxError) as error:
+            raise UserError(f"sample {raw.get('__key__')} of shard {raw.get('__url__')} cannot be decoded "
+                            f"({type(error).__name__}: {error}): run `stellar-dist pack --verify` on the shards "
+                            "folder and re-pack") from None
         label = record.get("label", -1)
         true_label = record.get("true_label", label)
         item = {"id": record["id"], "label": label, "true_label": true_label}
@@ -71,7 +78,15 @@ def _worker() -> tuple[int, int]:
 
 
 def iter_samples(paths: list[str]):
-    yield from tarfile_samples([{"url": path} for path in paths])
+    """Raw samples of local shard files, in order. Opened with `open()`, never through WebDataset's URL opener
+    (which runs `pipe:` names in a shell); a shard that vanished or broke mid-run is a one-line error."""
+    for path in paths:
+        try:
+            with open(path, "rb") as stream:
+                yield from group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))
+        except (OSError, tarfile.TarError, ValueError) as error:
+            raise UserError(f"shard {path} can no longer be read ({type(error).__name__}: {error}): restore it "
+                            "(`stellar-dist pack --verify` checks the folder), then resume=auto") from None
 
 
 class TrainStream(IterableDataset):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +20,9 @@ from .cluster_stage import format_cluster_report, run_clustering
 from .config import Config
 from .data import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
-from .errors import UserError
+from .errors import UserError, user_message
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
-from .session import Run, save_run, setup, update_ema, uses_cluster_head
+from .session import Run, save_run, setup, trainer_state, update_ema, uses_cluster_head
 from .ssl import deepcluster_loss, fixmatch_loss, supervised_loss
 
 
@@ -184,10 +185,12 @@ def train_loop(run: Run) -> int:
         update_ema(run.ema, accelerator.unwrap_model(run.model))
         stats.add(step_stats, unlabeled, _images_forwarded(config, labeled, unlabeled))
         done = step + 1
-        evaluate_now = done % config.eval.every_steps == 0 and config.ssl.algorithm != "deepcluster"
+        evaluate_now = (config.eval.every_steps and done % config.eval.every_steps == 0
+                        and config.ssl.algorithm != "deepcluster")
         log_now = done % config.train.log_every_steps == 0 or done == config.train.steps
         recluster_now = every and done % every == 0 and done != config.train.steps
-        save_now = done % config.checkpoint.every_steps == 0 and done != config.train.steps
+        save_now = (config.checkpoint.every_steps and done % config.checkpoint.every_steps == 0
+                    and done != config.train.steps)
         if log_now or evaluate_now or recluster_now or save_now:
             _stop_non_finite(run, done, non_finite_steps)
         if log_now:
@@ -210,19 +213,42 @@ def train_loop(run: Run) -> int:
     return config.train.steps
 
 
+def _final_checkpoint(run: Run, steps: int) -> Path:
+    """Saved before the final reports, so that a failure there loses no training. A run resumed at its last step
+    (the command run again) keeps the checkpoint it has."""
+    if run.resumed_from is not None and run.start_step == steps:
+        return run.resumed_from
+    return save_run(run, steps)
+
+
+def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict | None]:
+    config = run.config
+    deepcluster = config.ssl.algorithm == "deepcluster"
+    try:
+        report = None if deepcluster else evaluate_run(run, steps)
+        clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or deepcluster else None
+    except UserError as error:
+        raise UserError(f"{user_message(error)} (the trained model is saved in {final}; after the fix, "
+                        f"`stellar-dist evaluate --checkpoint {run.output_dir}` or resume=auto re-reports)") from None
+    except Exception:
+        run.accelerator.print(f"the trained model is saved in {final}", file=sys.stderr)
+        raise
+    if clusters is not None and run.accelerator.is_main_process:  # the final clustering joins the checkpoint
+        checkpoint.update_trainer_state(final, trainer_state(run, steps))
+    if deepcluster and clusters is not None:
+        report = clusters["linear_probe"]
+    return report, clusters
+
+
 def train(config: Config) -> dict | None:
-    """Train, evaluate, cluster and checkpoint; returns the final test report (on the main process; for
+    """Train, checkpoint, evaluate and cluster; returns the final test report (on the main process; for
     ssl.algorithm=deepcluster, the linear probe's)."""
     started = time.perf_counter()
     run = setup(config)
     try:
         steps = train_loop(run)
-        deepcluster = config.ssl.algorithm == "deepcluster"
-        report = None if deepcluster else evaluate_run(run, steps)
-        clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or deepcluster else None
-        if deepcluster and clusters is not None:
-            report = clusters["linear_probe"]
-        final = save_run(run, steps)
+        final = _final_checkpoint(run, steps)
+        report, clusters = _final_reports(run, steps, final)
         _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
         if run.accelerator.is_main_process:
             print(format_report(report))

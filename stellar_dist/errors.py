@@ -2,23 +2,105 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import json
+import os
+import signal
 import sys
+import threading
+import time
 
 
 class UserError(Exception):
     """A problem with the user's input or environment; its message says what to do."""
 
 
+# Errors of the machine rather than of the code: a full or read-only disk, a folder the user cannot write.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def user_message(error: BaseException) -> str:
+    """The one line to show. A UserError raised in a DataLoader worker arrives re-wrapped with the worker's
+    traceback in its text: keep only the original message."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split("UserError: ", 1)[-1]
+    return " ".join(text.split())
+
+
+def storage_message(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"{error.strerror or error}{where}: free disk space or fix the folder's permissions (or choose another "
+            "folder), then run the same command again; complete checkpoints and shards are never left half-written")
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """Within this block SIGTERM raises SystemExit, so `finally` / `except BaseException` clean-ups run (staging
+    folders removed, worker pools terminated) instead of the process dying where it stands."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def storage_failure(error: BaseException, folder) -> UserError | None:
+    """A write that failed for lack of space or permission, seen through libraries that hide the errno
+    (safetensors says "os error 28", torch.save only "file write failed"): as a one-line UserError, else None."""
+    import shutil
+
+    text = str(error)
+    codes = [code for code in STORAGE_ERRNOS if f"os error {code})" in text or os.strerror(code) in text]
+    try:
+        if not codes and shutil.disk_usage(folder).free < 16 * 2**20:
+            codes = [errno.ENOSPC]
+    except OSError:
+        pass
+    if not codes:
+        return None
+    return UserError(storage_message(OSError(codes[0], os.strerror(codes[0]), str(folder))))
+
+
 def exit_on_user_error(func):
-    """Run `func`; turn a UserError into one line on stderr and exit status 2."""
+    """Run `func`; turn a UserError (or a full / read-only disk) into one line on stderr and exit status 2."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
+            message = user_message(error)
+        except OSError as error:
+            if error.errno not in STORAGE_ERRNOS:
+                raise
+            message = storage_message(error)
+        rank = os.environ.get("RANK", "0")
+        prefix = "" if rank == "0" else f"rank {rank}: "
+        print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+        _tell_launcher(f"error: {message}")
+        raise SystemExit(2)
 
     return wrapper
+
+
+def _tell_launcher(line: str) -> None:
+    """Under torchrun / a multi-process `accelerate launch`, the launcher ends with its own failure summary: an
+    error file makes that summary name this one line as the root cause instead of a link to the docs."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        try:
+            with open(path, "w") as handle:
+                json.dump({"message": line, "timestamp": int(time.time())}, handle)
+        except OSError:
+            pass

@@ -11,6 +11,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 from . import dist
+from .errors import UserError
 from .data import ItemMaker, OnceStream, make_loader, shard_paths
 
 
@@ -44,8 +45,9 @@ def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: in
     gathered = {key: value[order] for key, value in gathered.items()}
     expected = manifest["num_samples"]["test"]
     if len(gathered["id"]) != expected or len(np.unique(gathered["id"])) != expected:
-        raise RuntimeError(f"test stream produced {len(gathered['id'])} predictions "
-                           f"({len(np.unique(gathered['id']))} unique) for {expected} test samples")
+        raise UserError(f"the test shards produced {len(gathered['id'])} predictions ({len(np.unique(gathered['id']))} "
+                        f"unique) for the manifest's {expected} test samples: run `stellar-dist pack --verify "
+                        f"{shards_dir}` and re-pack")
     return gathered
 
 
@@ -123,16 +125,24 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
     return path
 
 
-def load_trained_model(checkpoint_path: str | Path):
-    """The EMA model of a checkpoint (a checkpoints/step_* folder or a run folder) and its run config."""
+def load_trained_model(checkpoint_path: str | Path, manifest: dict):
+    """The EMA model of a checkpoint (a checkpoints/step_* folder or a run folder) and its run config; refuses
+    shards whose classes are not the ones the model was trained on."""
     from . import checkpoint
     from .config import load_config
     from .models import StellarNet
 
     folder = checkpoint.resolve(checkpoint_path)
+    if not (folder.parent.parent / "config.yaml").is_file():
+        raise UserError(f"checkpoint {folder} has no config.yaml two folders up: pass a checkpoint inside its run "
+                        "folder (RUN/checkpoints/step_*)")
     config = load_config(folder.parent.parent / "config.yaml")
+    trained = checkpoint.load_trainer_state(folder).get("classes")
     ema_state = checkpoint.load_ema_weights(folder)
     num_classes = ema_state["classifier.weight"].shape[0]
+    if (trained is not None and list(trained) != manifest["classes"]) or num_classes != len(manifest["classes"]):
+        raise UserError(f"checkpoint {folder} was trained on classes {list(trained or []) or num_classes}, the "
+                        f"shards have {manifest['classes']}: pass the shards the model was trained on")
     num_clusters = ema_state["cluster_head.weight"].shape[0] if "cluster_head.weight" in ema_state else 0
     model = StellarNet(config.model.arch, num_classes, "none", num_clusters=num_clusters)
     model.load_state_dict(ema_state)
@@ -142,10 +152,10 @@ def load_trained_model(checkpoint_path: str | Path):
 def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out_dir: str | Path | None = None,
                         num_workers: int = 2) -> dict:
     """Evaluate a checkpoint's EMA model on a test split; writes metrics.json and the confusion matrix."""
-    from .pack import load_manifest
+    from .manifest import load_manifest
 
-    model, config, folder = load_trained_model(checkpoint_path)
     manifest = load_manifest(shards_dir)
+    model, config, folder = load_trained_model(checkpoint_path, manifest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gathered = gather_predictions(model.to(device), str(shards_dir), manifest, batch_size=config.eval.batch_size,
                                   num_workers=num_workers, grayscale=config.data.grayscale, device=device)

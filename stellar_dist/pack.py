@@ -26,10 +26,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .catalog import SPLITS, read_catalog, stratified_split
-from .errors import UserError
+from .errors import UserError, sigterm_as_exit
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, owned_files, verify  # noqa: F401 (re-exported)
 
-MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
 ENCODINGS = ("png", "jpg")
 PREPROCESS_MODES = ("resize", "crop")
 
@@ -47,9 +46,21 @@ class PackOptions:
     strict: bool = False  # an unreadable image aborts the pack instead of being skipped and listed
 
 
+# Pillow modes holding more than 8 bits per channel: convert("RGB") clips them to white without a word.
+HIGH_BIT_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;32", "I;32B", "I;32L")
+
+
+class UnsupportedImage(UserError):
+    """An image pack cannot convert faithfully: the whole pack stops (skipping would drop the whole catalog)."""
+
+
 def preprocess_image(path: str, image_size: int, mode: str) -> Image.Image:
     """Load an image as RGB at `image_size` x `image_size` (raises OSError/ValueError for unusable files)."""
     with Image.open(path) as image:
+        if image.mode in HIGH_BIT_DEPTH_MODES:
+            raise UnsupportedImage(
+                f"image {path} has {image.mode} pixels (16/32-bit or float): pack reads 8-bit images only and would "
+                "clip it; convert it to 8 bits with your own stretch (for example asinh) first")
         image.load()
         image = image.convert("RGB")
     width, height = image.size
@@ -123,13 +134,33 @@ def _write_shard(task: dict) -> dict:
             "input": len(task["rows"])}
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_out_dir(out: Path, overwrite: bool, catalog: Path) -> None:
+    """Refuse an --out that holds anything pack did not write, or that holds the input itself."""
+    real = out.resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "shards" if (out / MANIFEST_NAME).exists() or any(out.glob("*.tar")) else "files"
-        raise UserError(f"output folder {out} already holds {what}: choose a new --out, "
-                        "or pass --overwrite to replace it")
+    if _inside(catalog.resolve(), real) or _inside(real, catalog.resolve()):
+        raise UserError(f"--out {out} would hold or overlap the catalog {catalog}: choose a folder outside it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if owned_files(out) is None:
+        raise UserError(f"output folder {out} already holds files that `stellar-dist pack` did not write: "
+                        "choose a new or empty --out (nothing was changed)")
+    if not overwrite:
+        raise UserError(f"output folder {out} already holds shards: choose a new --out, "
+                        "or pass --overwrite to replace them")
+
+
+def _check_images_outside(frame: pd.DataFrame, out: Path) -> None:
+    real = out.resolve()
+    inside = [path for path in frame["image_path"] if _inside(Path(path).resolve(), real)]
+    if inside:
+        raise UserError(f"{len(inside)} catalog image(s) lie inside --out {out}, first {inside[0]}: "
+                        "choose an --out outside the images")
 
 
 def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, common: dict) -> list[dict]:
@@ -149,54 +180,75 @@ def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOption
     """Pack `catalog` into WebDataset shards under `out`; returns the manifest."""
     if options.encoding not in ENCODINGS or options.preprocess not in PREPROCESS_MODES:
         raise UserError(f"--encoding must be one of {ENCODINGS} and --preprocess one of {PREPROCESS_MODES}")
-    if options.image_size < 8 or options.shard_size < 1:
-        raise UserError("--image-size must be at least 8 and --shard-size at least 1")
+    if options.image_size < 8 or options.shard_size < 1 or options.workers < 0:
+        raise UserError("--image-size must be at least 8, --shard-size at least 1 and --workers at least 0")
     out = Path(out)
-    _check_out_dir(out, overwrite)
+    _check_out_dir(out, overwrite, Path(catalog))
     started = time.perf_counter()
     frame = read_catalog(catalog)
+    _check_images_outside(frame, out)
     class_names = sorted(set(frame["Class"]) - {""})
     if not class_names:
         raise UserError(f"catalog {catalog} has no labelled rows: at least the labeled and test splits need a Class")
     splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed)
     frame = frame.assign(_id=np.arange(len(frame)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
-    common = {"staging": str(staging), "options": asdict(options), "base": base,
-              "class_index": {name: index for index, name in enumerate(class_names)}}
-    try:
-        tasks = _shard_tasks(frame, splits, options, common)
-        results = []
-        with get_context("spawn").Pool(options.workers or os.cpu_count() or 1) as pool, \
-                tqdm(total=len(frame), desc="pack", unit="img") as progress:
-            for result in pool.imap_unordered(_write_shard, tasks):
-                results.append(result)
-                progress.update(result["input"])
-        elapsed = time.perf_counter() - started
-        manifest = _manifest(results, class_names, options, catalog, len(frame), elapsed)
-        if options.strict and manifest["skipped"]:
-            first = manifest["skipped"][0]
-            raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first "
-                            f"{first['image_path']}: {first['reason']}; fix or remove them, "
-                            "or drop --strict to skip and list them")
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-        _replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    real_out = out.resolve()  # a symlinked --out keeps pointing where it did: its target is replaced
+    with sigterm_as_exit():
+        staging = _make_staging(real_out, out)
+        try:
+            base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+            common = {"staging": str(staging), "options": asdict(options), "base": base,
+                      "class_index": {name: index for index, name in enumerate(class_names)}}
+            tasks = _shard_tasks(frame, splits, options, common)
+            results = []
+            with get_context("spawn").Pool(options.workers or os.cpu_count() or 1) as pool, \
+                    tqdm(total=len(frame), desc="pack", unit="img") as progress:
+                for result in pool.imap_unordered(_write_shard, tasks):
+                    results.append(result)
+                    progress.update(result["input"])
+            elapsed = time.perf_counter() - started
+            manifest = _manifest(results, class_names, options, catalog, len(frame), elapsed)
+            if options.strict and manifest["skipped"]:
+                first = manifest["skipped"][0]
+                raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first "
+                                f"{first['image_path']}: {first['reason']}; fix or remove them, "
+                                "or drop --strict to skip and list them")
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+            _replace_dir(staging, real_out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return manifest
 
 
+def _make_staging(real_out: Path, out: Path) -> Path:
+    try:
+        real_out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{real_out.name}.tmp-", dir=real_out.parent))
+    except OSError as error:
+        raise UserError(f"cannot write beside --out {out} ({error.strerror}): choose a writable folder") from None
+
+
 def _replace_dir(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to `out`; an old `out` is removed only after the new one is in place."""
+    """Move the finished staging folder to `out`. An old `out` (checked to hold only pack's own files) is set
+    aside first and emptied file by file afterwards: anything that appeared in it meanwhile is kept."""
     old = None
     if out.exists():
+        previous = owned_files(out) if any(out.iterdir()) else []
+        if previous is None:
+            raise UserError(f"output folder {out} changed while packing and now holds other files: nothing replaced; "
+                            f"the new shards were discarded")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
     staging.rename(out)
     if old is not None:
-        shutil.rmtree(old)
+        for child in old.iterdir():
+            if child.name == MANIFEST_NAME or child.suffix == ".tar":
+                child.unlink()
+        try:
+            old.rmdir()
+        except OSError:
+            print(f"warning: kept {old}: it holds files pack did not write")
 
 
 def _manifest(results: list[dict], class_names: list[str], options: PackOptions, catalog, num_input: int,
@@ -225,46 +277,3 @@ def _manifest(results: list[dict], class_names: list[str], options: PackOptions,
         "arguments": {"catalog": str(catalog), **asdict(options)},
         "pack_seconds": round(elapsed_s, 3),
     }
-
-
-def load_manifest(shards_dir: str | Path) -> dict:
-    path = Path(shards_dir) / MANIFEST_NAME
-    if not path.exists():
-        raise UserError(f"{shards_dir} has no {MANIFEST_NAME}: pack a catalog first with `stellar-dist pack`")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON ({error}): re-pack the shards") from None
-
-
-def verify(shards_dir: str | Path) -> dict:
-    """Re-check every shard's hash and sample count against the manifest; returns a summary."""
-    shards_dir = Path(shards_dir)
-    manifest = load_manifest(shards_dir)
-    seen_ids: set[int] = set()
-    num_shards = 0
-    for split, entries in manifest["shards"].items():
-        for entry in entries:
-            path = shards_dir / entry["name"]
-            if not path.exists():
-                raise UserError(f"shard {path} listed in the manifest is missing: re-pack or restore it")
-            if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
-                raise UserError(f"shard {path} does not match its sha256 in the manifest: it is corrupt; re-pack")
-            ids = _shard_ids(path)
-            if len(ids) != entry["num_samples"]:
-                raise UserError(f"shard {path} holds {len(ids)} samples, manifest says {entry['num_samples']}: re-pack")
-            if seen_ids & set(ids):
-                raise UserError(f"shard {path} repeats sample ids found in other shards: re-pack")
-            seen_ids.update(ids)
-            num_shards += 1
-        if sum(entry["num_samples"] for entry in entries) != manifest["num_samples"][split]:
-            raise UserError(f"split {split}: shard counts do not add up to the manifest total; re-pack")
-    return {"shards": num_shards, "samples": len(seen_ids)}
-
-
-def _shard_ids(path: Path) -> list[int]:
-    keys = set()
-    with tarfile.open(path) as tar:
-        for member in tar.getmembers():
-            keys.add(member.name.split(".", 1)[0])
-    return sorted(int(key) for key in keys)

@@ -15,10 +15,12 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint
 from .cluster_stage import num_clusters
 from .config import Config, save_config, to_dict
+from . import dist
 from .errors import UserError
+from .manifest import check_shards, load_manifest
 from .models import StellarNet
-from .pack import load_manifest
 from .recluster import ClusterState
+from .resume import ResumePoint, find_resume_point
 from .tracking import RunTracker, prepare_wandb_environment
 
 
@@ -70,6 +72,7 @@ class Run:
     output_dir: Path
     start_step: int = 0
     cluster_state: ClusterState | None = None
+    resumed_from: Path | None = None
 
 
 def uses_cluster_head(config: Config) -> bool:
@@ -92,21 +95,52 @@ def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=config.train.lr)
 
 
-def _resume_checkpoint(config: Config) -> Path | None:
-    if config.resume == "none":
-        existing = checkpoint.find_latest(config.output_dir)
-        if existing is not None:
-            raise UserError(f"output_dir {config.output_dir} already holds a run ({existing.name}): pass resume=auto "
-                            "to continue it, or choose another output_dir")
-        return None
-    if config.resume == "auto":
-        return checkpoint.find_latest(config.output_dir)
-    return checkpoint.resolve(config.resume)
+def _check_before_writing(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
+    """Everything that can refuse the run, checked on every rank before anything is written."""
+    check_shards(config.data.shards, manifest)
+    if uses_cluster_head(config) or config.cluster.at_end:
+        fit = manifest["num_samples"]["labeled"] + manifest["num_samples"]["unlabeled"]
+        k = num_clusters(config.cluster, len(manifest["classes"]))
+        if k > fit:
+            raise UserError(f"cluster.k={k} clusters but the shards hold only {fit} labeled + unlabeled samples: "
+                            f"set cluster.k to at most {fit}")
+    point = find_resume_point(config, manifest, world_size)
+    output_dir = Path(config.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"output_dir {output_dir} is not writable ({error.strerror}): choose another output_dir "
+                        "or fix its permissions") from None
+    return point
+
+
+def _restore(run: Run, point: ResumePoint) -> None:
+    accelerator = run.accelerator
+    for folder, reason in point.skipped:
+        accelerator.print(f"warning: checkpoint {folder.name} {reason}; kept as unreadable-{folder.name}, "
+                          f"resuming from {point.folder.name}")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpoint.set_aside(point.skipped)
+    for warning in point.warnings:
+        accelerator.print(f"warning: {warning}")
+    accelerator.load_state(str(point.folder))
+    state = checkpoint.load_trainer_state(point.folder)
+    run.ema.load_state_dict(state["ema"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.start_step, run.resumed_from = int(state["step"]), point.folder
+    if "cluster" in state:
+        run.cluster_state = ClusterState.from_state_dict(state["cluster"], accelerator.device)
+    accelerator.print(f"resumed from {point.folder} at step {run.start_step}")
 
 
 def setup(config: Config) -> Run:
     output_dir = Path(config.output_dir)
     manifest = load_manifest(config.data.shards)
+    point = _check_before_writing(config, manifest, int(os.environ.get("WORLD_SIZE", "1")))
     if config.tracking == "wandb":
         prepare_wandb_environment(output_dir)
     # DeepCluster alone never uses the class head: DDP must be told that some parameters get no gradient.
@@ -114,7 +148,6 @@ def setup(config: Config) -> Run:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
                               log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp])
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
     accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
@@ -132,22 +165,33 @@ def setup(config: Config) -> Run:
     ema.to(accelerator.device)
     tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
     run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, tracker, output_dir)
-    resume_from = _resume_checkpoint(config)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = checkpoint.load_trainer_state(resume_from)
-        ema.load_state_dict(state["ema"])
-        scheduler.load_state_dict(state["scheduler"])
-        run.start_step = int(state["step"])
-        if "cluster" in state:
-            run.cluster_state = ClusterState.from_state_dict(state["cluster"], accelerator.device)
-        accelerator.print(f"resumed from {resume_from} at step {run.start_step}")
+    if point is not None:
+        _restore(run, point)
     return run
 
 
-def save_run(run: Run, step: int) -> Path:
-    state = {"step": step, "ema": run.ema.state_dict(), "scheduler": run.scheduler.state_dict()}
+def _check_finite(run: Run, step: int) -> None:
+    """Never save non-finite weights: the checkpoint named as the last good one must really be good."""
+    model = run.accelerator.unwrap_model(run.model)
+    tensors = [*model.parameters(), *model.buffers(), *run.ema.module.parameters()]
+    bad = torch.stack([~torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).any().float()
+    if dist.all_reduce_max(bad.reshape(1)).item() > 0:
+        latest = checkpoint.find_latest(run.output_dir)
+        raise UserError(f"the weights became non-finite by step {step} (not saved); the last good checkpoint is "
+                        f"{latest or 'none (no checkpoint yet)'}; lower train.lr or raise train.warmup_steps, "
+                        "then resume=auto")
+
+
+def trainer_state(run: Run, step: int) -> dict:
+    state = {"step": step, "ema": run.ema.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "classes": list(run.manifest["classes"]), "world_size": run.accelerator.num_processes}
     if run.cluster_state is not None:
         state["cluster"] = run.cluster_state.state_dict()
+    return state
+
+
+def save_run(run: Run, step: int) -> Path:
+    _check_finite(run, step)
+    state = trainer_state(run, step)
     return checkpoint.save(run.accelerator, run.output_dir, step, state, run.ema.module.state_dict(),
                            run.config.checkpoint.keep_last)

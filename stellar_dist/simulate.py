@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import UserError
+from .errors import UserError, sigterm_as_exit
 
 CLASS_FRACTIONS = {"GALAXY": 0.57, "STAR": 0.32, "QSO": 0.11}  # DR16 spectroscopic proportions
 IMAGE_PIXELS = 128
@@ -211,10 +211,17 @@ def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0) -> 
     """Render `num` objects into `out_dir` (images/<Class>/<objid>.jpg + catalog.csv); returns the CSV path."""
     _require_galsim()
     out_dir = Path(out_dir)
-    if num < 1:
-        raise UserError(f"--num must be at least 1 (got {num})")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if num < 1 or workers < 0:
+        raise UserError(f"--num must be at least 1 and --workers at least 0 (got {num}, {workers})")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output folder {out_dir} is not empty: choose a new --out or remove it first")
+    out_dir = out_dir.resolve()  # a symlink to an empty folder: fill its target
+    with sigterm_as_exit():
+        _render(out_dir, num, seed, workers)
+    return out_dir / "catalog.csv"
+
+
+def _render(out_dir: Path, num: int, seed: int, workers: int) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -238,4 +245,3 @@ def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0) -> 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir / "catalog.csv"

@@ -1,0 +1,95 @@
+"""Before a run writes anything: is output_dir free, or which checkpoint continues it, and does it fit this config?
+
+Everything here only reads, so every rank can call it before the Accelerator, W&B or config.yaml exist: a refused
+run has changed nothing. A run that has checkpoints is never restarted from step 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoint
+from .config import Config, load_config
+from .errors import UserError
+
+# Keys whose change makes a checkpoint unusable (other heads, other losses) and keys whose change only breaks the
+# bit-exact continuation of the data order.
+MUST_MATCH = ("model.arch", "ssl.algorithm", "cluster.lambda_c>0", "cluster.k")
+SAME_ORDER = ("data.num_workers", "train.batch_size", "ssl.mu", "seed", "data.shards")
+
+
+@dataclass
+class ResumePoint:
+    folder: Path
+    skipped: list = field(default_factory=list)  # (newer checkpoint, why it was not used)
+    warnings: list = field(default_factory=list)
+
+
+def _value(config: Config, key: str):
+    if key == "cluster.lambda_c>0":
+        return config.cluster.lambda_c > 0
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(config, section), name) if section else getattr(config, name)
+
+
+def _compare(previous: Config, config: Config, world_size: int, state: dict) -> list[str]:
+    for key in MUST_MATCH:
+        if _value(previous, key) != _value(config, key):
+            raise UserError(f"{config.output_dir} was trained with {key}={_value(previous, key)!r}, this run asks for "
+                            f"{_value(config, key)!r}: its checkpoints cannot continue it; use the run's value or "
+                            "another output_dir")
+    changed = [f"{key} {_value(previous, key)!r} -> {_value(config, key)!r}" for key in SAME_ORDER
+               if _value(previous, key) != _value(config, key)]
+    if state.get("world_size", world_size) != world_size:
+        changed.append(f"processes {state['world_size']} -> {world_size}")
+    if changed:
+        return [f"resuming with {', '.join(changed)}: the run continues, but not on the data order an "
+                "uninterrupted run would have seen (exact resume needs the same values)"]
+    return []
+
+
+def _check_classes(state: dict, manifest: dict, folder: Path) -> None:
+    trained = state.get("classes")
+    if trained is not None and list(trained) != list(manifest["classes"]):
+        raise UserError(f"checkpoint {folder} was trained on classes {list(trained)}, the shards have "
+                        f"{manifest['classes']}: use the shards it was trained on")
+
+
+def find_resume_point(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
+    """The checkpoint to continue from (None: a fresh run), or a one-line refusal."""
+    output_dir = Path(config.output_dir)
+    if config.resume == "none":
+        if checkpoint.has_checkpoints(output_dir) or (output_dir / "metrics.json").exists():
+            raise UserError(f"output_dir {output_dir} already holds a run ({_describe(output_dir)}): pass "
+                            "resume=auto to continue it, or choose another output_dir")
+        return None
+    if config.resume == "auto":
+        folder, skipped = checkpoint.newest_complete(output_dir)
+        if folder is None and skipped:
+            raise UserError(f"output_dir {output_dir} has checkpoints but none is complete ({skipped[0][0].name} "
+                            f"{skipped[0][1]}): restore one or choose another output_dir; nothing was changed")
+        if folder is None:
+            return None
+    else:
+        folder, skipped = checkpoint.resolve(config.resume), []
+    state = checkpoint.load_trainer_state(folder)
+    _check_classes(state, manifest, folder)
+    if int(state["step"]) > config.train.steps:
+        raise UserError(f"checkpoint {folder} is at step {state['step']}, beyond train.steps={config.train.steps}: "
+                        f"set train.steps to at least {state['step']} to continue or re-report the run")
+    point = ResumePoint(folder, skipped)
+    saved = folder.parent.parent / "config.yaml"
+    if saved.is_file():
+        try:
+            previous = load_config(saved)
+        except UserError:  # written by another version of the project: nothing to compare against
+            previous = None
+        if previous is not None:
+            point.warnings += _compare(previous, config, world_size, state)
+    return point
+
+
+def _describe(output_dir: Path) -> str:
+    latest = checkpoint.candidates(output_dir)
+    return latest[0].name if latest else "metrics.json"
