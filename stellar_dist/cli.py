@@ -84,7 +84,8 @@ def _run_simulate(args) -> None:
 
 def _run_pack(args) -> None:
     from .errors import UserError
-    from .pack import PackOptions, pack, verify
+    from .manifest import verify
+    from .pack import PackOptions, pack
 
     if args.verify:
         summary = verify(args.verify)

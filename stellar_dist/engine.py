@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, dist
+from . import checkpoint
 from .cluster_stage import format_cluster_report, run_clustering
 from .config import Config
 from .data import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
 from .errors import UserError, user_message
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
-from .session import Run, save_run, setup, trainer_state, update_ema, uses_cluster_head
+from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
 from .ssl import deepcluster_loss, fixmatch_loss, supervised_loss
 
 
@@ -81,11 +81,7 @@ def _to_device(batch: dict | None, device: torch.device) -> dict | None:
 def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> None:
     """Checked at log / evaluation / checkpoint boundaries, not every step: one host sync per interval, and no
     weights are saved or evaluated in between."""
-    if dist.all_reduce_max(non_finite_steps.reshape(1)).item() > 0:
-        latest = checkpoint.find_latest(run.output_dir)
-        raise UserError(f"loss became non-finite by step {step}; the last good checkpoint is "
-                        f"{latest or 'none (no checkpoint yet)'}; lower train.lr or raise train.warmup_steps, "
-                        "then resume=auto")
+    stop_if_non_finite(run, step, non_finite_steps, "the loss")
 
 
 def evaluate_run(run: Run, step: int) -> dict:

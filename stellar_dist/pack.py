@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .catalog import SPLITS, read_catalog, stratified_split
 from .errors import UserError, sigterm_as_exit
-from .manifest import FORMAT_VERSION, MANIFEST_NAME, load_manifest, owned_files, verify  # noqa: F401 (re-exported)
+from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 
 ENCODINGS = ("png", "jpg")
 PREPROCESS_MODES = ("resize", "crop")
@@ -94,10 +94,11 @@ def _json_safe(value):
     return value
 
 
-def _sample_record(row: dict, split: str, class_index: dict[str, int], base: str) -> dict:
-    """The JSON part of a sample; the true class of unlabeled rows goes to `true_*` (diagnostics only)."""
-    meta = {key: _json_safe(value) for key, value in row.items() if key not in ("image_path", "Class", "_id")}
-    record = {"id": int(row["_id"]), "split": split, "source": os.path.relpath(row["image_path"], base), "meta": meta}
+def _sample_record(row: dict, sample_id: int, split: str, class_index: dict[str, int], base: str) -> dict:
+    """The JSON part of a sample; the true class of unlabeled rows goes to `true_*` (diagnostics only). Every
+    other catalog column, whatever its name, goes to `meta` unchanged."""
+    meta = {key: _json_safe(value) for key, value in row.items() if key not in ("image_path", "Class")}
+    record = {"id": sample_id, "split": split, "source": os.path.relpath(row["image_path"], base), "meta": meta}
     known = row["Class"] != ""
     if split == "unlabeled":
         record["true_label"] = class_index[row["Class"]] if known else -1
@@ -113,13 +114,13 @@ def _write_shard(task: dict) -> dict:
     path = Path(task["staging"]) / task["name"]
     skipped, labels, num_written = [], Counter(), 0
     with tarfile.open(path, "w") as tar:
-        for row in task["rows"]:
+        for sample_id, row in task["rows"]:
             try:
                 image = preprocess_image(row["image_path"], options.image_size, options.preprocess)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 skipped.append({"image_path": row["image_path"], "reason": str(error).splitlines()[0][:200]})
                 continue
-            record = _sample_record(row, task["split"], task["class_index"], task["base"])
+            record = _sample_record(row, sample_id, task["split"], task["class_index"], task["base"])
             key = f"{record['id']:09d}"
             for suffix, payload in ((options.encoding, _encode(image, options.encoding)),
                                     ("json", json.dumps(record).encode())):
@@ -170,9 +171,9 @@ def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, 
         # Shuffle within the split so that every shard mixes the classes (streams read shards in order).
         rows = rng.permutation(np.flatnonzero(splits == split))
         for shard_index, start in enumerate(range(0, len(rows), options.shard_size)):
-            chunk = frame.iloc[rows[start : start + options.shard_size]]
+            chunk = rows[start : start + options.shard_size]  # sample id = catalog row number
             tasks.append({**common, "split": split, "name": f"{split}-{shard_index:06d}.tar",
-                          "rows": chunk.to_dict("records")})
+                          "rows": list(zip(chunk.tolist(), frame.iloc[chunk].to_dict("records")))})
     return tasks
 
 
@@ -191,7 +192,6 @@ def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOption
     if not class_names:
         raise UserError(f"catalog {catalog} has no labelled rows: at least the labeled and test splits need a Class")
     splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed)
-    frame = frame.assign(_id=np.arange(len(frame)))
     real_out = out.resolve()  # a symlinked --out keeps pointing where it did: its target is replaced
     with sigterm_as_exit():
         staging = _make_staging(real_out, out)

@@ -175,9 +175,14 @@ def _check_finite(run: Run, step: int) -> None:
     model = run.accelerator.unwrap_model(run.model)
     tensors = [*model.parameters(), *model.buffers(), *run.ema.module.parameters()]
     bad = torch.stack([~torch.isfinite(t).all() for t in tensors if t.is_floating_point()]).any().float()
-    if dist.all_reduce_max(bad.reshape(1)).item() > 0:
+    stop_if_non_finite(run, step, bad, "the weights (not saved)")
+
+
+def stop_if_non_finite(run: Run, step: int, flag: torch.Tensor, what: str) -> None:
+    """One line naming the newest complete checkpoint (always finite) when `flag` > 0 on any rank."""
+    if dist.all_reduce_max(flag.reshape(1)).item() > 0:
         latest = checkpoint.find_latest(run.output_dir)
-        raise UserError(f"the weights became non-finite by step {step} (not saved); the last good checkpoint is "
+        raise UserError(f"{what} became non-finite by step {step}; the last good checkpoint is "
                         f"{latest or 'none (no checkpoint yet)'}; lower train.lr or raise train.warmup_steps, "
                         "then resume=auto")
 
