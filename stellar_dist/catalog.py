@@ -12,6 +12,8 @@ from .errors import UserError
 REQUIRED_COLUMNS = ("image_path", "Class")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 SPLITS = ("labeled", "unlabeled", "test")
+# Cells that mean "no value" (pandas' defaults minus the ambiguous ones): an unknown Class, a missing number.
+MISSING = {"", "NA", "N/A", "n/a", "NaN", "nan", "-nan", "NULL", "null", "None", "<NA>", "#N/A"}
 
 
 def read_catalog(source: str | Path) -> pd.DataFrame:
@@ -28,6 +30,7 @@ def read_catalog(source: str | Path) -> pd.DataFrame:
     frame["image_path"] = frame["image_path"].astype(str)
     # An empty Class means "class unknown": such rows can only go to the unlabeled split.
     frame["Class"] = frame["Class"].fillna("").astype(str).str.strip()
+    frame.loc[frame["Class"].isin(MISSING), "Class"] = ""
     base = source if source.is_dir() else source.parent
     frame["image_path"] = [str(path if Path(path).is_absolute() else (base / path)) for path in frame["image_path"]]
     _reject_lookalike_classes(frame["Class"], source)
@@ -67,14 +70,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _typed_column(text: pd.Series) -> pd.Series:
     """Integers stay exact Python ints (any width), other numbers become float, anything else stays text;
     empty cells become None."""
-    values = text.str.strip()
+    values = text.str.strip().where(~text.str.strip().isin(MISSING), "")
     present = values[values != ""]
     if present.str.fullmatch(r"[+-]?[0-9]+").all():
         return pd.Series([int(value) if value else None for value in values], index=text.index, dtype=object)
     numbers = pd.to_numeric(present, errors="coerce")
     if numbers.notna().all():
         return pd.Series([float(value) if value else None for value in values], index=text.index, dtype=object)
-    return pd.Series([value if value else None for value in values], index=text.index, dtype=object)
+    return pd.Series([value if value else None for value in text.str.strip()], index=text.index, dtype=object)
 
 
 def _read_folder(folder: Path) -> pd.DataFrame:

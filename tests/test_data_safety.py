@@ -103,10 +103,10 @@ def test_ids_round_trip_exactly_whatever_the_csv_dialect(sim_catalog, tmp_path):
     for index, row in source.iterrows():
         specobjid = "" if index == 5 else str(2**63 - 1000 + index)  # one missing value in a 64-bit column
         rows.append(f'"{row["objid"]}","{specobjid}","{Path(sim_catalog.parent, row["image_path"])}",'
-                    f'"{row["Class"]}",{index * 7}')
+                    f'"{row["Class"]}",{index * 7},{"NaN" if index == 3 else index / 4}')
     catalog = tmp_path / "c.csv"
     # UTF-8 BOM, quoted header, objid first, and a column named like pack's own fields.
-    catalog.write_bytes(("\ufeff" + '"objid","specobjid","image_path","Class","_id"\n' + "\n".join(rows) + "\n")
+    catalog.write_bytes(("\ufeff" + '"objid","specobjid","image_path","Class","_id","z"\n' + "\n".join(rows) + "\n")
                         .encode("utf-8"))
     run_cli("pack", "--catalog", str(catalog), "--out", str(tmp_path / "out"), "--workers", "1")
     from test_pack import read_shards
@@ -117,6 +117,7 @@ def test_ids_round_trip_exactly_whatever_the_csv_dialect(sim_catalog, tmp_path):
         assert meta["objid"] == int(row["objid"]) and isinstance(meta["objid"], int)
         assert meta["specobjid"] == (None if index == 5 else 2**63 - 1000 + index)
         assert meta["_id"] == index * 7 and records[index]["id"] == index
+        assert meta["z"] == (None if index == 3 else index / 4)
 
 
 def test_sixteen_bit_images_are_refused_not_clipped(sim_catalog, tmp_path):
