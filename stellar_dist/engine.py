@@ -128,14 +128,17 @@ def cluster_every_steps(config: Config, manifest: dict, world_size: int) -> int:
 def recluster_run(run: Run, step: int, final: bool = False) -> dict | None:
     """Cluster the EMA features on all ranks; reset the cluster head; log the cluster metrics (main process)."""
     config, accelerator = run.config, run.accelerator
-    previous = run.cluster_state.num_reclusterings if run.cluster_state is not None else 0
+    model = accelerator.unwrap_model(run.model)
+    # Without a cluster head the only clustering is the final report, seeded alike when a finished run is
+    # re-reported (its checkpoint then already holds that clustering).
+    has_head = model.cluster_head is not None
+    previous = run.cluster_state.num_reclusterings if run.cluster_state is not None and has_head else 0
     state, metrics = run_clustering(
         run.ema.module, config.cluster, shards_dir=config.data.shards, manifest=run.manifest, seed=config.seed,
         device=accelerator.device, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
         grayscale=config.data.grayscale, num_reclusterings=previous, is_main=accelerator.is_main_process,
         plots_dir=run.output_dir / "plots" if final else None)
     run.model.train()
-    model = accelerator.unwrap_model(run.model)
     if model.cluster_head is None or not final:  # the final report must not replace the head's targets
         run.cluster_state = state
     if model.cluster_head is not None and not final:
