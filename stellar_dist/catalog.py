@@ -121,21 +121,28 @@ def stratified_split(
 
     Rows of unknown class (empty string) all go to unlabeled. Per class, round(n * fraction) rows go to test and
     to labeled, the rest to unlabeled, so every split is within one sample of the exact per-class proportion.
-    Each class needs at least one sample in every split.
+    Each class needs at least one sample in every split (no unlabeled one when the fractions sum to 1). The
+    test rows come first in each class's seeded permutation and the labeled ones next: with the same seed and
+    test fraction, the test split is the same for every labeled fraction, and a smaller labeled split is a
+    subset of a larger one (what a label-efficiency comparison needs).
     """
-    if not 0 < labeled_fraction < 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction >= 1:
+    if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
         raise UserError(
             f"--labeled-fraction {labeled_fraction} and --test-fraction {test_fraction} must each lie in (0, 1) "
-            "and sum to less than 1"
+            "and sum to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
         )
+    everything_labeled = labeled_fraction + test_fraction > 1 - 1e-9
     rng = np.random.default_rng(seed)
     assignment = np.full(len(classes), "unlabeled", dtype=object)
     for name in sorted(set(classes.unique()) - {""}):
         rows = np.flatnonzero((classes == name).to_numpy())
         count = len(rows)
-        num_test, num_labeled = round(count * test_fraction), round(count * labeled_fraction)
-        if min(num_test, num_labeled, count - num_test - num_labeled) < 1:
-            needed = int(np.ceil(1 / min(labeled_fraction, test_fraction, 1 - labeled_fraction - test_fraction)))
+        num_test = round(count * test_fraction)
+        num_labeled = count - num_test if everything_labeled else round(count * labeled_fraction)
+        if min(num_test, num_labeled, 1 if everything_labeled else count - num_test - num_labeled) < 1:
+            smallest = min(labeled_fraction, test_fraction, 1 if everything_labeled else 1 - labeled_fraction
+                           - test_fraction)
+            needed = int(np.ceil(1 / smallest))
             raise UserError(
                 f"class {name!r} has only {count} sample(s), too few to split into labeled/unlabeled/test with these "
                 f"fractions: give it about {needed}+ samples, raise the fractions, or drop the class"

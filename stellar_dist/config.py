@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .algorithms import ALGORITHMS
 from .errors import UserError
 
 
@@ -24,6 +25,7 @@ class DataConfig:
     num_workers: int = 2  # dataloader processes per rank
     shuffle_buffer: int = 256  # samples mixed across shards within each worker
     grayscale: bool = False  # single-channel input, as in the original design; RGB keeps the colours
+    balanced_labeled: bool = False  # class-balanced labeled stream (rejection sampling by the manifest's counts)
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,45 @@ class TrainConfig:
     log_every_steps: int = 10
     mixed_precision: str = "auto"  # "auto": bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes (accelerate sets 1)
+    logit_adjustment: float = 0.0  # tau of the logit-adjusted supervised loss (Menon et al. 2021; 1.0 typical), 0: off
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    rampup_fraction: float = 0.4  # ssl.lambda_u ramps up linearly over this fraction of train.steps
+
+
+@dataclass(frozen=True)
+class FlexMatchConfig:
+    warmup: bool = True  # threshold warm-up: never-confident samples count in the normaliser while they dominate
+
+
+@dataclass(frozen=True)
+class FreeMatchConfig:
+    ema_momentum: float = 0.999  # EMA of the global confidence and class distribution (paper: 0.999)
+    lambda_fairness: float = 0.01  # weight of the self-adaptive fairness term (0: off)
+
+
+@dataclass(frozen=True)
+class MixMatchConfig:
+    views: int = 2  # K weak views per unlabeled image for the label guess (paper: 2)
+    temperature: float = 0.5  # sharpening of the guessed distribution
+    alpha: float = 0.75  # MixUp Beta(alpha, alpha)
+    lambda_u: float = 75.0  # weight of the L2 loss on mixed unlabeled images (paper: 75 on CIFAR-10)
+    rampup_fraction: float = 0.4  # lambda_u ramps up linearly over this fraction of train.steps
 
 
 @dataclass(frozen=True)
 class SSLConfig:
-    algorithm: str = "fixmatch"  # "fixmatch"; "supervised" (labeled only: the baseline); "deepcluster" (no labels)
+    algorithm: str = "fixmatch"  # a key of stellar_dist.algorithms.ALGORITHMS ("supervised" is the baseline)
     mu: int = 3  # unlabeled:labeled batch ratio (FixMatch paper: 7)
     threshold: float = 0.95  # confidence above which a weak-view prediction becomes a pseudo-label
     lambda_u: float = 1.0  # weight of the unsupervised loss
+    distribution_alignment: bool = False  # align pseudo-label probabilities to the labeled class mix (ReMixMatch)
+    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    flexmatch: FlexMatchConfig = field(default_factory=FlexMatchConfig)
+    freematch: FreeMatchConfig = field(default_factory=FreeMatchConfig)
+    mixmatch: MixMatchConfig = field(default_factory=MixMatchConfig)
 
 
 @dataclass(frozen=True)
@@ -98,7 +131,7 @@ class Config:
 CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "ssl.algorithm": ("fixmatch", "supervised", "deepcluster"),
+    "ssl.algorithm": tuple(ALGORITHMS),
     "cluster.backend": ("faiss", "torch"),
     "tracking": ("none", "wandb"),
 }
@@ -109,8 +142,11 @@ RANGES = {
     "data.num_workers": "[0, 64]", "data.shuffle_buffer": "[1, inf)",
     "train.steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
     "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
-    "train.log_every_steps": "[1, inf)", "train.cpu_threads": "[0, inf)",
+    "train.log_every_steps": "[1, inf)", "train.cpu_threads": "[0, inf)", "train.logit_adjustment": "[0, 10]",
     "ssl.mu": "[1, inf)", "ssl.threshold": "(0, 1)", "ssl.lambda_u": "[0, inf)",
+    "ssl.pseudolabel.rampup_fraction": "[0, 1]", "ssl.freematch.ema_momentum": "[0, 1)",
+    "ssl.freematch.lambda_fairness": "[0, inf)", "ssl.mixmatch.views": "[1, 8]", "ssl.mixmatch.temperature": "(0, 1]",
+    "ssl.mixmatch.alpha": "(0, inf)", "ssl.mixmatch.lambda_u": "[0, inf)", "ssl.mixmatch.rampup_fraction": "[0, 1]",
     "eval.every_steps": "[0, inf)", "eval.batch_size": "[1, inf)",
     "checkpoint.every_steps": "[0, inf)", "checkpoint.keep_last": "[0, inf)",
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, inf)", "cluster.pca_dim": "[0, inf)",
@@ -132,10 +168,14 @@ def _check_range(dotted: str, value) -> None:
 def _check_combinations(config: "Config") -> "Config":
     if config.cluster.k == 1:
         raise UserError("config key cluster.k=1 makes one cluster: use 0 (5 x classes) or at least 2")
-    if config.cluster.lambda_c > 0 and config.ssl.algorithm != "fixmatch":
-        raise UserError(f"cluster.lambda_c={config.cluster.lambda_c} adds a cluster head to FixMatch's unlabeled "
-                        f"batches; ssl.algorithm={config.ssl.algorithm} has none: set cluster.lambda_c=0 "
+    algorithm = ALGORITHMS[config.ssl.algorithm]
+    if config.cluster.lambda_c > 0 and algorithm.cluster_head == "never":
+        raise UserError(f"cluster.lambda_c={config.cluster.lambda_c} adds a cluster head trained on unlabeled weak "
+                        f"views; ssl.algorithm={config.ssl.algorithm} has none: set cluster.lambda_c=0 "
                         "(ssl.algorithm=deepcluster trains the cluster head by itself)")
+    if config.ssl.distribution_alignment and not algorithm.aligns_distribution:
+        raise UserError(f"ssl.distribution_alignment applies to thresholded pseudo-labels; ssl.algorithm="
+                        f"{config.ssl.algorithm} has none: drop it, or use pseudolabel/fixmatch/flexmatch/freematch")
     if not config.output_dir.strip():
         raise UserError("config key output_dir is empty: name a folder for the run")
     return config

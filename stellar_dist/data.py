@@ -35,9 +35,10 @@ STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
 class ItemMaker:
     """Turns one raw sample (bytes per member) into tensors for a given use."""
 
-    use: str  # "labeled": weak view + label; "unlabeled": weak + strong views; "plain": no augmentation
+    use: str  # "labeled": weak view + label; "unlabeled": the `views`; "plain": no augmentation
     encoding: str
     grayscale: bool = False
+    views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
 
     def decode(self, raw: dict) -> torch.Tensor:
         with Image.open(io.BytesIO(raw[self.encoding])) as image:
@@ -61,7 +62,9 @@ class ItemMaker:
         if self.use == "labeled":
             item["image"] = augment.weak(image, generator)
         elif self.use == "unlabeled":
-            item["weak"], item["strong"] = augment.weak(image, generator), augment.strong(image, generator)
+            for view in self.views:  # only the views the algorithm uses are computed
+                item[view] = augment.strong(image, generator) if view.startswith("strong") else \
+                    augment.weak(image, generator)
         else:
             item["image"] = image
         return item
@@ -97,8 +100,11 @@ class TrainStream(IterableDataset):
     """
 
     def __init__(self, shard_paths: list[str], make_item: ItemMaker, batch_size: int, *, seed: int, rank: int,
-                 stream: str, world_size: int = 1, shuffle_buffer: int = 256, start_batch: int = 0):
+                 stream: str, world_size: int = 1, shuffle_buffer: int = 256, start_batch: int = 0,
+                 accept: list[float] | None = None):
+        """`accept`: per label, the probability of keeping a sample (class-balanced sampling); None keeps all."""
         self.shard_paths, self.make_item, self.batch_size = list(shard_paths), make_item, batch_size
+        self.accept = accept
         self.seed, self.rank, self.world_size, self.stream_tag = seed, rank, world_size, STREAM_TAGS[stream]
         self.shuffle_buffer, self.start_batch = max(1, shuffle_buffer), start_batch
 
@@ -107,6 +113,9 @@ class TrainStream(IterableDataset):
         while True:
             shard = shards[int(rng.integers(len(shards)))]
             for raw in iter_samples([shard]):
+                # Rejection draws use the stream's own generator: a resumed stream rejects the same samples.
+                if self.accept is not None and rng.random() >= self.accept[json.loads(raw["json"])["label"]]:
+                    continue
                 buffer.append(raw)
                 if len(buffer) >= self.shuffle_buffer:
                     yield buffer.pop(int(rng.integers(len(buffer))))

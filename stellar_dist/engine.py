@@ -23,55 +23,37 @@ from .diagnostics import IntervalStats
 from .errors import UserError, user_message
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
 from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
-from .ssl import deepcluster_loss, fixmatch_loss, supervised_loss
 
 
-def compute_loss(model, labeled: dict | None, unlabeled: dict | None, config: Config,
-                 cluster_targets: torch.Tensor | None = None, cluster_weights: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, dict]:
-    """One forward pass over labeled + weak + strong views (shared batch-norm statistics), then the loss.
-    With cluster targets (one per unlabeled sample), the cluster head learns them from the weak view."""
-    if config.ssl.algorithm == "supervised":
-        return supervised_loss(model(labeled["image"]), labeled["label"])
-    if config.ssl.algorithm == "deepcluster":
-        _, cluster_logits = model(unlabeled["weak"], with_clusters=True)
-        return deepcluster_loss(cluster_logits, cluster_targets, cluster_weights)
-    num_labeled, num_unlabeled = labeled["image"].shape[0], unlabeled["weak"].shape[0]
-    inputs = torch.cat([labeled["image"], unlabeled["weak"], unlabeled["strong"]])
-    logits, cluster_logits = model(inputs, with_clusters=True) if cluster_targets is not None else (model(inputs), None)
-    logits_weak, logits_strong = logits[num_labeled:].split(num_unlabeled)
-    loss, stats = fixmatch_loss(logits[:num_labeled], labeled["label"], logits_weak, logits_strong,
-                                config.ssl.threshold, config.ssl.lambda_u)
-    if cluster_logits is not None:
-        cluster_loss, cluster_stats = deepcluster_loss(cluster_logits[num_labeled : num_labeled + num_unlabeled],
-                                                       cluster_targets, cluster_weights)
-        loss, stats = loss + config.cluster.lambda_c * cluster_loss, stats | cluster_stats
-    return loss, stats
+def _balanced_acceptance(manifest: dict) -> list[float]:
+    """Per label, the probability of keeping a labeled sample so that every class is drawn equally often."""
+    counts = [manifest["counts"]["labeled"].get(name, 0) for name in manifest["classes"]]
+    rarest = min(count for count in counts if count > 0)
+    return [rarest / count if count else 0.0 for count in counts]
 
 
 def _loaders(run: Run):
-    config, rank = run.config, run.accelerator.process_index
+    config, rank, algorithm = run.config, run.accelerator.process_index, run.algorithm
     encoding, pin = run.manifest["encoding"], run.accelerator.device.type == "cuda"
 
-    def loader(split: str, use: str, batch_size: int):
+    def loader(split: str, make_item: ItemMaker, batch_size: int, accept=None):
         paths = shard_paths(config.data.shards, split)
         if not paths:
             raise UserError(f"{config.data.shards} has no {split} shards: re-pack with a larger fraction")
-        stream = TrainStream(paths, ItemMaker(use, encoding, config.data.grayscale), batch_size, seed=config.seed,
-                             rank=rank, stream=split, world_size=run.accelerator.num_processes,
-                             shuffle_buffer=config.data.shuffle_buffer,
-                             start_batch=run.start_step)
+        stream = TrainStream(paths, make_item, batch_size, seed=config.seed, rank=rank, stream=split,
+                             world_size=run.accelerator.num_processes, shuffle_buffer=config.data.shuffle_buffer,
+                             start_batch=run.start_step, accept=accept)
         return iter(make_loader(stream, config.data.num_workers, pin_memory=pin))
 
-    labeled = None if config.ssl.algorithm == "deepcluster" else loader("labeled", "labeled", config.train.batch_size)
-    if config.ssl.algorithm == "supervised":
-        return labeled, None
-    return labeled, loader("unlabeled", "unlabeled", config.train.batch_size * config.ssl.mu)
-
-
-def _images_forwarded(config: Config, labeled: dict | None, unlabeled: dict | None) -> int:
-    views = {"supervised": 0, "deepcluster": 1, "fixmatch": 2}[config.ssl.algorithm]
-    return (labeled["image"].shape[0] if labeled else 0) + (views * unlabeled["weak"].shape[0] if unlabeled else 0)
+    labeled = unlabeled = None
+    if algorithm.needs_labeled:
+        accept = _balanced_acceptance(run.manifest) if config.data.balanced_labeled else None
+        labeled = loader("labeled", ItemMaker("labeled", encoding, config.data.grayscale), config.train.batch_size,
+                         accept)
+    if algorithm.unlabeled_views:
+        make_item = ItemMaker("unlabeled", encoding, config.data.grayscale, views=algorithm.unlabeled_views)
+        unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu)
+    return labeled, unlabeled
 
 
 def _to_device(batch: dict | None, device: torch.device) -> dict | None:
@@ -100,11 +82,12 @@ def evaluate_run(run: Run, step: int) -> dict:
     return report
 
 
-def _write_metrics(run: Run, report: dict, step: int, seconds: float, clusters: dict | None) -> None:
+def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clusters: dict | None) -> None:
     if not run.accelerator.is_main_process:
         return
-    metrics = {"test": report, "steps": step, "world_size": run.accelerator.num_processes,
-               "algorithm": run.config.ssl.algorithm, "arch": run.config.model.arch, "train_seconds": seconds}
+    # Without a class head (DeepCluster alone) there is no test report: its linear probe is under "cluster".
+    metrics = {"steps": step, "world_size": run.accelerator.num_processes, "algorithm": run.config.ssl.algorithm,
+               "arch": run.config.model.arch, "train_seconds": seconds} | ({"test": report} if report else {})
     if clusters is not None:
         metrics["cluster"] = clusters
     temporary = run.output_dir / "metrics.json.tmp"
@@ -113,13 +96,16 @@ def _write_metrics(run: Run, report: dict, step: int, seconds: float, clusters: 
     curves = plot_curves(run.output_dir / "log.jsonl", run.output_dir / "plots" / "training_curves.png")
     if curves:
         run.tracker.log_images({"train/curves": curves}, step)
-    run.tracker.summary({"test/accuracy": report["accuracy"], "test/macro_f1": report["macro_f1"],
-                         "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})
+    if report:
+        run.tracker.summary({"test/accuracy": report["accuracy"], "test/macro_f1": report["macro_f1"],
+                             "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})
 
 
-def cluster_every_steps(config: Config, manifest: dict, world_size: int) -> int:
-    """Re-clustering period; DeepCluster alone re-clusters once per epoch-equivalent of unlabeled data."""
-    if config.cluster.every_steps or config.ssl.algorithm != "deepcluster":
+def cluster_every_steps(run: Run) -> int:
+    """Re-clustering period; an algorithm without a class head (DeepCluster alone) re-clusters once per
+    epoch-equivalent of unlabeled data unless cluster.every_steps says otherwise."""
+    config, manifest, world_size = run.config, run.manifest, run.accelerator.num_processes
+    if config.cluster.every_steps or run.algorithm.trains_classifier:
         return config.cluster.every_steps
     per_step = config.train.batch_size * config.ssl.mu * world_size
     return max(1, math.ceil(manifest["num_samples"]["unlabeled"] / per_step))
@@ -159,7 +145,7 @@ def recluster_run(run: Run, step: int, final: bool = False) -> dict | None:
 def train_loop(run: Run) -> int:
     config, accelerator = run.config, run.accelerator
     labeled_iter, unlabeled_iter = _loaders(run)
-    every = cluster_every_steps(config, run.manifest, accelerator.num_processes)
+    every = cluster_every_steps(run)
     if uses_cluster_head(config) and run.cluster_state is None:
         recluster_run(run, run.start_step)
     stats = IntervalStats(len(run.manifest["classes"]), accelerator.device)
@@ -175,17 +161,18 @@ def train_loop(run: Run) -> int:
         if uses_cluster_head(config):  # the state lives on the device: no per-step copy of the table
             targets = run.cluster_state.assignments[unlabeled["id"]]
             weights = run.cluster_state.cluster_weights
-        loss, step_stats = compute_loss(run.model, labeled, unlabeled, config, targets, weights)
+        cluster = (targets, weights) if targets is not None else None
+        loss, step_stats = run.algorithm.loss(run.model, labeled, unlabeled, step, cluster)
         non_finite_steps += (~torch.isfinite(loss.detach())).float()
         run.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         run.optimizer.step()
         run.scheduler.step()
         update_ema(run.ema, accelerator.unwrap_model(run.model))
-        stats.add(step_stats, unlabeled, _images_forwarded(config, labeled, unlabeled))
+        stats.add(step_stats, unlabeled, run.algorithm.images_forwarded(labeled, unlabeled))
         done = step + 1
         evaluate_now = (config.eval.every_steps and done % config.eval.every_steps == 0
-                        and config.ssl.algorithm != "deepcluster")
+                        and run.algorithm.trains_classifier)
         log_now = done % config.train.log_every_steps == 0 or done == config.train.steps
         recluster_now = every and done % every == 0 and done != config.train.steps
         save_now = (config.checkpoint.every_steps and done % config.checkpoint.every_steps == 0
@@ -221,11 +208,10 @@ def _final_checkpoint(run: Run, steps: int) -> Path:
 
 
 def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict | None]:
-    config = run.config
-    deepcluster = config.ssl.algorithm == "deepcluster"
+    config, classifier = run.config, run.algorithm.trains_classifier
     try:
-        report = None if deepcluster else evaluate_run(run, steps)
-        clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or deepcluster else None
+        report = evaluate_run(run, steps) if classifier else None
+        clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or not classifier else None
     except UserError as error:
         raise UserError(f"{user_message(error)} (the trained model is saved in {final}; after the fix, "
                         f"`stellar-dist evaluate --checkpoint {run.output_dir}` or resume=auto re-reports)") from None
@@ -234,14 +220,12 @@ def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict
         raise
     if clusters is not None and run.accelerator.is_main_process:  # the final clustering joins the checkpoint
         checkpoint.update_trainer_state(final, trainer_state(run, steps))
-    if deepcluster and clusters is not None:
-        report = clusters["linear_probe"]
     return report, clusters
 
 
 def train(config: Config) -> dict | None:
-    """Train, checkpoint, evaluate and cluster; returns the final test report (on the main process; for
-    ssl.algorithm=deepcluster, the linear probe's)."""
+    """Train, checkpoint, evaluate and cluster; returns the final test report (on the main process; None for an
+    algorithm without a class head, whose linear probe is in the cluster report)."""
     started = time.perf_counter()
     run = setup(config)
     try:
@@ -250,7 +234,8 @@ def train(config: Config) -> dict | None:
         report, clusters = _final_reports(run, steps, final)
         _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
         if run.accelerator.is_main_process:
-            print(format_report(report))
+            if report:
+                print(format_report(report))
             if clusters is not None:
                 print(format_cluster_report(clusters))
             print(f"run files: {run.output_dir} (metrics.json, log.jsonl, plots/, config.yaml); checkpoint {final}")

@@ -16,6 +16,7 @@ from . import checkpoint
 from .cluster_stage import num_clusters
 from .config import Config, save_config, to_dict
 from . import dist
+from .algorithms import ALGORITHMS, Algorithm
 from .errors import UserError
 from .manifest import check_shards, load_manifest
 from .models import StellarNet
@@ -68,6 +69,7 @@ class Run:
     ema: AveragedModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    algorithm: Algorithm
     tracker: RunTracker
     output_dir: Path
     start_step: int = 0
@@ -76,7 +78,8 @@ class Run:
 
 
 def uses_cluster_head(config: Config) -> bool:
-    return config.ssl.algorithm == "deepcluster" or config.cluster.lambda_c > 0
+    head = ALGORITHMS[config.ssl.algorithm].cluster_head
+    return head == "always" or (head == "optional" and config.cluster.lambda_c > 0)
 
 
 def _mixed_precision(config: Config) -> str:
@@ -131,6 +134,7 @@ def _restore(run: Run, point: ResumePoint) -> None:
     state = checkpoint.load_trainer_state(point.folder)
     run.ema.load_state_dict(state["ema"])
     run.scheduler.load_state_dict(state["scheduler"])
+    run.algorithm.load_state_dict(state.get("algorithm", {}))
     run.start_step, run.resumed_from = int(state["step"]), point.folder
     if "cluster" in state:
         run.cluster_state = ClusterState.from_state_dict(state["cluster"], accelerator.device)
@@ -143,8 +147,9 @@ def setup(config: Config) -> Run:
     point = _check_before_writing(config, manifest, int(os.environ.get("WORLD_SIZE", "1")))
     if config.tracking == "wandb":
         prepare_wandb_environment(output_dir)
-    # DeepCluster alone never uses the class head: DDP must be told that some parameters get no gradient.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=config.ssl.algorithm == "deepcluster")
+    # An algorithm that never trains the class head (DeepCluster alone): DDP must expect parameters without a
+    # gradient.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=not ALGORITHMS[config.ssl.algorithm].trains_classifier)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
                               log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp])
     if accelerator.is_main_process:
@@ -163,8 +168,9 @@ def setup(config: Config) -> Run:
                                                                            config.train.steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
+    algorithm = ALGORITHMS[config.ssl.algorithm](config, manifest, accelerator.device)
     tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
-    run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, tracker, output_dir)
+    run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, algorithm, tracker, output_dir)
     if point is not None:
         _restore(run, point)
     return run
@@ -189,7 +195,8 @@ def stop_if_non_finite(run: Run, step: int, flag: torch.Tensor, what: str) -> No
 
 def trainer_state(run: Run, step: int) -> dict:
     state = {"step": step, "ema": run.ema.state_dict(), "scheduler": run.scheduler.state_dict(),
-             "classes": list(run.manifest["classes"]), "world_size": run.accelerator.num_processes}
+             "classes": list(run.manifest["classes"]), "world_size": run.accelerator.num_processes,
+             "algorithm": run.algorithm.state_dict()}
     if run.cluster_state is not None:
         state["cluster"] = run.cluster_state.state_dict()
     return state

@@ -4,6 +4,8 @@
                                        OUT_DIR/rank{R}.pt: steps, parameters, test ids seen, cluster report
     probe.py grads OUT_DIR SHARDS   -> one FixMatch loss + backward on this rank's half of a fixed global batch
     probe.py cluster OUT_DIR SHARDS -> features of the initial EMA model and cluster tables (faiss and torch)
+    probe.py state OUT_DIR SHARDS   -> FlexMatch and FreeMatch (+ distribution alignment) state after 3 steps on
+                                       this rank's half of fixed global batches
 """
 
 import sys
@@ -13,20 +15,45 @@ import torch
 
 from stellar_dist import dist
 from stellar_dist.config import load_config
-from stellar_dist.engine import compute_loss, recluster_run, setup, train_loop
+from stellar_dist.engine import recluster_run, setup, train_loop
 from stellar_dist.evaluate import gather_predictions
 
 TINY = ["cluster.k=6", "cluster.pca_dim=16", "model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "eval.every_steps=1000",
         "checkpoint.every_steps=1000", "data.num_workers=1", "data.shuffle_buffer=16", "ssl.threshold=0.5"]
 
 
-def fixed_batch(global_size: int, image_size: int) -> tuple[dict, dict]:
-    generator = torch.Generator().manual_seed(1234)
+def fixed_batch(global_size: int, image_size: int, seed: int = 0) -> tuple[dict, dict]:
+    generator = torch.Generator().manual_seed(1234 + seed)
     labeled = {"image": torch.rand(global_size, 3, image_size, image_size, generator=generator),
                "label": torch.randint(3, (global_size,), generator=generator)}
     unlabeled = {"weak": torch.rand(2 * global_size, 3, image_size, image_size, generator=generator),
-                 "strong": torch.rand(2 * global_size, 3, image_size, image_size, generator=generator)}
+                 "strong": torch.rand(2 * global_size, 3, image_size, image_size, generator=generator),
+                 "id": torch.arange(2 * global_size) * 3 + seed}
     return labeled, unlabeled
+
+
+STATE_ALGORITHMS = {"flexmatch": ["ssl.threshold=0.36"],
+                    "freematch": ["ssl.threshold=0.36", "ssl.distribution_alignment=true",
+                                  "ssl.freematch.ema_momentum=0.5"]}
+
+
+def algorithm_states(model, manifest, device, rank: int, shards: str, world_size: int = 2) -> dict:
+    """Each algorithm's state after 3 steps on this rank's share of fixed global batches of 8 + 16."""
+    from stellar_dist.algorithms import ALGORITHMS
+
+    states = {}
+    for name, overrides in STATE_ALGORITHMS.items():
+        config = load_config(None, TINY + overrides + [f"ssl.algorithm={name}", f"data.shards={shards}"])
+        algorithm = ALGORITHMS[name](config, manifest, device)
+        for step in range(3):
+            labeled, unlabeled = fixed_batch(8, 32, seed=step)
+            per = 8 // world_size
+            local_l = {key: value[rank * per : (rank + 1) * per] for key, value in labeled.items()}
+            local_u = {key: value[rank * 2 * per : (rank + 1) * 2 * per] for key, value in unlabeled.items()}
+            with torch.no_grad():
+                algorithm.loss(model, local_l, local_u, step)
+        states[name] = algorithm.state_dict()
+    return states
 
 
 def main() -> None:
@@ -57,13 +84,17 @@ def main() -> None:
                                     seed=0, iterations=10)
             result[f"table_{backend}"], result[f"inertia_{backend}"] = state.assignments, torch.tensor(state.inertia)
         torch.save(result, out_dir / f"cluster{rank}_of{run.accelerator.num_processes}.pt")
+    elif mode == "state":
+        run.model.eval()  # frozen batch-norm statistics, so that both ranks' logits equal one process's
+        torch.save(algorithm_states(run.model, run.manifest, run.accelerator.device, rank, shards),
+                   out_dir / f"state{rank}.pt")
     else:
         run.model.eval()  # frozen batch-norm statistics: per-device BN is the one intended difference
         labeled, unlabeled = fixed_batch(8, 32)
         half = slice(rank * 4, rank * 4 + 4), slice(rank * 8, rank * 8 + 8)
         local_l = {key: value[half[0]] for key, value in labeled.items()}
         local_u = {key: value[half[1]] for key, value in unlabeled.items()}
-        loss, _ = compute_loss(run.model, local_l, local_u, config)
+        loss, _ = run.algorithm.loss(run.model, local_l, local_u, step=0)
         run.accelerator.backward(loss)
         grads = torch.cat([p.grad.flatten() for p in run.accelerator.unwrap_model(run.model).parameters()])
         mean_loss = dist.all_reduce_sum(loss.detach()) / dist.world_size()

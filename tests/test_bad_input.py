@@ -94,5 +94,5 @@ def test_output_folder_with_shards_is_refused_then_overwritten(tmp_path, sim_sha
 
 def test_bad_fractions(tmp_path, small_catalog):
     small_catalog.to_csv(tmp_path / "c.csv", index=False)
-    assert "sum to less than 1" in pack_fails(tmp_path, tmp_path / "c.csv", "--labeled-fraction", "0.6",
+    assert "sum to at most 1" in pack_fails(tmp_path, tmp_path / "c.csv", "--labeled-fraction", "0.6",
                                               "--test-fraction", "0.5")

@@ -22,7 +22,10 @@ def test_yaml_then_overrides_typed(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("ssl.thresh=0.9", "unknown config key(s) ssl.thresh; valid keys here: ssl.algorithm"),
     ("train.steps=ten", "train.steps must be int"),
-    ("ssl.algorithm=mixmatch", "not one of fixmatch, supervised, deepcluster"),
+    ("ssl.algorithm=meanteacher", "not one of supervised, pseudolabel, mixmatch, fixmatch, flexmatch, freematch"),
+    ("ssl.algorithm=mixmatch ssl.distribution_alignment=true", "ssl.distribution_alignment applies to"),
+    ("ssl.mixmatch.views=0", "ssl.mixmatch.views=0 is out of range"),
+    ("ssl.flexmatch.warmup=3", "ssl.flexmatch.warmup must be bool"),
     ("bogus=1", "unknown config key(s) bogus"),
     ("train.steps", "is not KEY=VALUE"),
     ("train.batch_size=0", "train.batch_size=0 is out of range: it must lie in [1, inf)"),

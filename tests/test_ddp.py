@@ -44,8 +44,9 @@ def test_two_ranks_train_in_step_and_cover_the_test_split_once(sim_shards, tmp_p
 
 
 def test_ddp_gradients_match_one_process_with_the_global_batch(sim_shards, tmp_path):
+    from stellar_dist.algorithms import ALGORITHMS
     from stellar_dist.config import load_config
-    from stellar_dist.engine import compute_loss
+    from stellar_dist.manifest import load_manifest
     from stellar_dist.models import StellarNet
     from accelerate.utils import set_seed
 
@@ -56,7 +57,8 @@ def test_ddp_gradients_match_one_process_with_the_global_batch(sim_shards, tmp_p
     set_seed(config.seed)
     model = StellarNet("resnet18", 3).eval()
     labeled, unlabeled = fixed_batch(8, 32)
-    loss, _ = compute_loss(model, labeled, unlabeled, config)
+    algorithm = ALGORITHMS["fixmatch"](config, load_manifest(sim_shards), torch.device("cpu"))
+    loss, _ = algorithm.loss(model, labeled, unlabeled, step=0)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert torch.allclose(ddp["loss"], loss.detach(), rtol=1e-5, atol=1e-6)

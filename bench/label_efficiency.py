@@ -1,0 +1,152 @@
+"""Label-efficiency protocol: one catalog, one fixed test split, several labeled fractions, several algorithms and
+seeds, all trained through launch/train.py; one table (mean +/- std) and one plot.
+
+    python bench/label_efficiency.py --catalog ../shared/sdss_dr16/catalog.csv --out runs/label_efficiency \
+        --config configs/sdss_cpu.yaml --pack "--preprocess crop --image-size 32" \
+        --run "0.1 supervised 0,1,2" --run "0.1 fixmatch 0,1,2" --run "0.8 supervised 0"
+
+Each --run is "FRACTION ALGORITHM SEEDS [KEY=VALUE ...]" (overrides name a variant, e.g.
+"0.1 fixmatch 0 ssl.distribution_alignment=true"). A labeled fraction of 1 - test fraction (0.8 by default)
+labels every training sample: the ceiling of the recipe. Every fraction is packed with the same seed and test
+fraction, so the test split is the same sample set for all of them and smaller labeled splits are subsets of
+larger ones. Finished runs are kept and skipped, so the command can be re-run to extend a sweep; `--report`
+only rebuilds the table and plot. Writes OUT/results.json, OUT/table.md and OUT/label_efficiency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def parse_run(text: str) -> dict:
+    fraction, algorithm, seeds, *overrides = text.split()
+    label = " ".join([algorithm, *(item.split(".")[-1] for item in overrides)])
+    return {"fraction": float(fraction), "algorithm": algorithm, "seeds": [int(s) for s in seeds.split(",")],
+            "overrides": overrides, "label": label}
+
+
+def pack(catalog: str, out: Path, fraction: float, pack_args: str, test_fraction: float) -> Path:
+    shards = out / "shards" / f"labeled_{fraction:g}"
+    if not (shards / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", catalog, "--out", str(shards),
+                        "--labeled-fraction", str(fraction), "--test-fraction", str(test_fraction),
+                        *shlex.split(pack_args)], check=True, cwd=REPO)
+    return shards
+
+
+def run_dir(out: Path, run: dict, seed: int) -> Path:
+    name = run["label"].replace(" ", "_").replace("=", "-")
+    return out / "runs" / f"labeled_{run['fraction']:g}" / name / f"seed{seed}"
+
+
+def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str]) -> None:
+    if (folder / "metrics.json").exists():
+        return
+    command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", config, f"data.shards={shards}",
+               f"output_dir={folder}", f"ssl.algorithm={run['algorithm']}", f"seed={seed}", "resume=auto",
+               "tracking=none", *extra, *run["overrides"]]
+    started = time.perf_counter()
+    print(f"[label-efficiency] {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    (folder / "wall_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+
+
+def collect(out: Path, runs: list[dict]) -> list[dict]:
+    rows = []
+    for run in runs:
+        found = []
+        for seed in run["seeds"]:
+            folder = run_dir(out, run, seed)
+            if (folder / "metrics.json").exists():
+                metrics = json.loads((folder / "metrics.json").read_text())
+                wall = folder / "wall_seconds.txt"
+                found.append((seed, metrics, float(wall.read_text()) if wall.exists() else None))
+        if not found:
+            continue
+        row = {"fraction": run["fraction"], "label": run["label"], "seeds": [seed for seed, _, _ in found],
+               "wall_seconds": [wall for _, _, wall in found]}
+        tests = [metrics["test"] for _, metrics, _ in found]
+        for key in METRICS:
+            values = [test[key] for test in tests]
+            row[key] = (float(np.mean(values)), float(np.std(values)))
+        for name in tests[0]["per_class"]:
+            values = [test["per_class"][name]["f1"] for test in tests]
+            row[f"f1_{name}"] = (float(np.mean(values)), float(np.std(values)))
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    classes = [key[3:] for key in rows[0] if key.startswith("f1_")] if rows else []
+    header = ["labeled", "algorithm", "seeds", "accuracy", "balanced acc.", "macro-F1",
+              *(f"F1 {name}" for name in classes), "wall s / run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [f"{row['fraction']:g}", row["label"], ",".join(map(str, row["seeds"]))]
+        cells += [f"{row[key][0]:.3f} ± {row[key][1]:.3f}" for key in (*METRICS, *(f"f1_{n}" for n in classes))]
+        walls = [wall for wall in row["wall_seconds"] if wall]
+        cells.append(f"{np.mean(walls):.0f}" if walls else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, rare: str = "QSO") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label in sorted({row["label"] for row in rows}):
+        points = sorted((row["fraction"], row) for row in rows if row["label"] == label)
+        for axis, key in zip(axes, ("macro_f1", f"f1_{rare}")):
+            if all(key in row for _, row in points):
+                axis.errorbar([f for f, _ in points], [r[key][0] for _, r in points],
+                              yerr=[r[key][1] for _, r in points], marker="o", capsize=3, label=label)
+    for axis, title in zip(axes, ("macro-F1", f"{rare} F1")):
+        axis.set(xscale="log", xlabel="labeled fraction", title=title)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", default="../shared/sdss_dr16/catalog.csv")
+    parser.add_argument("--out", default="runs/label_efficiency")
+    parser.add_argument("--config", default="configs/sdss_cpu.yaml")
+    parser.add_argument("--pack", default="--preprocess crop --image-size 32", help="extra `stellar-dist pack` flags")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--run", action="append", default=[], help='"FRACTION ALGORITHM SEEDS [KEY=VALUE ...]"')
+    parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for every run (e.g. train.steps=500)")
+    args = parser.parse_args()
+    out, runs = Path(args.out), [parse_run(text) for text in args.run]
+    if not args.report:
+        for run in runs:
+            shards = pack(args.catalog, out, run["fraction"], args.pack, args.test_fraction)
+            for seed in run["seeds"]:
+                train(args.config, shards, run_dir(out, run, seed), run, seed, args.overrides)
+    rows = collect(out, runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "table.md").write_text(table(rows))
+    if rows:
+        plot(rows, out / "label_efficiency.png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""DeepCluster alone (Caron et al. 2018): no labels; the cluster head learns the k-means assignments of the
+unlabeled weak views, re-clustered once per epoch-equivalent. Judged by cluster accuracy and a linear probe."""
+
+from __future__ import annotations
+
+from ..ssl import deepcluster_loss
+from .base import Algorithm
+
+
+class DeepCluster(Algorithm):
+    needs_labeled = False
+    unlabeled_views = ("weak",)
+    trains_classifier = False
+    cluster_head = "always"
+
+    def loss(self, model, labeled, unlabeled, step, cluster=None):
+        _, cluster_logits = model(unlabeled["weak"], with_clusters=True)
+        return deepcluster_loss(cluster_logits, *cluster)

@@ -1,0 +1,70 @@
+"""FreeMatch (Wang et al. 2023): self-adaptive thresholds and a self-adaptive fairness term.
+
+The global threshold tau is an EMA of the mean weak-view confidence (it rises as the model learns); each class's
+threshold is tau x p_c / max(p), with p an EMA of the mean predicted class distribution, so rarely predicted
+classes get lower thresholds. The fairness term pushes the (histogram-normalised) mean prediction on the masked
+strong views towards the (histogram-normalised) EMA prediction. All batch statistics are all-reduced over ranks
+before they update the EMAs, so every rank holds the same state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import dist
+from .fixmatch import FixMatch
+
+
+def sum_normalise(values: torch.Tensor) -> torch.Tensor:
+    return values / values.sum().clamp(min=1e-12)
+
+
+def fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor, p_model: torch.Tensor,
+                  histogram: torch.Tensor) -> torch.Tensor:
+    """sum_c a_c log b_c with a = SumNorm(p / h) from the EMA statistics (no gradient) and b = SumNorm(mean
+    softmax / histogram) over the masked strong views of this rank; 0 without masked samples."""
+    selected = logits_strong[mask.bool()]
+    if selected.shape[0] == 0:
+        return logits_strong.sum() * 0.0
+    probabilities = selected.float().softmax(-1)
+    batch_histogram = sum_normalise(torch.bincount(probabilities.argmax(-1), minlength=p_model.numel()).float())
+    target = sum_normalise(torch.nan_to_num(p_model / histogram, posinf=0.0)).detach()
+    mean = sum_normalise(probabilities.mean(0) * torch.nan_to_num(1.0 / batch_histogram, posinf=0.0))
+    return (target * torch.log(mean + 1e-12)).sum()
+
+
+class FreeMatch(FixMatch):
+    def __init__(self, config, manifest, device):
+        super().__init__(config, manifest, device)
+        uniform = torch.full((self.num_classes,), 1.0 / self.num_classes, device=device)
+        self.tau, self.p_model, self.histogram = uniform.mean().clone(), uniform.clone(), uniform.clone()
+
+    def threshold_mask(self, probabilities, ids):
+        m = self.ssl.freematch.ema_momentum
+        confidence, pseudo_labels = probabilities.max(-1)
+        counts = F.one_hot(pseudo_labels, self.num_classes).float().sum(0)
+        total = dist.all_reduce_sum(torch.cat([confidence.sum().reshape(1), probabilities.sum(0), counts,
+                                               torch.tensor([float(len(confidence))], device=confidence.device)]))
+        n = total[-1].clamp(min=1)
+        c = self.num_classes
+        self.tau = m * self.tau + (1 - m) * total[0] / n
+        self.p_model = m * self.p_model + (1 - m) * total[1 : 1 + c] / n
+        self.histogram = m * self.histogram + (1 - m) * total[1 + c : 1 + 2 * c] / n
+        class_threshold = self.tau * self.p_model / self.p_model.max()
+        return (confidence >= class_threshold[pseudo_labels]).float()
+
+    def extra_loss(self, logits_strong, mask):
+        weight = self.ssl.freematch.lambda_fairness
+        if weight == 0:
+            return 0.0, {}
+        loss = fairness_loss(logits_strong, mask, self.p_model, self.histogram)
+        return weight * loss, {"fairness_loss": loss.detach(), "threshold": self.tau.detach()}
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"tau": self.tau, "p_model": self.p_model, "histogram": self.histogram}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.tau, self.p_model, self.histogram = (state[key].to(self.device) for key in ("tau", "p_model",
+                                                                                             "histogram"))
