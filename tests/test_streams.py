@@ -69,3 +69,28 @@ def test_train_streams_split_shards_by_rank_when_there_are_enough(sim_shards):
     assert len(rank0 | rank1) == 120  # and together they cover the split
     crowded = [seen(rank, 4) for rank in range(4)]  # 3 shards < 4 readers: everyone resamples everything
     assert all(len(ids) > 40 for ids in crowded)
+
+
+def test_class_balanced_labeled_stream_and_only_the_declared_views(sim_shards):
+    from stellar_dist.engine import _balanced_acceptance
+    from stellar_dist.manifest import load_manifest
+
+    manifest = load_manifest(sim_shards)
+    counts = [manifest["counts"]["labeled"][name] for name in manifest["classes"]]
+    accept = _balanced_acceptance(manifest)
+    assert min(counts) < max(counts) and max(accept) == 1.0
+    paths = shard_paths(sim_shards, "labeled")
+
+    def labels(accept, start=0, batches=60):
+        stream = TrainStream(paths, ItemMaker("labeled", "png"), 4, seed=1, rank=0, stream="labeled",
+                             shuffle_buffer=8, start_batch=start, accept=accept)
+        return torch.cat([batch["label"] for _, batch in zip(range(batches), make_loader(stream, 0))])
+
+    plain, balanced = labels(None), labels(accept)
+    share = lambda values: torch.bincount(values, minlength=3).float() / len(values)  # noqa: E731
+    assert (share(balanced).max() - share(balanced).min()) < 0.5 * (share(plain).max() - share(plain).min())
+    assert torch.equal(labels(accept, start=10, batches=50), balanced[40:])  # resume rejects the same samples
+    views = ItemMaker("unlabeled", "png", views=("weak0", "weak1"))
+    batch = next(iter(make_loader(TrainStream(shard_paths(sim_shards, "unlabeled"), views, 2, seed=0, rank=0,
+                                              stream="unlabeled"), 0)))
+    assert {"weak0", "weak1"} <= set(batch) and "strong" not in batch and "weak" not in batch
