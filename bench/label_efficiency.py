@@ -31,7 +31,8 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 def parse_run(text: str) -> dict:
     fraction, algorithm, seeds, *overrides = text.split()
-    label = " ".join([algorithm, *(item.split(".")[-1] for item in overrides)])
+    short = [f"{key.split('.')[-1]}={value}" for key, value in (item.split("=", 1) for item in overrides)]
+    label = " ".join([algorithm, *short])
     return {"fraction": float(fraction), "algorithm": algorithm, "seeds": [int(s) for s in seeds.split(",")],
             "overrides": overrides, "label": label}
 
