@@ -86,10 +86,14 @@ def owned_files(folder: Path) -> list[Path] | None:
     return present
 
 
-def count_members(path: Path) -> int:
-    """Samples in a shard: distinct keys among its members (reads tar headers only)."""
+def _shard_keys(path: Path) -> set[str]:
+    """Sample keys of a shard: distinct member names before the first dot (reads tar headers only)."""
     with tarfile.open(path) as tar:
-        return len({member.name.split(".", 1)[0] for member in tar.getmembers()})
+        return {member.name.split(".", 1)[0] for member in tar.getmembers()}
+
+
+def count_members(path: Path) -> int:
+    return len(_shard_keys(path))
 
 
 def check_shards(shards_dir: str | Path, manifest: dict) -> None:
@@ -141,8 +145,6 @@ def verify(shards_dir: str | Path) -> dict:
 
 def _shard_ids(path: Path) -> list[int]:
     try:
-        with tarfile.open(path) as tar:
-            keys = {member.name.split(".", 1)[0] for member in tar.getmembers()}
-        return sorted(int(key) for key in keys)
+        return sorted(int(key) for key in _shard_keys(path))
     except (tarfile.TarError, ValueError) as error:
         raise UserError(f"shard {path} is not a shard written by pack ({error}): re-pack") from None
