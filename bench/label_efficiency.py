@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
@@ -51,12 +52,38 @@ def run_dir(out: Path, run: dict, seed: int) -> Path:
     return out / "runs" / f"labeled_{run['fraction']:g}" / name / f"seed{seed}"
 
 
+def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None:
+    """A finished run is reused only if it ran with the config this command asks for: a changed config file must
+    never relabel old results."""
+    sys.path.insert(0, str(REPO))
+    from stellar_dist.config import load_config, to_dict
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        return {key: value for name, item in tree.items()
+                for key, value in (flat(item, f"{prefix}{name}.") if isinstance(item, dict)
+                                   else {prefix + name: item}).items()}
+
+    wanted = flat(to_dict(load_config(config, overrides)))
+    ran = flat(yaml.safe_load((folder / "config.yaml").read_text()))
+    changed = sorted(key for key in wanted.keys() | ran.keys()
+                     if wanted.get(key) != ran.get(key) and key != "output_dir")  # runs may be moved
+    if changed:
+        differences = ", ".join(f"{key}: ran {ran.get(key)!r}, asked {wanted.get(key)!r}" for key in changed)
+        sys.exit(f"[label-efficiency] {folder} finished with another config ({differences}): move it aside or use "
+                 "another --out")
+
+
+def run_overrides(shards: Path, folder: Path, run: dict, seed: int, extra: list[str]) -> list[str]:
+    return [f"data.shards={shards}", f"output_dir={folder}", f"ssl.algorithm={run['algorithm']}", f"seed={seed}",
+            "resume=auto", "tracking=none", *extra, *run["overrides"]]
+
+
 def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str]) -> None:
+    overrides = run_overrides(shards, folder, run, seed, extra)
     if (folder / "metrics.json").exists():
+        same_config_or_exit(config, overrides, folder)
         return
-    command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", config, f"data.shards={shards}",
-               f"output_dir={folder}", f"ssl.algorithm={run['algorithm']}", f"seed={seed}", "resume=auto",
-               "tracking=none", *extra, *run["overrides"]]
+    command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", config, *overrides]
     started = time.perf_counter()
     print(f"[label-efficiency] {' '.join(command[1:])}", flush=True)
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -140,6 +167,12 @@ def main() -> None:
             shards = pack(args.catalog, out, run["fraction"], args.pack, args.test_fraction)
             for seed in run["seeds"]:
                 train(args.config, shards, run_dir(out, run, seed), run, seed, args.overrides)
+    for run in runs:  # --report too: a table never mixes configs
+        for seed in run["seeds"]:
+            folder = run_dir(out, run, seed)
+            if (folder / "metrics.json").exists():
+                shards = out / "shards" / f"labeled_{run['fraction']:g}"
+                same_config_or_exit(args.config, run_overrides(shards, folder, run, seed, args.overrides), folder)
     rows = collect(out, runs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))

@@ -174,8 +174,9 @@ def _check_combinations(config: "Config") -> "Config":
                         f"views; ssl.algorithm={config.ssl.algorithm} has none: set cluster.lambda_c=0 "
                         "(ssl.algorithm=deepcluster trains the cluster head by itself)")
     if config.ssl.distribution_alignment and not algorithm.aligns_distribution:
-        raise UserError(f"ssl.distribution_alignment applies to thresholded pseudo-labels; ssl.algorithm="
-                        f"{config.ssl.algorithm} has none: drop it, or use pseudolabel/fixmatch/flexmatch/freematch")
+        # Alignment belongs to the pseudo-labelling algorithms; turning it off (and saying so in the run's
+        # config.yaml) lets `ssl.algorithm=supervised` run as the baseline on the very file of the best recipe.
+        config = dataclasses.replace(config, ssl=dataclasses.replace(config.ssl, distribution_alignment=False))
     if not config.output_dir.strip():
         raise UserError("config key output_dir is empty: name a folder for the run")
     return config
