@@ -73,9 +73,40 @@ def cutout(image: torch.Tensor, generator: torch.Generator, max_fraction: float 
     return image
 
 
-def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2) -> torch.Tensor:
-    """Weak view, then `num_ops` random astronomy-aware ops (RandAugment-style), then Cutout."""
+# Ops that keep what separates the classes: the colour ratios between bands (a flux scale multiplies every band
+# alike; gamma and contrast do not) and the light profile against the PSF (blur changes it).
+def _sky_noise(image, generator):
+    return image + _uniform(generator, 0.0, 0.02) * torch.randn(image.shape, generator=generator)
+
+
+EVIDENCE_OPS = (_rotate, _sky_noise, _brightness)  # noise at sky level: 0.06 buries a faint source's colour
+
+
+def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, max_fraction: float = 0.5,
+                      keep_fraction: float = 0.25) -> torch.Tensor:
+    """Cutout that never touches the central `keep_fraction` x side box, where the target object is.
+
+    The square is placed uniformly among the positions that miss the box (a few seeded tries, else no cutout)."""
+    size = image.shape[-1]
+    keep_low, keep_high = (size - size * keep_fraction) / 2, (size + size * keep_fraction) / 2
+    side = min(max(1, int(size * _uniform(generator, 0.1, max_fraction))), int(keep_low))  # fits beside the box
+    for _ in range(8):
+        top, left = (int(value) for value in torch.randint(size - side + 1, (2,), generator=generator))
+        misses = top + side <= keep_low or top >= keep_high or left + side <= keep_low or left >= keep_high
+        if misses:
+            image = image.clone()
+            image[:, top : top + side, left : left + side] = 0.0
+            return image
+    return image
+
+
+def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, kind: str = "sky") -> torch.Tensor:
+    """Weak view, then `num_ops` random ops (RandAugment-style), then Cutout.
+
+    kind "sky": all astronomy-aware ops, Cutout anywhere (FixMatch's recipe; it can erase the target or change
+    its colours). kind "evidence": only ops that keep colour ratios and the profile, Cutout off the centre."""
+    ops = STRONG_OPS if kind == "sky" else EVIDENCE_OPS
     image = weak(image, generator)
-    for index in torch.randperm(len(STRONG_OPS), generator=generator)[:num_ops].tolist():
-        image = STRONG_OPS[index](image, generator)
-    return cutout(image.clamp(0, 1), generator)
+    for index in torch.randperm(len(ops), generator=generator)[:num_ops].tolist():
+        image = ops[index](image, generator)
+    return (cutout if kind == "sky" else cutout_off_centre)(image.clamp(0, 1), generator)

@@ -26,6 +26,8 @@ class DataConfig:
     shuffle_buffer: int = 256  # samples mixed across shards within each worker
     grayscale: bool = False  # single-channel input, as in the original design; RGB keeps the colours
     balanced_labeled: bool = False  # class-balanced labeled stream (rejection sampling by the manifest's counts)
+    strong_view: str = "sky"  # "sky": FixMatch's RandAugment + Cutout anywhere; "evidence": keeps colours, profile
+    # and the centre (flux scale, rotation, noise; Cutout off the central quarter)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Config:
 
 
 CHOICES = {
+    "data.strong_view": ("sky", "evidence"),
     "train.optimizer": ("sgd", "adamw"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "ssl.algorithm": tuple(ALGORITHMS),

@@ -39,6 +39,7 @@ class ItemMaker:
     encoding: str
     grayscale: bool = False
     views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
+    strong_view: str = "sky"  # augment.strong's kind: "sky" or "evidence"
 
     def decode(self, raw: dict) -> torch.Tensor:
         with Image.open(io.BytesIO(raw[self.encoding])) as image:
@@ -63,8 +64,8 @@ class ItemMaker:
             item["image"] = augment.weak(image, generator)
         elif self.use == "unlabeled":
             for view in self.views:  # only the views the algorithm uses are computed
-                item[view] = augment.strong(image, generator) if view.startswith("strong") else \
-                    augment.weak(image, generator)
+                item[view] = augment.strong(image, generator, kind=self.strong_view) if view.startswith("strong") \
+                    else augment.weak(image, generator)
         else:
             item["image"] = image
         return item

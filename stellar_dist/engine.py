@@ -51,7 +51,8 @@ def _loaders(run: Run):
         labeled = loader("labeled", ItemMaker("labeled", encoding, config.data.grayscale), config.train.batch_size,
                          accept)
     if algorithm.unlabeled_views:
-        make_item = ItemMaker("unlabeled", encoding, config.data.grayscale, views=algorithm.unlabeled_views)
+        make_item = ItemMaker("unlabeled", encoding, config.data.grayscale, views=algorithm.unlabeled_views,
+                              strong_view=config.data.strong_view)
         unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu)
     return labeled, unlabeled
 
