@@ -56,7 +56,7 @@ def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None
     """A finished run is reused only if it ran with the config this command asks for: a changed config file must
     never relabel old results."""
     sys.path.insert(0, str(REPO))
-    from stellar_dist.config import load_config, to_dict
+    from stellar_dist.config import Config, load_config, to_dict
 
     def flat(tree: dict, prefix: str = "") -> dict:
         return {key: value for name, item in tree.items()
@@ -65,8 +65,9 @@ def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None
 
     wanted = flat(to_dict(load_config(config, overrides)))
     ran = flat(yaml.safe_load((folder / "config.yaml").read_text()))
-    changed = sorted(key for key in wanted.keys() | ran.keys()
-                     if wanted.get(key) != ran.get(key) and key != "output_dir")  # runs may be moved
+    defaults = flat(to_dict(Config()))  # a key added since the run behaved as its default (new keys are additive)
+    changed = sorted(key for key in wanted.keys() | ran.keys() if key != "output_dir"  # runs may be moved
+                     and wanted.get(key) != ran.get(key, defaults.get(key)))
     if changed:
         differences = ", ".join(f"{key}: ran {ran.get(key)!r}, asked {wanted.get(key)!r}" for key in changed)
         sys.exit(f"[label-efficiency] {folder} finished with another config ({differences}): move it aside or use "
@@ -90,6 +91,15 @@ def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: 
     (folder / "wall_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
 
 
+def pseudo_label_share(folder: Path, name: str) -> float | None:
+    """Share of the accepted pseudo-labels that are `name`, over the second half of the run (None: no pseudo-labels
+    or a run logged before this diagnostic existed)."""
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    values = [row.get(f"train/pseudo_label_share/{name}") for row in rows if "train/sup_loss" in row]
+    values = [value for value in values[len(values) // 2 :] if value is not None]
+    return float(np.mean(values)) if values else None
+
+
 def collect(out: Path, runs: list[dict]) -> list[dict]:
     rows = []
     for run in runs:
@@ -111,18 +121,30 @@ def collect(out: Path, runs: list[dict]) -> list[dict]:
         for name in tests[0]["per_class"]:
             values = [test["per_class"][name]["f1"] for test in tests]
             row[f"f1_{name}"] = (float(np.mean(values)), float(np.std(values)))
+        rare = min(tests[0]["per_class"], key=lambda name: tests[0]["per_class"][name]["support"])
+        for key in ("precision", "recall"):
+            values = [test["per_class"][rare][key] for test in tests]
+            row[f"{key}_{rare}"] = (float(np.mean(values)), float(np.std(values)))
+        shares = [pseudo_label_share(run_dir(out, run, seed), rare) for seed, _, _ in found]
+        row["rare"], row[f"pseudo_label_share_{rare}"] = rare, (
+            float(np.mean(shares)) if shares and None not in shares else None)
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     classes = [key[3:] for key in rows[0] if key.startswith("f1_")] if rows else []
+    rare = rows[0]["rare"] if rows else ""
     header = ["labeled", "algorithm", "seeds", "accuracy", "balanced acc.", "macro-F1",
-              *(f"F1 {name}" for name in classes), "wall s / run"]
+              *(f"F1 {name}" for name in classes), f"{rare} precision", f"{rare} recall",
+              f"{rare} share of pseudo-labels", "wall s / run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"{row['fraction']:g}", row["label"], ",".join(map(str, row["seeds"]))]
-        cells += [f"{row[key][0]:.3f} ± {row[key][1]:.3f}" for key in (*METRICS, *(f"f1_{n}" for n in classes))]
+        cells += [f"{row[key][0]:.3f} ± {row[key][1]:.3f}" for key in (*METRICS, *(f"f1_{n}" for n in classes),
+                                                                      f"precision_{rare}", f"recall_{rare}")]
+        share = row[f"pseudo_label_share_{rare}"]
+        cells.append("-" if share is None else f"{share:.3f}")
         walls = [wall for wall in row["wall_seconds"] if wall]
         cells.append(f"{np.mean(walls):.0f}" if walls else "-")
         lines.append("| " + " | ".join(cells) + " |")

@@ -38,8 +38,11 @@ class IntervalStats:
         if scalars[4] > 0 and per_class[1].sum() > 0:
             metrics["train/mask_ratio"] = scalars[3].item() / scalars[4].item()
             metrics["train/pseudo_label_accuracy"] = scalars[5].item() / scalars[6].item() if scalars[6] > 0 else None
+            accepted = per_class[0].sum().item()
             for index, name in enumerate(classes):
                 count = per_class[1, index].item()
                 metrics[f"train/mask_ratio/{name}"] = per_class[0, index].item() / count if count else None
+                # the class mix of the pseudo-labels that train: a starved class is far below its share of the data
+                metrics[f"train/pseudo_label_share/{name}"] = per_class[0, index].item() / accepted if accepted else None
         self.scalars.zero_(), self.per_class.zero_()
         return metrics | {"train/images": scalars[7].item()}

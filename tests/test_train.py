@@ -41,6 +41,8 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, tmp_path):
     for key in ("train/unsup_loss", "train/mask_ratio", "train/lr", "train/images_per_second",
                 "train/mask_ratio/GALAXY", "train/pseudo_label_accuracy"):
         assert key in train_rows[-1]
+    shares = [value for key, value in train_rows[-1].items() if key.startswith("train/pseudo_label_share/")]
+    assert len(shares) == 3 and (all(value is None for value in shares) or abs(sum(shares) - 1) < 1e-9)
     assert [row["step"] for row in log if "test/accuracy" in row] == [3, 6]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
