@@ -115,6 +115,12 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    timeout_s: float = 900.0  # a collective waiting this long for another rank (dead or frozen node) ends the run
+    # with one line naming the last good checkpoint; long enough for rank 0's k-means while the others wait
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -123,6 +129,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     output_dir: str = "runs/demo"  # everything of the run goes here
     seed: int = 0  # model init, data order, augmentation: the same seed gives the same run
     resume: str = "none"  # "none", "auto" (latest checkpoint in output_dir, if any), or a checkpoint/run folder
@@ -154,6 +161,7 @@ RANGES = {
     "checkpoint.every_steps": "[0, inf)", "checkpoint.keep_last": "[0, inf)",
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, inf)", "cluster.pca_dim": "[0, inf)",
     "cluster.iterations": "[1, inf)", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, inf)",
+    "dist.timeout_s": "(0, inf)",
     "seed": "[0, inf)",
 }
 

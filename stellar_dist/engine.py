@@ -20,7 +20,7 @@ from .cluster_stage import format_cluster_report, run_clustering
 from .config import Config
 from .data import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
-from .errors import UserError, user_message
+from .errors import UserError, peer_failure, user_message
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
 from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
 
@@ -156,6 +156,7 @@ def train_loop(run: Run) -> int:
     non_finite_steps = torch.zeros((), device=accelerator.device)
     run.model.train()
     for step in progress:
+        run.step = step + 1
         labeled = _to_device(next(labeled_iter), accelerator.device) if labeled_iter is not None else None
         unlabeled = _to_device(next(unlabeled_iter), accelerator.device) if unlabeled_iter is not None else None
         targets = weights = None
@@ -230,9 +231,19 @@ def train(config: Config) -> dict | None:
     started = time.perf_counter()
     run = setup(config)
     try:
-        steps = train_loop(run)
-        final = _final_checkpoint(run, steps)
-        report, clusters = _final_reports(run, steps, final)
+        try:
+            steps = train_loop(run)
+            final = _final_checkpoint(run, steps)
+            report, clusters = _final_reports(run, steps, final)
+        except Exception as error:
+            lost = peer_failure(error)
+            if lost is None:
+                raise
+            latest = checkpoint.find_latest(run.output_dir)
+            raise UserError(f"another rank {lost} during step {run.step} (a dead or frozen node; collectives wait "
+                            f"dist.timeout_s={config.dist.timeout_s:g} s); the last good checkpoint is "
+                            f"{latest or 'none (no checkpoint yet)'}: run the same command with resume=auto to "
+                            "continue from it") from None
         _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
         if run.accelerator.is_main_process:
             if report:

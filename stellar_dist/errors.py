@@ -72,6 +72,23 @@ def storage_failure(error: BaseException, folder) -> UserError | None:
     return UserError(storage_message(OSError(codes[0], os.strerror(codes[0]), str(folder))))
 
 
+# What gloo / NCCL say when the other end of a collective died (socket closed) or never answered (timeout).
+PEER_FAILURES = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe",
+                 "nccl communicator was aborted", "socket closed")
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """'died' or 'stopped answering' when `error` is a collective that lost another rank, else None."""
+    import torch.distributed as dist
+
+    if not isinstance(error, (RuntimeError, dist.DistError)):
+        return None
+    text = str(error).lower()
+    if not any(marker in text for marker in PEER_FAILURES):
+        return None
+    return "stopped answering" if "time" in text else "died"
+
+
 def exit_on_user_error(func):
     """Run `func`; turn a UserError (or a full / read-only disk) into one line on stderr and exit status 2."""
 

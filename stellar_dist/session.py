@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint
@@ -73,6 +74,7 @@ class Run:
     tracker: RunTracker
     output_dir: Path
     start_step: int = 0
+    step: int = 0  # the step being trained now (named when another rank is lost)
     cluster_state: ClusterState | None = None
     resumed_from: Path | None = None
 
@@ -150,8 +152,11 @@ def setup(config: Config) -> Run:
     # An algorithm that never trains the class head (DeepCluster alone): DDP must expect parameters without a
     # gradient.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not ALGORITHMS[config.ssl.algorithm].trains_classifier)
+    # Every collective gives up after dist.timeout_s: a frozen rank (a hung node, a stuck filesystem) would
+    # otherwise hold the others for torch's default 30 minutes.
+    group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist.timeout_s))
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
-                              log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp])
+                              log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp, group])
     if accelerator.is_main_process:
         save_config(config, output_dir / "config.yaml")
     accelerator.wait_for_everyone()
