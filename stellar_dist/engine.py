@@ -22,6 +22,7 @@ from .data import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
+from .preemption import Stopped, StopRequest
 from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
 
 
@@ -154,6 +155,7 @@ def train_loop(run: Run) -> int:
                     desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     interval_start = time.perf_counter()
     non_finite_steps = torch.zeros((), device=accelerator.device)
+    stop_requested = StopRequest(accelerator.device)
     run.model.train()
     for step in progress:
         run.step = step + 1
@@ -196,8 +198,13 @@ def train_loop(run: Run) -> int:
             evaluate_run(run, done)
         if recluster_now:
             recluster_run(run, done)
-        if save_now:
-            save_run(run, done)
+        saved = save_run(run, done) if save_now else None
+        if done != config.train.steps and stop_requested():
+            _stop_non_finite(run, done, non_finite_steps)
+            saved = saved or save_run(run, done)
+            if accelerator.is_main_process:
+                stop_requested.confirm(done, saved)
+            raise Stopped(done, saved)
     return config.train.steps
 
 
@@ -235,6 +242,9 @@ def train(config: Config) -> dict | None:
             steps = train_loop(run)
             final = _final_checkpoint(run, steps)
             report, clusters = _final_reports(run, steps, final)
+        except Stopped as stopped:
+            run.accelerator.print(f"{stopped}: resume=auto continues from it (the batch script requeues the job)")
+            return None
         except Exception as error:
             lost = peer_failure(error)
             if lost is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import string
 import time
 from pathlib import Path
 
@@ -29,9 +31,22 @@ class RunTracker:
         self.accelerator, self.output_dir, self.use_wandb = accelerator, output_dir, use_wandb
         self.is_main = accelerator.is_main_process
         if use_wandb:
-            accelerator.init_trackers(project, config=config_dict,
-                                      init_kwargs={"wandb": {"dir": str(output_dir), "name": output_dir.name}})
+            accelerator.init_trackers(project, config=config_dict, init_kwargs={"wandb": {
+                "dir": str(output_dir), "name": output_dir.name, "id": self._run_id(), "resume": "allow"}})
         self._log_file = open(output_dir / "log.jsonl", "a") if self.is_main else None
+
+    def _run_id(self) -> str | None:
+        """One W&B run per output folder: a resumed or requeued job logs to the run it started (the id is kept in
+        OUTPUT_DIR/wandb_run_id)."""
+        if not self.is_main:
+            return None
+        path = self.output_dir / "wandb_run_id"
+        if not path.exists():
+            alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text("".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+            temporary.replace(path)
+        return path.read_text().strip()
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.is_main:

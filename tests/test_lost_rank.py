@@ -43,10 +43,14 @@ def worker(launcher: subprocess.Popen) -> psutil.Process:
 
 
 def stop_all(launchers: list[subprocess.Popen]) -> None:
+    """Kill what is left, workers first: they live in their own process groups, and a frozen (stopped) one
+    takes only SIGKILL."""
     for launcher in launchers:
         if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)  # also a frozen (stopped) worker: SIGKILL needs no cooperation
-            launcher.wait()
+            for process in psutil.Process(launcher.pid).children(recursive=True):
+                process.kill()
+            launcher.kill()
+        launcher.wait()
 
 
 @pytest.mark.parametrize("lost_signal, words", [(signal.SIGKILL, "died"), (signal.SIGSTOP, "stopped answering")],
