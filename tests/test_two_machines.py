@@ -1,6 +1,7 @@
-"""A rank that dies (kill -9) or freezes (SIGSTOP: a hung node, a stuck filesystem) in a real 2-process gloo run:
-the other rank ends within dist.timeout_s with one line naming the last good checkpoint, and resume=auto finishes
-the run from it."""
+"""Two "machines" on 127.0.0.1 (one process each, each under its own launcher, as on two nodes): they train
+exactly like 2 processes on one machine; and when one of them dies (kill -9) or freezes (SIGSTOP: a hung node, a
+stuck filesystem), the other ends within dist.timeout_s with one line naming the last good checkpoint, and
+resume=auto finishes the run from it."""
 
 import json
 import os
@@ -11,6 +12,8 @@ import time
 
 import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
 from test_ddp import free_port
@@ -86,3 +89,23 @@ def test_a_lost_rank_ends_the_run_in_one_line_and_resume_finishes_it(sim_shards,
     assert resumed[0].returncode == 0 == resumed[1].returncode, stderr[-3000:]
     assert "resumed from" in stdout
     assert json.loads((run / "metrics.json").read_text())["steps"] == 30
+
+
+def test_two_machines_train_exactly_as_two_processes_on_one(sim_shards, tmp_path):
+    steps = ["train.steps=8", "checkpoint.every_steps=0", "train.cpu_threads=1"]  # same float reductions
+    machines = start(sim_shards, tmp_path / "machines", free_port(), *steps)
+    try:
+        for launcher in machines:
+            launcher.wait(timeout=300)
+    finally:
+        stop_all(machines)
+    assert [launcher.returncode for launcher in machines] == [0, 0], machines[0].stderr.read()[-3000:]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
+               str(REPO_ROOT / "launch" / "train.py"), *TINY, "data.num_workers=1", f"data.shards={sim_shards}",
+               f"output_dir={tmp_path / 'one'}", "eval.every_steps=0", "cluster.at_end=false", *steps]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = "checkpoints/step_0000008/model.safetensors"
+    one, two = load_file(tmp_path / "one" / final), load_file(tmp_path / "machines" / final)
+    assert all(torch.equal(value, two[key]) for key, value in one.items())
