@@ -36,6 +36,8 @@ def _add_pack(commands) -> None:
     parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     parser.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically)")
+    parser.add_argument("--part", metavar="I/N", help="write only part I of N (a job array task; see slurm/pack.sbatch)")
+    parser.add_argument("--merge", metavar="OUT", help="merge the finished parts of OUT into OUT (writes the manifest)")
 
 
 def _add_evaluate(commands) -> None:
@@ -91,13 +93,28 @@ def _run_pack(args) -> None:
         summary = verify(args.verify)
         print(f"OK: {summary['shards']} shards, {summary['samples']} samples match {args.verify}/manifest.json")
         return
+    if args.merge:
+        from .pack_parts import merge_parts
+
+        manifest = merge_parts(args.merge, overwrite=args.overwrite)
+        counts = ", ".join(f"{split} {count}" for split, count in manifest["num_samples"].items())
+        print(f"merged {counts} into {args.merge}")
+        return
     if not args.catalog or not args.out:
-        raise UserError("pack needs --catalog CSV_OR_DIR and --out SHARDS (or --verify SHARDS)")
+        raise UserError("pack needs --catalog CSV_OR_DIR and --out SHARDS (or --verify SHARDS, or --merge SHARDS)")
     options = PackOptions(
         labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, image_size=args.image_size,
         preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, shard_size=args.shard_size,
         workers=args.workers, strict=args.strict,
     )
+    if args.part:
+        from .pack_parts import pack_part, parse_part
+
+        part, num_parts = parse_part(args.part)
+        record = pack_part(args.catalog, args.out, options, part, num_parts, overwrite=args.overwrite)
+        print(f"part {part} of {num_parts}: {len(record['results'])} shard(s) ready; after every part: "
+              f"stellar-dist pack --merge {args.out}")
+        return
     manifest = pack(args.catalog, args.out, options, overwrite=args.overwrite)
     rate = manifest["num_input"] / max(manifest["pack_seconds"], 1e-9)
     counts = ", ".join(f"{split} {count}" for split, count in manifest["num_samples"].items())

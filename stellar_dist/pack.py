@@ -139,7 +139,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _check_out_dir(out: Path, overwrite: bool, catalog: Path) -> None:
+def check_out_dir(out: Path, overwrite: bool, catalog: Path) -> None:
     """Refuse an --out that holds anything pack did not write, or that holds the input itself."""
     real = out.resolve()
     if out.exists() and not out.is_dir():
@@ -177,51 +177,70 @@ def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, 
     return tasks
 
 
-def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOptions(), overwrite: bool = False) -> dict:
-    """Pack `catalog` into WebDataset shards under `out`; returns the manifest."""
+def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrite: bool = False):
+    """Validate the options, --out and the catalog (before anything is written); returns the catalog frame, the
+    class names and each row's split: the same for a whole pack and for every part of a job array."""
     if options.encoding not in ENCODINGS or options.preprocess not in PREPROCESS_MODES:
         raise UserError(f"--encoding must be one of {ENCODINGS} and --preprocess one of {PREPROCESS_MODES}")
     if options.image_size < 8 or options.shard_size < 1 or options.workers < 0:
         raise UserError("--image-size must be at least 8, --shard-size at least 1 and --workers at least 0")
     out = Path(out)
-    _check_out_dir(out, overwrite, Path(catalog))
-    started = time.perf_counter()
+    check_out_dir(out, overwrite, Path(catalog))
     frame = read_catalog(catalog)
     _check_images_outside(frame, out)
     class_names = sorted(set(frame["Class"]) - {""})
     if not class_names:
         raise UserError(f"catalog {catalog} has no labelled rows: at least the labeled and test splits need a Class")
     splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed)
+    return frame, class_names, splits
+
+
+def write_shards(catalog, frame, splits, class_names, options: PackOptions, staging: Path, select=None) -> list:
+    """Write the shards (all, or those whose task index `select` accepts) into `staging`; their results."""
+    base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+    common = {"staging": str(staging), "options": asdict(options), "base": base,
+              "class_index": {name: index for index, name in enumerate(class_names)}}
+    tasks = [task for index, task in enumerate(_shard_tasks(frame, splits, options, common))
+             if select is None or select(index)]
+    results = []
+    with get_context("spawn").Pool(options.workers or os.cpu_count() or 1) as pool, \
+            tqdm(total=sum(len(task["rows"]) for task in tasks), desc="pack", unit="img") as progress:
+        for result in pool.imap_unordered(_write_shard, tasks):
+            results.append(result)
+            progress.update(result["input"])
+    return results
+
+
+def check_strict(manifest: dict, options: PackOptions) -> None:
+    if options.strict and manifest["skipped"]:
+        first = manifest["skipped"][0]
+        raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first "
+                        f"{first['image_path']}: {first['reason']}; fix or remove them, "
+                        "or drop --strict to skip and list them")
+
+
+def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOptions(), overwrite: bool = False) -> dict:
+    """Pack `catalog` into WebDataset shards under `out`; returns the manifest."""
+    started = time.perf_counter()
+    frame, class_names, splits = prepare(catalog, out, options, overwrite)
+    out = Path(out)
     real_out = out.resolve()  # a symlinked --out keeps pointing where it did: its target is replaced
     with sigterm_as_exit():
-        staging = _make_staging(real_out, out)
+        staging = make_staging(real_out, out)
         try:
-            base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
-            common = {"staging": str(staging), "options": asdict(options), "base": base,
-                      "class_index": {name: index for index, name in enumerate(class_names)}}
-            tasks = _shard_tasks(frame, splits, options, common)
-            results = []
-            with get_context("spawn").Pool(options.workers or os.cpu_count() or 1) as pool, \
-                    tqdm(total=len(frame), desc="pack", unit="img") as progress:
-                for result in pool.imap_unordered(_write_shard, tasks):
-                    results.append(result)
-                    progress.update(result["input"])
+            results = write_shards(catalog, frame, splits, class_names, options, staging)
             elapsed = time.perf_counter() - started
-            manifest = _manifest(results, class_names, options, catalog, len(frame), elapsed)
-            if options.strict and manifest["skipped"]:
-                first = manifest["skipped"][0]
-                raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first "
-                                f"{first['image_path']}: {first['reason']}; fix or remove them, "
-                                "or drop --strict to skip and list them")
+            manifest = build_manifest(results, class_names, options, catalog, len(frame), elapsed)
+            check_strict(manifest, options)
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-            _replace_dir(staging, real_out)
+            replace_dir(staging, real_out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return manifest
 
 
-def _make_staging(real_out: Path, out: Path) -> Path:
+def make_staging(real_out: Path, out: Path) -> Path:
     try:
         real_out.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{real_out.name}.tmp-", dir=real_out.parent))
@@ -229,7 +248,7 @@ def _make_staging(real_out: Path, out: Path) -> Path:
         raise UserError(f"cannot write beside --out {out} ({error.strerror}): choose a writable folder") from None
 
 
-def _replace_dir(staging: Path, out: Path) -> None:
+def replace_dir(staging: Path, out: Path) -> None:
     """Move the finished staging folder to `out`. An old `out` (checked to hold only pack's own files) is set
     aside first and emptied file by file afterwards: anything that appeared in it meanwhile is kept."""
     old = None
@@ -251,7 +270,7 @@ def _replace_dir(staging: Path, out: Path) -> None:
             print(f"warning: kept {old}: it holds files pack did not write")
 
 
-def _manifest(results: list[dict], class_names: list[str], options: PackOptions, catalog, num_input: int,
+def build_manifest(results: list[dict], class_names: list[str], options: PackOptions, catalog, num_input: int,
               elapsed_s: float) -> dict:
     counts = {split: {name: 0 for name in class_names} for split in SPLITS}
     shards = {split: [] for split in SPLITS}

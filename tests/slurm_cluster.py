@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def missing() -> str | None:
@@ -113,7 +114,8 @@ class SlurmCluster:
         raise RuntimeError(f"{name} did not start: {log}")
 
     def run(self, *command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(command, capture_output=True, text=True, env=self.env, check=check, timeout=timeout)
+        return subprocess.run(command, capture_output=True, text=True, env=self.env, check=check, timeout=timeout,
+                              cwd=REPO_ROOT)  # jobs are submitted from the repository root, as the README says
 
     def stop(self) -> None:
         """Cancel the jobs still known to this controller, then end the daemons this object started (and only

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 from slurm_cluster import SlurmCluster, missing
 from test_train import TINY
 
@@ -94,3 +94,20 @@ def test_two_tasks_meet_as_two_machines(cluster, sim_shards, tmp_path):
     job = submit(cluster, tmp_path, sim_shards, "--ntasks-per-node=2", overrides=["tracking=none"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["world_size"] == 2, job_output(tmp_path, job)[-3000:]
+
+
+def test_a_pack_job_array_and_its_merge_equal_one_pack(cluster, sim_catalog, tmp_path):
+    from test_pack_parts import PACK, SAME, manifest
+
+    out = tmp_path / "shards"
+    array = cluster.run("sbatch", "--parsable", "--array=0-2", "--cpus-per-task=1", f"--output={tmp_path}/%A_%a.out",
+                        "slurm/pack.sbatch", str(sim_catalog), str(out), *PACK).stdout.strip().split(";")[0]
+    merged = cluster.run("sbatch", "--parsable", "--wait", f"--dependency=afterok:{array}", "--cpus-per-task=1",
+                         f"--output={tmp_path}/merge.out", "slurm/pack_merge.sbatch", str(out), check=False,
+                         timeout=600)
+    assert merged.returncode == 0, "".join(path.read_text() for path in tmp_path.glob("*.out"))
+    assert "merged" in (tmp_path / "merge.out").read_text()
+    single = tmp_path / "single"
+    run_cli("pack", "--catalog", str(sim_catalog), "--out", str(single), *PACK, "--workers", "2")
+    assert all(manifest(single)[key] == manifest(out)[key] for key in SAME)
+    run_cli("pack", "--verify", str(out))
