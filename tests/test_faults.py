@@ -156,3 +156,31 @@ def test_full_and_read_only_disks(sim_catalog, sim_shards, tmp_path):
         assert "is not writable" in one_line_error(result)
         result = run_cli("pack", "--catalog", str(sim_catalog), "--out", str(read_only / "shards"), check=False)
         assert "choose a writable folder" in one_line_error(result)
+
+
+def test_killed_at_any_moment_the_checkpoints_stay_complete(sim_shards, tmp_path):
+    """SIGTERM (what SLURM sends at the time limit) and SIGKILL at moments spread over a run that checkpoints at
+    every step: every step_* folder left is complete, `latest` names one, and resume=auto finishes the run."""
+    import random
+    import signal
+
+    run, rng = tmp_path / "run", random.Random(0)
+    command = [sys.executable, str(REPO_ROOT / "launch" / "train.py"), *TINY, f"data.shards={sim_shards}",
+               f"output_dir={run}", "train.steps=40", "checkpoint.every_steps=1", "checkpoint.keep_last=2",
+               "eval.every_steps=0", "cluster.at_end=false", "data.num_workers=1", "resume=auto"]
+    for kill in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   cwd=REPO_ROOT)
+        before = checkpoint.find_latest(run)
+        deadline = time.time() + 120
+        while checkpoint.find_latest(run) == before and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))  # somewhere inside the next steps and their checkpoint writes
+        process.send_signal(kill)
+        process.wait(timeout=60)
+        folders = sorted((run / "checkpoints").glob("step_*"))
+        assert folders and all(checkpoint.problem(folder) is None for folder in folders), folders
+        assert checkpoint.find_latest(run) in folders
+    finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 40
