@@ -1,7 +1,7 @@
-"""`stellar-dist` command line: simulate, pack, evaluate, cluster.
+"""`stellar-dist` command line: simulate, pack, train, evaluate, cluster.
 
-Training is launched with `accelerate launch launch/train.py` (see its docstring); `stellar-dist train` runs the
-same engine in this process, for one CPU or one GPU.
+`stellar-dist train` runs the training engine in this process (one CPU or one GPU); for several processes use
+`accelerate launch ... -m stellar_dist.train` or launch/train.py (see stellar_dist/train.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,19 @@ def _add_pack(commands) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically)")
     parser.add_argument("--part", metavar="I/N", help="write only part I of N (a job array task; see slurm/pack.sbatch)")
     parser.add_argument("--merge", metavar="OUT", help="merge the finished parts of OUT into OUT (writes the manifest)")
+
+
+def _add_train(commands) -> None:
+    from .train import add_arguments
+
+    add_arguments(commands.add_parser("train", help="train from packed shards in this process (see "
+                                                    "stellar_dist/train.py for accelerate launch)"))
+
+
+def _run_train(args) -> None:
+    from .train import run
+
+    run(args)
 
 
 def _add_evaluate(commands) -> None:
@@ -129,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_simulate(commands)
     _add_pack(commands)
+    _add_train(commands)
     _add_evaluate(commands)
     _add_cluster(commands)
     return parser
@@ -141,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         from .errors import UserError
 
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
-    runners = {"simulate": _run_simulate, "pack": _run_pack, "evaluate": _run_evaluate, "cluster": _run_cluster}
+    runners = {"simulate": _run_simulate, "pack": _run_pack, "train": _run_train, "evaluate": _run_evaluate,
+               "cluster": _run_cluster}
     runners[args.command](args)
 
 

@@ -191,8 +191,12 @@ def train_loop(run: Run) -> int:
             if torch.cuda.is_available():
                 metrics["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             run.tracker.log(metrics, done)
-            progress.set_postfix(sup=f"{metrics['train/sup_loss']:.3f}", mask=metrics.get("train/mask_ratio"),
-                                 cluster=f"{metrics['train/cluster_loss']:.3f}")
+            postfix = {"sup": f"{metrics['train/sup_loss']:.3f}"}
+            if "train/mask_ratio" in metrics:
+                postfix["mask"] = f"{metrics['train/mask_ratio']:.2f}"
+            if uses_cluster_head(config):
+                postfix["cluster"] = f"{metrics['train/cluster_loss']:.3f}"
+            progress.set_postfix(postfix)
             interval_start = time.perf_counter()
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)

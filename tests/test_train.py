@@ -90,3 +90,19 @@ def test_missing_shards_and_bad_weights_are_one_line_errors(tmp_path, sim_shards
     result = train(f"data.shards={sim_shards}", f"output_dir={tmp_path / 'r'}", "model.weights=imagenet",
                    check=False)
     assert result.returncode == 2 and "ImageNet weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_training_without_a_checkout(sim_shards, tmp_path):
+    """`stellar-dist train` and `accelerate launch -m stellar_dist.train` from any folder (a pip install)."""
+    args = [*TINY, f"data.shards={sim_shards}", "train.steps=2", "eval.every_steps=0", "checkpoint.every_steps=0",
+            "cluster.at_end=false"]
+    cli = subprocess.run([sys.executable, "-m", "stellar_dist.cli", "train", *args, f"output_dir={tmp_path / 'a'}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                               str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "-m", "stellar_dist.train", *args,
+                               f"output_dir={tmp_path / 'b'}"], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+    for result, folder in ((cli, "a"), (launched, "b")):
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((tmp_path / folder / "metrics.json").read_text())["steps"] == 2
+    assert "cluster=" not in cli.stderr  # no cluster head: no cluster loss on the progress bar
