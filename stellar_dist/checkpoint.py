@@ -32,7 +32,8 @@ def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ema_state: dict, keep_last: int) -> Path:
+def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ema_state: dict, keep_last: int,
+         model_description: dict | None = None) -> Path:
     root = checkpoint_root(output_dir)
     final, staging = root / f"step_{step:07d}", root / f".step_{step:07d}.tmp"
     if accelerator.is_main_process:
@@ -45,6 +46,10 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
         if accelerator.is_main_process:
             torch.save(trainer_state, staging / TRAINER_STATE)
             torch.save(ema_state, staging / EMA_WEIGHTS)
+            if model_description is not None:  # the portable model folder (inference/model_folder.py)
+                from .inference.model_folder import write_model
+
+                write_model(staging / "model", ema_state, model_description)
             shutil.rmtree(final, ignore_errors=True)
             staging.rename(final)
             pointer = root / ".latest.tmp"

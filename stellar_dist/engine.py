@@ -22,6 +22,7 @@ from .data import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
 from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
+from .inference.model_folder import publish
 from .preemption import Stopped, StopRequest
 from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
 
@@ -215,9 +216,10 @@ def train_loop(run: Run) -> int:
 def _final_checkpoint(run: Run, steps: int) -> Path:
     """Saved before the final reports, so that a failure there loses no training. A run resumed at its last step
     (the command run again) keeps the checkpoint it has."""
-    if run.resumed_from is not None and run.start_step == steps:
-        return run.resumed_from
-    return save_run(run, steps)
+    final = run.resumed_from if run.resumed_from is not None and run.start_step == steps else save_run(run, steps)
+    if run.accelerator.is_main_process and (final / "model").is_dir():
+        publish(final / "model", run.output_dir)  # OUTPUT_DIR/model: the portable model of the finished run
+    return final
 
 
 def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict | None]:

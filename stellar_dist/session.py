@@ -210,5 +210,7 @@ def trainer_state(run: Run, step: int) -> dict:
 def save_run(run: Run, step: int) -> Path:
     _check_finite(run, step)
     state = trainer_state(run, step)
+    from .inference.model_folder import describe
+
     return checkpoint.save(run.accelerator, run.output_dir, step, state, run.ema.module.state_dict(),
-                           run.config.checkpoint.keep_last)
+                           run.config.checkpoint.keep_last, describe(run.config, run.manifest, step))

@@ -1,0 +1,1 @@
+"""Using a trained model: the portable model folder (and, later, predict and export)."""

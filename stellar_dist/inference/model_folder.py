@@ -1,0 +1,114 @@
+"""A portable model: one folder with `model.safetensors` (the EMA weights) and `config.json` (everything needed to
+rebuild the network and to preprocess images as in training), loadable without the run folder or the shards.
+
+Written into every checkpoint (`checkpoints/step_*/model/`) and, at the end of a run, to `OUTPUT_DIR/model/`.
+
+    model, description = load_model("runs/demo/model")      # or a run folder, or a checkpoints/step_* folder
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+
+FORMAT = "stellar-dist-model/1"
+WEIGHTS, DESCRIPTION = "model.safetensors", "config.json"
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def describe(config, manifest: dict, step: int) -> dict:
+    """What config.json holds: the architecture, the classes and how an input image must be prepared."""
+    try:
+        version = metadata.version("stellar-dist")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {
+        "format": FORMAT,
+        "arch": config.model.arch,
+        "classes": list(manifest["classes"]),
+        "channels": manifest.get("channels", 3),
+        "bands": manifest.get("bands", ["R", "G", "B"]),  # an RGB rendering (e.g. SDSS gri JPEGs)
+        "image_size": manifest["image_size"],
+        "preprocess": manifest["preprocess"],  # "resize" (whole field, area-averaged) or "crop" (centre, full res.)
+        "encoding": manifest["encoding"],
+        "grayscale": config.data.grayscale,
+        "normalisation": "pixel / 255 in [0, 1], no mean or std",
+        "training": {"algorithm": config.ssl.algorithm, "steps": step, "seed": config.seed},
+        "package_version": version,
+        "git_commit": _git_commit(),
+    }
+
+
+def write_model(folder: Path, ema_state: dict, description: dict) -> None:
+    """Write the model folder (the caller makes it appear atomically: it lives inside a staging folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in ema_state.items()
+               if key.startswith(("backbone.", "classifier.", "cluster_head."))}
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": FORMAT})
+    (folder / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+
+
+def publish(model_folder: Path, output_dir: Path) -> Path:
+    """Copy a checkpoint's model folder to OUTPUT_DIR/model, replacing the previous one atomically."""
+    target, staging = output_dir / "model", output_dir / f".model.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_folder, staging)
+    old = output_dir / f".model.old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def find_model_folder(path: str | Path) -> Path:
+    """A model folder, a checkpoint folder (its model/) or a run folder (its model/, else its latest checkpoint's)."""
+    from .. import checkpoint
+
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / DESCRIPTION).is_file() and (candidate / WEIGHTS).is_file():
+            return candidate
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        latest = checkpoint.find_latest(path)
+        if latest is not None and (latest / "model" / DESCRIPTION).is_file():
+            return latest / "model"
+    raise UserError(f"{path} holds no model (model.safetensors + config.json): pass a run folder, its model/ "
+                    "folder or a checkpoints/step_* folder written by this version of stellar-dist")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(the EMA network in eval mode, its description) from a model, checkpoint or run folder."""
+    from ..models import StellarNet
+
+    folder = find_model_folder(path)
+    try:
+        description = json.loads((folder / DESCRIPTION).read_text())
+        tensors = load_file(str(folder / WEIGHTS), device="cpu")
+    except (OSError, ValueError) as error:  # safetensors raises its own error types, subclasses of these or not
+        raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}): copy it again") from None
+    except Exception as error:  # noqa: BLE001  (safetensors' SafetensorError is not an OSError)
+        raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}: {error})") from None
+    if description.get("format") != FORMAT:
+        raise UserError(f"model folder {folder} has format {description.get('format')!r}, this version reads {FORMAT}")
+    num_clusters = tensors["cluster_head.weight"].shape[0] if "cluster_head.weight" in tensors else 0
+    model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), description
