@@ -1,4 +1,4 @@
-"""`stellar-dist` command line: simulate, pack, train, evaluate, cluster.
+"""`stellar-dist` command line: simulate, pack, train, predict, evaluate, cluster.
 
 `stellar-dist train` runs the training engine in this process (one CPU or one GPU); for several processes use
 `accelerate launch ... -m stellar_dist.train` or launch/train.py (see stellar_dist/train.py).
@@ -49,6 +49,19 @@ def _add_train(commands) -> None:
 
 def _run_train(args) -> None:
     from .train import run
+
+    run(args)
+
+
+def _add_predict(commands) -> None:
+    from .inference.predict import add_arguments
+
+    add_arguments(commands.add_parser("predict", help="classify new objects (CSV, folder of images or shards) "
+                                                      "with a trained model"))
+
+
+def _run_predict(args) -> None:
+    from .inference.predict import run
 
     run(args)
 
@@ -143,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_pack(commands)
     _add_train(commands)
+    _add_predict(commands)
     _add_evaluate(commands)
     _add_cluster(commands)
     return parser
@@ -155,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         from .errors import UserError
 
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
-    runners = {"simulate": _run_simulate, "pack": _run_pack, "train": _run_train, "evaluate": _run_evaluate,
-               "cluster": _run_cluster}
+    runners = {"simulate": _run_simulate, "pack": _run_pack, "train": _run_train, "predict": _run_predict,
+               "evaluate": _run_evaluate, "cluster": _run_cluster}
     runners[args.command](args)
 
 

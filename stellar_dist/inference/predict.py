@@ -1,0 +1,294 @@
+"""`stellar-dist predict`: classify new objects with a trained model, one output row per input row, in input order.
+
+    stellar-dist predict --model runs/demo --input new_catalog.csv --out predictions.csv
+    stellar-dist predict --model runs/demo/model --input cutouts/ --out predictions.parquet --embeddings emb.npy
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.inference.predict \
+        --model runs/demo --input data/sim-shards --out predictions.fits
+
+Input: a CSV with an `image_path` column (relative to the CSV; an `objid` column, if any, is copied as text, so
+19-digit ids join back exactly), a folder of images (searched recursively, sorted by path) or a shards folder.
+Images are prepared as in training, from the model's config.json (centre crop or area resize to its image size,
+JPEG round trip if it was trained on JPEG shards). Rows are processed in chunks: every rank takes every
+world_size-th row of a chunk, rank 0 writes the chunk in input order, so memory stays flat in the number of
+objects. A row whose image is missing or unreadable gets no prediction: it is listed with the reason in
+OUT.rejected.csv (and counted on the console), never dropped silently.
+
+Columns: row, objid, image_path, predicted_class, p_<class> for each class, max_probability, and `unusual`
+(max_probability below --unusual-below, 0.6 by default: the model hesitates between classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .. import dist
+from ..catalog import IMAGE_SUFFIXES
+from ..errors import UserError, exit_on_user_error
+from .model_folder import load_model
+
+CHUNK_ROWS = 2048
+
+
+def input_rows(source: Path):
+    """(number of rows, generator of (objid or None, image path or shard member name, image bytes or None))."""
+    if (source / "manifest.json").is_file():
+        from ..data import iter_samples, shard_paths
+        from ..manifest import load_manifest
+
+        manifest = load_manifest(source)
+        paths = [path for split in ("labeled", "unlabeled", "test") for path in shard_paths(source, split)]
+
+        def from_shards():
+            import json
+
+            for raw in iter_samples(paths):
+                record = json.loads(raw["json"])
+                objid = record.get("meta", {}).get("objid")
+                yield (None if objid is None else str(objid)), record.get("source", raw["__key__"]), \
+                    raw.get(manifest["encoding"])
+
+        return sum(manifest["num_samples"].values()), from_shards()
+    if source.is_dir():
+        images = sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES
+                        and not any(part.startswith(".") for part in path.relative_to(source).parts))
+        return len(images), ((None, str(path), None) for path in images)
+    if source.suffix.lower() != ".csv":
+        raise UserError(f"--input {source} is neither a CSV, a folder of images nor a shards folder")
+    import pandas as pd
+
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    if "image_path" not in frame.columns:
+        raise UserError(f"--input {source} has no image_path column (has: {', '.join(frame.columns)})")
+    ids = frame["objid"] if "objid" in frame.columns else [None] * len(frame)
+    paths = [str(Path(path) if Path(path).is_absolute() else source.parent / path) for path in frame["image_path"]]
+    return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths))
+
+
+def prepare(row: tuple, description: dict) -> tuple[torch.Tensor | None, str | None]:
+    """The image as the model saw it in training, or (None, the reason it cannot be read)."""
+    from ..pack import _encode, preprocess_image
+
+    _, path, payload = row
+    try:
+        if payload is None:
+            image = preprocess_image(path, description["image_size"], description["preprocess"])
+            if description["encoding"] == "jpg":  # the shards held JPEGs: the same compression
+                image = Image.open(io.BytesIO(_encode(image, "jpg")))
+        else:
+            image = Image.open(io.BytesIO(payload))
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, UserError) as error:
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    if description.get("grayscale"):
+        tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
+    return tensor, None
+
+
+@torch.no_grad()
+def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, batch_size: int):
+    """This rank's rows of a chunk: (row indices, probabilities, features, rejected [(row, reason)])."""
+    kept, tensors, rejected = [], [], []
+    for index, row in rows:
+        tensor, reason = prepare(row, description)
+        if tensor is None:
+            rejected.append((index, reason))
+        else:
+            kept.append(index)
+            tensors.append(tensor)
+    probabilities, features = [], []
+    for start in range(0, len(tensors), batch_size):
+        batch = torch.stack(tensors[start : start + batch_size]).to(device)
+        embedding = model.features(batch)
+        features.append(embedding.float())
+        probabilities.append(model.classifier(embedding).float().softmax(-1))
+    width = model.feature_dim
+    return (torch.tensor(kept, dtype=torch.long, device=device),
+            torch.cat(probabilities) if probabilities else torch.zeros(0, len(description["classes"]), device=device),
+            torch.cat(features) if features else torch.zeros(0, width, device=device), rejected)
+
+
+class Writer:
+    """Rank 0's output: CSV or parquet written chunk by chunk; FITS written at the end (astropy tables)."""
+
+    def __init__(self, out: Path, classes: list[str]):
+        self.out, self.classes, self.kind = out, classes, out.suffix.lower().lstrip(".")
+        if self.kind not in ("csv", "parquet", "fits"):
+            raise UserError(f"--out {out} must end in .csv, .parquet or .fits")
+        needed = {"parquet": "pyarrow", "fits": "astropy"}.get(self.kind)
+        try:
+            __import__(needed) if needed else None
+        except ImportError:
+            raise UserError(f"--out {out} needs {needed}: pip install {needed} (or write .csv)") from None
+        self.columns = ["row", "objid", "image_path", "predicted_class", *(f"p_{name}" for name in classes),
+                        "max_probability", "unusual"]
+        self.temporary = out.with_name(f".{out.name}.tmp")
+        self.handle, self.parquet, self.held = None, None, []
+
+    def write(self, rows: list[dict]) -> None:
+        if self.kind == "csv":
+            if self.handle is None:
+                self.handle = open(self.temporary, "w", newline="")
+                self.csv = csv.DictWriter(self.handle, self.columns)
+                self.csv.writeheader()
+            self.csv.writerows(rows)
+        elif self.kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pylist(rows, schema=self._schema(pa))
+            self.parquet = self.parquet or pq.ParquetWriter(self.temporary, table.schema)
+            self.parquet.write_table(table)
+        else:
+            self.held.extend(rows)
+
+    def _schema(self, pa):
+        return pa.schema([("row", pa.int64()), ("objid", pa.string()), ("image_path", pa.string()),
+                          ("predicted_class", pa.string()), *((f"p_{name}", pa.float32()) for name in self.classes),
+                          ("max_probability", pa.float32()), ("unusual", pa.bool_())])
+
+    def close(self) -> None:
+        if self.kind == "fits":
+            from astropy.table import Table
+
+            table = Table(rows=[[row[column] if row[column] is not None else "" for column in self.columns]
+                                for row in self.held], names=self.columns) if self.held else Table(names=self.columns)
+            table.write(self.temporary, format="fits", overwrite=True)
+        elif self.handle is not None:
+            self.handle.close()
+        elif self.parquet is not None:
+            self.parquet.close()
+        else:
+            self.write([])
+            self.close()
+            return
+        self.temporary.replace(self.out)  # a finished file or none
+
+
+def _chunks(rows, size: int):
+    chunk = []
+    for index, row in enumerate(rows):
+        chunk.append((index, row))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict(model_path: str, source: str, out: str, embeddings: str | None = None, batch_size: int = 256,
+            unusual_below: float = 0.6) -> dict:
+    """Classify every row of `source` into `out` (rank 0 writes); returns counts on rank 0."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device, rank, world = state.device, state.process_index, state.num_processes
+    out_path, source_path = Path(out), Path(source)
+    if not source_path.exists():
+        raise UserError(f"--input {source} does not exist")
+    if not out_path.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out_path.parent} does not exist")
+    model, description = load_model(model_path, device)
+    classes = description["classes"]
+    writer = Writer(out_path, classes) if rank == 0 else None
+    total, rows = input_rows(source_path)
+    features_file = None
+    if embeddings and rank == 0:
+        features_file = np.lib.format.open_memmap(Path(embeddings).with_name(f".{Path(embeddings).name}.tmp.npy"),
+                                                  mode="w+", dtype=np.float32, shape=(total, model.feature_dim))
+        features_file[:] = np.nan  # rejected rows stay NaN
+    rejected_all, started = [], time.perf_counter()
+    progress = tqdm(total=total, desc="predict", unit="img", disable=rank != 0)
+    for chunk in _chunks(rows, CHUNK_ROWS):
+        mine = chunk[rank::world]
+        kept, probabilities, features, rejected = _classify(model, mine, description, device, batch_size)
+        rejected_all.extend(rejected)
+        kept, probabilities = dist.gather_variable(kept), dist.gather_variable(probabilities)
+        features = dist.gather_variable(features) if embeddings else features
+        if rank == 0:
+            by_row = {int(row): position for position, row in enumerate(kept.tolist())}
+            values = probabilities.cpu().numpy()
+            output = []
+            for index, (objid, path, _) in chunk:
+                if index not in by_row:
+                    continue
+                p = values[by_row[index]]
+                output.append({"row": index, "objid": objid, "image_path": path,
+                               "predicted_class": classes[int(p.argmax())],
+                               **{f"p_{name}": float(p[i]) for i, name in enumerate(classes)},
+                               "max_probability": float(p.max()), "unusual": bool(p.max() < unusual_below)})
+            writer.write(output)
+            if features_file is not None and len(kept):
+                features_file[kept.cpu().numpy()] = features.cpu().numpy()
+            progress.update(len(chunk))
+            progress.set_postfix(images_per_s=f"{progress.n / max(time.perf_counter() - started, 1e-9):.0f}")
+    progress.close()
+    rejected_all = _gather_rejected(rejected_all, rank, world, out_path)
+    if rank != 0:
+        return {}
+    writer.close()
+    if features_file is not None:
+        features_file.flush()
+        Path(features_file.filename).replace(embeddings)
+    return {"rows": total, "predicted": total - len(rejected_all), "rejected": len(rejected_all),
+            "seconds": time.perf_counter() - started}
+
+
+def _gather_rejected(rejected: list, rank: int, world: int, out: Path) -> list:
+    """Every rank's rejected rows, written by rank 0 to OUT.rejected.csv (input order)."""
+    if world > 1:
+        import torch.distributed as torch_dist
+
+        everyone = [None] * world
+        torch_dist.all_gather_object(everyone, rejected)  # small: (row, reason) pairs, our own objects
+        rejected = [item for part in everyone for item in part]
+    side = out.with_name(f"{out.stem}.rejected.csv")
+    if rank == 0:
+        if rejected:
+            with open(side, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["row", "reason"])
+                writer.writerows(sorted(rejected))
+        elif side.exists():
+            side.unlink()  # a stale list from an earlier run would misreport this one
+    return rejected
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="a run folder, its model/ folder or a checkpoints/step_*")
+    parser.add_argument("--input", required=True, help="CSV with image_path (+ objid), a folder of images, or shards")
+    parser.add_argument("--out", required=True, help="FILE.csv, FILE.parquet or FILE.fits")
+    parser.add_argument("--embeddings", help="also write the features as FILE.npy (rows in input order; NaN rows "
+                                             "for rejected inputs)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--unusual-below", type=float, default=0.6, help="flag rows whose max probability is below")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    counts = predict(args.model, args.input, args.out, args.embeddings, args.batch_size, args.unusual_below)
+    if counts:
+        print(f"predicted {counts['predicted']} of {counts['rows']} objects into {args.out} "
+              f"({counts['predicted'] / max(counts['seconds'], 1e-9):.0f} images/s)")
+        if counts["rejected"]:
+            side = Path(args.out).with_name(f"{Path(args.out).stem}.rejected.csv")
+            print(f"{counts['rejected']} unreadable input(s) listed with the reason in {side}")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run(add_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""`stellar-dist predict`: the evaluation's predictions on the same images, bad rows listed, 2 ranks = 1 rank,
+CSV = parquet = FITS."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.table import Table
+
+from conftest import REPO_ROOT, run_cli
+from stellar_dist.data import iter_samples, shard_paths
+from test_ddp import free_port
+from test_train import train
+
+
+@pytest.fixture(scope="module")
+def trained(sim_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("predict") / "run"
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false")
+    return run
+
+
+def split_catalog_with_bad_rows(sim_catalog, sim_shards, folder):
+    """The test split as a user's CSV (absolute paths, objid as text), with a missing and a corrupt image."""
+    rows = []
+    for raw in iter_samples(shard_paths(sim_shards, "test")):
+        record = json.loads(raw["json"])
+        rows.append({"image_path": str(sim_catalog.parent / record["source"]), "objid": str(record["meta"]["objid"]),
+                     "Class": record["class"]})
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(b"not a jpeg")
+    rows[3:3] = [{"image_path": str(folder / "missing.jpg"), "objid": "1", "Class": "STAR"},
+                 {"image_path": str(corrupt), "objid": "2", "Class": "STAR"}]
+    path = folder / "catalog.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path, rows
+
+
+def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, sim_shards, tmp_path):
+    catalog, rows = split_catalog_with_bad_rows(sim_catalog, sim_shards, tmp_path)
+    result = run_cli("predict", "--model", str(trained), "--input", str(catalog), "--out", str(tmp_path / "p.csv"))
+    assert "2 unreadable input(s)" in result.stdout
+    out = pd.read_csv(tmp_path / "p.csv", dtype={"objid": str})
+    assert out["row"].tolist() == [index for index in range(len(rows)) if index not in (3, 4)]  # input order
+    assert out["objid"].tolist() == [row["objid"] for index, row in enumerate(rows) if index not in (3, 4)]
+    with open(tmp_path / "p.rejected.csv") as handle:
+        rejected = list(csv.DictReader(handle))
+    assert [int(row["row"]) for row in rejected] == [3, 4] and all(row["reason"] for row in rejected)
+    truth = [row["Class"] for index, row in enumerate(rows) if index not in (3, 4)]
+    accuracy = float(np.mean(out["predicted_class"].to_numpy() == np.array(truth)))
+    assert accuracy == pytest.approx(json.loads((trained / "metrics.json").read_text())["test"]["accuracy"])
+    probabilities = out[[column for column in out.columns if column.startswith("p_")]].to_numpy()
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert (out["unusual"] == (out["max_probability"] < 0.6)).all()
+
+
+def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_shards, tmp_path):
+    run_cli("predict", "--model", str(trained / "model"), "--input", str(sim_shards), "--out",
+            str(tmp_path / "one.csv"), "--embeddings", str(tmp_path / "one.npy"))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
+               "-m", "stellar_dist.inference.predict", "--model", str(trained), "--input", str(sim_shards),
+               "--out", str(tmp_path / "two.parquet"), "--embeddings", str(tmp_path / "two.npy")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli("predict", "--model", str(trained), "--input", str(sim_shards), "--out", str(tmp_path / "one.fits"))
+    one = pd.read_csv(tmp_path / "one.csv", dtype={"objid": str})
+    two = pd.read_parquet(tmp_path / "two.parquet")
+    fits = Table.read(tmp_path / "one.fits").to_pandas()
+    assert len(one) == 200 and one["row"].tolist() == list(range(200))
+    def text(values):  # FITS string columns come back as bytes
+        return [(value.decode() if isinstance(value, bytes) else str(value)).strip() for value in values]
+
+    for other in (two, fits):
+        assert other["row"].tolist() == one["row"].tolist()
+        assert text(other["objid"]) == one["objid"].tolist()
+        assert text(other["predicted_class"]) == one["predicted_class"].tolist()
+        assert np.allclose(other["p_GALAXY"].to_numpy(), one["p_GALAXY"].to_numpy(), atol=1e-5)
+    assert np.allclose(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"), atol=1e-4)
