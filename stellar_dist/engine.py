@@ -21,7 +21,8 @@ from .config import Config
 from .data import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
-from .evaluate import classification_report, format_report, gather_predictions, plot_confusion, plot_curves
+from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
+                       write_predictions)
 from .inference.model_folder import publish
 from .preemption import Stopped, StopRequest
 from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
@@ -69,8 +70,9 @@ def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> Non
     stop_if_non_finite(run, step, non_finite_steps, "the loss")
 
 
-def evaluate_run(run: Run, step: int) -> dict:
-    """EMA model on the whole test split (all ranks); metrics and plots written on the main process."""
+def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
+    """EMA model on the whole test split (all ranks); metrics and plots written on the main process (and, at the
+    end, predictions.csv: every test object's predicted class and probabilities)."""
     config = run.config
     gathered = gather_predictions(run.ema.module, config.data.shards, run.manifest, batch_size=config.eval.batch_size,
                                   num_workers=config.data.num_workers, grayscale=config.data.grayscale,
@@ -82,6 +84,8 @@ def evaluate_run(run: Run, step: int) -> dict:
     if run.accelerator.is_main_process:
         image = plot_confusion(report, run.output_dir / "plots" / "confusion_matrix.png")
         run.tracker.log_images({"test/confusion_matrix": image}, step)
+        if final:
+            write_predictions(gathered, config.data.shards, run.manifest["classes"], run.output_dir / "predictions.csv")
     return report
 
 
@@ -225,7 +229,7 @@ def _final_checkpoint(run: Run, steps: int) -> Path:
 def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict | None]:
     config, classifier = run.config, run.algorithm.trains_classifier
     try:
-        report = evaluate_run(run, steps) if classifier else None
+        report = evaluate_run(run, steps, final=True) if classifier else None
         clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or not classifier else None
     except UserError as error:
         raise UserError(f"{user_message(error)} (the trained model is saved in {final}; after the fix, "

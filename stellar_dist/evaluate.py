@@ -51,6 +51,30 @@ def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: in
     return gathered
 
 
+def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, classes: list[str], path: Path) -> Path:
+    """predictions.csv: one row per test sample, in id order: id, objid (as text), true and predicted class, and
+    the probability of each class. Written whole or not at all."""
+    import csv
+
+    from .data import iter_samples
+
+    objids = {}
+    for raw in iter_samples(shard_paths(str(shards_dir), "test")):  # the ids' objid, from the records
+        record = json.loads(raw["json"])
+        objids[record["id"]] = record.get("meta", {}).get("objid")
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "objid", "true_class", "predicted_class", *(f"p_{name}" for name in classes)])
+        for index, sample_id in enumerate(gathered["id"].tolist()):
+            objid = objids.get(sample_id)
+            writer.writerow([sample_id, "" if objid is None else objid, classes[int(gathered["label"][index])],
+                             classes[int(gathered["prediction"][index])],
+                             *(f"{value:.6g}" for value in gathered["probability"][index].tolist())])
+    temporary.replace(path)
+    return path
+
+
 def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
     indices = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -165,4 +189,5 @@ def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out
     (out_dir / "metrics.json").write_text(json.dumps({"test": report, "checkpoint": str(folder),
                                                       "shards": str(shards_dir)}, indent=2))
     plot_confusion(report, out_dir / "confusion_matrix.png")
+    write_predictions(gathered, shards_dir, manifest["classes"], out_dir / "predictions.csv")
     return report | {"out_dir": str(out_dir)}

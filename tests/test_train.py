@@ -55,6 +55,14 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, tmp_path):
     evaluated = run_cli("evaluate", "--checkpoint", str(out), "--shards", str(sim_shards))
     assert f"accuracy {test['accuracy']:.4f}" in evaluated.stdout
     assert json.loads((out / "eval_step_0000006" / "metrics.json").read_text())["test"] == test
+    # per-object predictions of the test split: the same from training's final evaluation and from `evaluate`
+    import pandas as pd
+
+    during, after = (pd.read_csv(folder / "predictions.csv", dtype={"objid": str})
+                     for folder in (out, out / "eval_step_0000006"))
+    assert len(during) == 40 and during["id"].is_monotonic_increasing and during["objid"].str.len().min() == 19
+    assert during.equals(after)
+    assert (during["true_class"] == during["predicted_class"]).mean() == test["accuracy"]
 
 
 def test_resume_from_mid_run_checkpoint_reaches_the_same_weights(sim_shards, tmp_path):
