@@ -86,6 +86,8 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
         run.tracker.log_images({"test/confusion_matrix": image}, step)
         if final:
             write_predictions(gathered, config.data.shards, run.manifest["classes"], run.output_dir / "predictions.csv")
+            run.tracker.log_evaluation(gathered, run.manifest["classes"], config.data.shards,
+                                       run.manifest["encoding"], step)
     return report
 
 
@@ -103,6 +105,7 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
     curves = plot_curves(run.output_dir / "log.jsonl", run.output_dir / "plots" / "training_curves.png")
     if curves:
         run.tracker.log_images({"train/curves": curves}, step)
+    run.tracker.log_artifacts(run.output_dir / "model", Path(run.config.data.shards) / "manifest.json")
     if report:
         run.tracker.summary({"test/accuracy": report["accuracy"], "test/macro_f1": report["macro_f1"],
                              "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})

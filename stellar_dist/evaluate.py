@@ -75,6 +75,23 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     return path
 
 
+def read_test_images(shards_dir: str | Path, ids: set[int], encoding: str) -> dict[int, tuple[np.ndarray, object]]:
+    """{id: (RGB uint8 image, objid)} of a few test samples (one pass over the test shards)."""
+    import io
+
+    from PIL import Image
+
+    from .data import iter_samples
+
+    found = {}
+    for raw in iter_samples(shard_paths(str(shards_dir), "test")):
+        record = json.loads(raw["json"])
+        if record["id"] in ids:
+            with Image.open(io.BytesIO(raw[encoding])) as image:
+                found[record["id"]] = (np.asarray(image.convert("RGB")), record.get("meta", {}).get("objid"))
+    return found
+
+
 def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
     indices = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -63,6 +63,49 @@ class RunTracker:
 
         self.accelerator.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
+    def log_evaluation(self, gathered: dict, classes: list[str], shards_dir: str, encoding: str, step: int,
+                       worst: int = 24) -> None:
+        """The final evaluation on W&B: an interactive confusion matrix, and a table of the worst-classified test
+        objects (lowest probability of their true class) with their images."""
+        if not (self.is_main and self.use_wandb):
+            return
+        import numpy as np
+        import wandb
+
+        from .evaluate import read_test_images
+
+        labels, predictions = gathered["label"], gathered["prediction"]
+        confusion = wandb.plot.confusion_matrix(y_true=labels.tolist(), preds=predictions.tolist(),
+                                                class_names=list(classes))
+        p_true = gathered["probability"][np.arange(len(labels)), labels]
+        order = np.argsort(p_true, kind="stable")[:worst]
+        images = read_test_images(shards_dir, {int(gathered["id"][index]) for index in order}, encoding)
+        table = wandb.Table(columns=["id", "objid", "true_class", "predicted_class", "p_true_class", "image"])
+        for index in order:
+            sample_id = int(gathered["id"][index])
+            pixels, objid = images.get(sample_id, (None, None))
+            table.add_data(sample_id, None if objid is None else str(objid), classes[int(labels[index])],
+                           classes[int(predictions[index])], float(p_true[index]),
+                           wandb.Image(pixels) if pixels is not None else None)
+        self.accelerator.log({"test/confusion_matrix_interactive": confusion, "test/worst_classified": table},
+                             step=step)
+
+    def log_artifacts(self, model_dir: Path, manifest_path: Path) -> None:
+        """The portable model folder and the shards' manifest as W&B Artifacts of this run."""
+        if not (self.is_main and self.use_wandb) or not model_dir.is_dir():
+            return
+        import wandb
+
+        run = self.accelerator.get_tracker("wandb", unwrap=True)
+        description = json.loads((model_dir / "config.json").read_text())
+        model = wandb.Artifact(f"model-{run.id}", type="model", metadata=description)
+        model.add_dir(str(model_dir))
+        run.log_artifact(model)
+        shards = wandb.Artifact(f"shards-{run.id}", type="dataset", description="the shards' manifest (splits, "
+                                "counts, hashes)")
+        shards.add_file(str(manifest_path))
+        run.log_artifact(shards)
+
     def summary(self, values: dict) -> None:
         if self.is_main and self.use_wandb:
             self.accelerator.get_tracker("wandb", unwrap=True).summary.update(values)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, run_cli
-from wandb_records import config_and_summary
+from wandb_records import config_and_summary, read_records
 
 TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "data.num_workers=2",
         "data.shuffle_buffer=16", "ssl.threshold=0.5", "train.steps=6", "checkpoint.every_steps=3",
@@ -52,6 +52,16 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, tmp_path):
     assert json.loads(config["ssl"])["threshold"] == 0.5 and json.loads(config["train"])["steps"] == 6
     assert abs(float(summary["test/accuracy"]) - test["accuracy"]) < 1e-9
     assert list((out / "wandb").glob("offline-run-*/files/media/images/test/confusion_matrix_*.png"))
+    # the interactive confusion matrix, the worst-classified table with images, the model and manifest artifacts
+    artifacts = {record.artifact.type: record.artifact for record in read_records(run_files[0])
+                 if record.WhichOneof("record_type") == "artifact"}
+    assert {"model", "dataset", "run_table"} <= set(artifacts)
+    assert {item.path for item in artifacts["model"].manifest.contents} == {"model.safetensors", "config.json"}
+    assert {item.path for item in artifacts["dataset"].manifest.contents} == {"manifest.json"}
+    worst = json.loads(next((out / "wandb").glob("offline-run-*/files/media/table/test/worst_classified_*.json"))
+                       .read_text())
+    assert len(worst["data"]) == 24 and worst["columns"][-1] == "image"
+    assert list((out / "wandb").glob("offline-run-*/files/media/table/test/confusion_matrix_interactive_*.json"))
     evaluated = run_cli("evaluate", "--checkpoint", str(out), "--shards", str(sim_shards))
     assert f"accuracy {test['accuracy']:.4f}" in evaluated.stdout
     assert json.loads((out / "eval_step_0000006" / "metrics.json").read_text())["test"] == test
