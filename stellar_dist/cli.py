@@ -1,4 +1,4 @@
-"""`stellar-dist` command line: simulate, pack, train, predict, evaluate, cluster.
+"""`stellar-dist` command line: simulate, pack, train, predict, export, evaluate, cluster.
 
 `stellar-dist train` runs the training engine in this process (one CPU or one GPU); for several processes use
 `accelerate launch ... -m stellar_dist.train` or launch/train.py (see stellar_dist/train.py).
@@ -62,6 +62,18 @@ def _add_predict(commands) -> None:
 
 def _run_predict(args) -> None:
     from .inference.predict import run
+
+    run(args)
+
+
+def _add_export(commands) -> None:
+    from .inference.export import add_arguments
+
+    add_arguments(commands.add_parser("export", help="the model as TorchScript or ONNX, checked against PyTorch"))
+
+
+def _run_export(args) -> None:
+    from .inference.export import run
 
     run(args)
 
@@ -157,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(commands)
     _add_train(commands)
     _add_predict(commands)
+    _add_export(commands)
     _add_evaluate(commands)
     _add_cluster(commands)
     return parser
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
 
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
     runners = {"simulate": _run_simulate, "pack": _run_pack, "train": _run_train, "predict": _run_predict,
-               "evaluate": _run_evaluate, "cluster": _run_cluster}
+               "export": _run_export, "evaluate": _run_evaluate, "cluster": _run_cluster}
     runners[args.command](args)
 
 

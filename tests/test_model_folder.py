@@ -35,3 +35,25 @@ def test_a_folder_without_a_model_is_one_line(tmp_path):
         assert "holds no model" in str(error)
     else:
         raise AssertionError("no error")
+
+
+def test_exports_give_pytorchs_probabilities(sim_shards, tmp_path):
+    import numpy as np
+    import onnxruntime
+
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false", "train.steps=2",
+          "checkpoint.every_steps=0", "eval.every_steps=0")
+    model, _ = load_model(run)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(images).softmax(-1).numpy()
+    for fmt, name in (("torchscript", "model.torchscript.pt"), ("onnx", "model.onnx")):
+        result = run_cli("export", "--model", str(run), "--format", fmt)
+        assert f"wrote {run / 'model' / name}" in result.stdout
+    scripted = torch.jit.load(str(run / "model" / "model.torchscript.pt"))
+    assert np.abs(scripted(images).detach().numpy() - expected).max() < 1e-4
+    session = onnxruntime.InferenceSession(str(run / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected).max() < 1e-4

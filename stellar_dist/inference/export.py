@@ -1,0 +1,95 @@
+"""`stellar-dist export`: the model folder's network as TorchScript or ONNX, checked against PyTorch.
+
+    stellar-dist export --model runs/demo --format onnx          # writes runs/demo/model/model.onnx
+    stellar-dist export --model runs/demo/model --format torchscript --out classifier.pt
+
+The exported graph takes images as the model saw them in training (N x 3 x size x size, pixel / 255, prepared as
+config.json says) and returns class probabilities. Before it is kept, the export is run on random images
+(onnxruntime for ONNX) and must give PyTorch's probabilities within 1e-4, else nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError, exit_on_user_error
+from .model_folder import find_model_folder, load_model
+
+TOLERANCE = 1e-4
+
+
+class Probabilities(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).softmax(-1)
+
+
+def _check(name: str, expected: torch.Tensor, got: np.ndarray) -> float:
+    difference = float(np.abs(expected.numpy() - got).max())
+    if not difference <= TOLERANCE:
+        raise UserError(f"the {name} export differs from PyTorch by {difference:.2e} (> {TOLERANCE}): not written; "
+                        "report this with the model's config.json")
+    return difference
+
+
+def export(model_path: str | Path, fmt: str, out: str | Path | None = None) -> tuple[Path, float]:
+    """Write the export (atomically, after the check); returns its path and the largest difference seen."""
+    folder = find_model_folder(model_path)
+    model, description = load_model(folder)
+    wrapper = Probabilities(model).eval()
+    size = description["image_size"]
+    generator = torch.Generator().manual_seed(0)
+    example, check = (torch.rand(n, 3, size, size, generator=generator) for n in (2, 5))
+    with torch.no_grad():
+        expected = wrapper(check)
+    out = Path(out) if out else folder / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    temporary = out.with_name(f".{out.name}.tmp")
+    if fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, example)
+        traced.save(str(temporary))
+        difference = _check("TorchScript", expected, torch.jit.load(str(temporary))(check).detach().numpy())
+    elif fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("ONNX export needs onnx and onnxruntime: pip install 'stellar-dist[onnx]'") from None
+        torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
+                          output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                          dynamo=True, verbose=False)
+        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        difference = _check("ONNX", expected, session.run(None, {"images": check.numpy()})[0])
+    else:
+        raise UserError(f"--format {fmt!r} must be torchscript or onnx")
+    temporary.replace(out)
+    return out, difference
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="a run folder, its model/ folder or a checkpoints/step_*")
+    parser.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    parser.add_argument("--out", help="file to write (default: model.onnx / model.torchscript.pt in the model folder)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    path, difference = export(args.model, args.format, args.out)
+    print(f"wrote {path} ({args.format}; largest difference from PyTorch {difference:.1e})")
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run(add_arguments(parser).parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
