@@ -125,9 +125,9 @@ def collect(out: Path, runs: list[dict]) -> list[dict]:
         for key in ("precision", "recall"):
             values = [test["per_class"][rare][key] for test in tests]
             row[f"{key}_{rare}"] = (float(np.mean(values)), float(np.std(values)))
-        shares = [pseudo_label_share(run_dir(out, run, seed), rare) for seed, _, _ in found]
-        row["rare"], row[f"pseudo_label_share_{rare}"] = rare, (
-            float(np.mean(shares)) if shares and None not in shares else None)
+        shares = [share for seed, _, _ in found if (share := pseudo_label_share(run_dir(out, run, seed), rare))
+                  is not None]  # runs older than the diagnostic have none
+        row["rare"], row[f"pseudo_label_share_{rare}"] = rare, float(np.mean(shares)) if shares else None
         rows.append(row)
     return rows
 

@@ -131,3 +131,28 @@ def plot_cluster_table(metrics: dict, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def write_assignments(samples: dict, shards_dir: str, path: Path) -> Path:
+    """assignments.csv: every clustered sample (id order): id, objid (as text), split, cluster, distance to its
+    centroid (in the whitened PCA space the clusters were fit in). Written whole or not at all."""
+    import csv
+    import json
+
+    objids = {}
+    for split in SPLIT_CODES:
+        for raw in iter_samples(shard_paths(shards_dir, split)):
+            record = json.loads(raw["json"])
+            objids[record["id"]] = record.get("meta", {}).get("objid")
+    names = {code: name for name, code in SPLIT_CODES.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "objid", "split", "cluster", "distance"])
+        for sample_id, split, cluster, distance in zip(samples["ids"].tolist(), samples["splits"].tolist(),
+                                                       samples["assignment"].tolist(), samples["distance"].tolist()):
+            objid = objids.get(sample_id)
+            writer.writerow([sample_id, "" if objid is None else objid, names[split], cluster, f"{distance:.6g}"])
+    temporary.replace(path)
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid,
-                             plot_cluster_table)
+                             plot_cluster_table, write_assignments)
 from .config import ClusterConfig
 from .recluster import ClusterState, extract_features, recluster
 
@@ -19,9 +19,10 @@ def num_clusters(cluster: ClusterConfig, num_classes: int) -> int:
 
 def run_clustering(model, cluster: ClusterConfig, *, shards_dir: str, manifest: dict, seed: int, device,
                    batch_size: int, num_workers: int, grayscale: bool, num_reclusterings: int = 0,
-                   report: bool = True, is_main: bool = True, plots_dir: Path | None = None
-                   ) -> tuple[ClusterState, dict | None]:
-    """Cluster the features of `model` (all ranks take part); metrics on the main process when `report`."""
+                   report: bool = True, is_main: bool = True, plots_dir: Path | None = None,
+                   assignments: Path | None = None) -> tuple[ClusterState, dict | None]:
+    """Cluster the features of `model` (all ranks take part); metrics on the main process when `report` (and
+    the per-sample `assignments` CSV when given)."""
     local = extract_features(model, shards_dir, manifest, batch_size=batch_size, num_workers=num_workers,
                              grayscale=grayscale, device=device)
     state, reduced, assignment = recluster(
@@ -36,6 +37,8 @@ def run_clustering(model, cluster: ClusterConfig, *, shards_dir: str, manifest: 
     classes = manifest["classes"]
     metrics = cluster_metrics(samples, state, classes)
     metrics["linear_probe"] = linear_probe(samples, classes, seed)
+    if assignments is not None:
+        write_assignments(samples, shards_dir, assignments)
     if plots_dir is not None:
         metrics["plots"] = {
             "cluster_grid": str(plot_cluster_grid(shards_dir, manifest, samples, state, metrics,
@@ -74,6 +77,7 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     _, metrics = run_clustering(model.to(device), cluster, shards_dir=str(shards_dir),
                                 manifest=manifest, seed=config.seed, device=device,
                                 batch_size=config.eval.batch_size, num_workers=num_workers,
-                                grayscale=config.data.grayscale, plots_dir=out)
+                                grayscale=config.data.grayscale, plots_dir=out,
+                                assignments=out / "assignments.csv")
     (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
     return metrics | {"out_dir": str(out)}

@@ -133,7 +133,8 @@ def recluster_run(run: Run, step: int, final: bool = False) -> dict | None:
         run.ema.module, config.cluster, shards_dir=config.data.shards, manifest=run.manifest, seed=config.seed,
         device=accelerator.device, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
         grayscale=config.data.grayscale, num_reclusterings=previous, is_main=accelerator.is_main_process,
-        plots_dir=run.output_dir / "plots" if final else None)
+        plots_dir=run.output_dir / "plots" if final else None,
+        assignments=run.output_dir / "assignments.csv" if final else None)
     run.model.train()
     if model.cluster_head is None or not final:  # the final report must not replace the head's targets
         run.cluster_state = state

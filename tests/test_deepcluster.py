@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -57,3 +58,12 @@ def test_deepcluster_alone_and_the_cluster_command(sim_shards, tmp_path):
     saved = json.loads((out / "cluster_step_0000006" / "metrics.json").read_text())["cluster"]
     assert saved["k"] == 3 and len(saved["cluster_sizes"]) == 3
     assert (out / "cluster_step_0000006" / "cluster_grid.png").exists()
+    import pandas as pd
+
+    for table, k in ((out / "assignments.csv", 6), (out / "cluster_step_0000006" / "assignments.csv", 3)):
+        rows = pd.read_csv(table, dtype={"objid": str})
+        assert len(rows) == 200 and rows["id"].is_monotonic_increasing and rows["objid"].str.len().min() == 19
+        assert set(rows["split"]) == {"labeled", "unlabeled", "test"} and rows["cluster"].between(0, k - 1).all()
+        assert (rows["distance"] >= 0).all()
+    fit = rows[rows["split"] != "test"]  # cluster sizes count the samples the clusters were fit on
+    assert np.bincount(fit["cluster"], minlength=3).tolist() == saved["cluster_sizes"]
