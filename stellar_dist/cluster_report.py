@@ -85,6 +85,17 @@ def nearest_ids(samples: dict, cluster_ids: list[int], per_cluster: int) -> dict
     return chosen
 
 
+def _thumbnail(image: Image.Image, size: int) -> Image.Image:
+    """The central half of a cutout (where the target is), enlarged to `size` and contrast-stretched per tile, so
+    that a faint point source is more than a few pixels in a black square."""
+    from PIL import ImageOps
+
+    width, height = image.size
+    box = (width // 4, height // 4, width - width // 4, height - height // 4) if min(width, height) >= 16 else None
+    centre = image.crop(box) if box else image
+    return ImageOps.autocontrast(centre.resize((size, size), Image.Resampling.LANCZOS), cutoff=1)
+
+
 def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: ClusterState, metrics: dict,
                       path: Path, num_clusters: int, per_cluster: int = 8) -> Path:
     """One row per cluster (largest first): the samples nearest its centroid, labelled with the matched class."""
@@ -98,14 +109,14 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     for raw in iter_samples(paths):
         if raw["__key__"] in wanted:
             images[int(raw["__key__"])] = Image.open(io.BytesIO(raw[manifest["encoding"]])).convert("RGB")
-    size, label_width = manifest["image_size"], 150
+    size, label_width = 96, 150  # tiles: the central half of each cutout (the object), enlarged and stretched
     grid = Image.new("RGB", (label_width + per_cluster * size, len(largest) * size), "white")
     draw = ImageDraw.Draw(grid)
     for row, cluster in enumerate(largest):
         draw.text((4, row * size + 4), f"cluster {cluster}\nn={metrics['cluster_sizes'][cluster]}\n"
                                       f"-> {metrics['cluster_to_class'][cluster]}", fill="black")
         for column, sample_id in enumerate(chosen[cluster]):
-            grid.paste(images[sample_id], (label_width + column * size, row * size))
+            grid.paste(_thumbnail(images[sample_id], size), (label_width + column * size, row * size))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
