@@ -162,6 +162,13 @@ def _run_pack(args) -> None:
               f"under 'skipped'; first: {manifest['skipped'][0]['image_path']}: {manifest['skipped'][0]['reason']}")
 
 
+@exit_on_user_error
+def run_module(description: str, add_arguments, run, argv: list[str] | None = None) -> None:
+    """`python -m stellar_dist.X` / `accelerate launch -m stellar_dist.X`: one subcommand as its own program."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run(add_arguments(parser).parse_args(argv))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stellar-dist", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

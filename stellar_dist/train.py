@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import exit_on_user_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -35,10 +34,10 @@ def run(args: argparse.Namespace) -> None:
     train(load_config(args.config, args.overrides))
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run(add_arguments(parser).parse_args(argv))
+    from .cli import run_module
+
+    run_module(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

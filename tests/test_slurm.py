@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, run_cli
+from conftest import run_cli
 from slurm_cluster import SlurmCluster, missing
 from test_train import TINY
 
@@ -82,7 +82,7 @@ def test_preemption_checkpoints_requeues_and_finishes_with_the_same_weights(clus
     assert (tmp_path / "run" / "metrics.json").exists(), output[-3000:]
     assert "SLURM warning signal" in output and "requeueing job" in output and "(restart 1)" in output
     stopped_at = int(re.search(r"stopped at step (\d+); requeueing", output).group(1))
-    assert 6 <= stopped_at < STEPS and f"resumed from" in output and f"at step {stopped_at}" in output
+    assert 6 <= stopped_at < STEPS and "resumed from" in output and f"at step {stopped_at}" in output
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == STEPS
     assert len(wandb_ids(tmp_path / "run")) == 1 and len(list((tmp_path / "run" / "wandb").glob("offline-*"))) == 2
     final = f"checkpoints/step_{STEPS:07d}/model.safetensors"

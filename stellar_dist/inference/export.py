@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError, exit_on_user_error
+from ..errors import UserError
 from .model_folder import find_model_folder, load_model
 
 TOLERANCE = 1e-4
@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.format}; largest difference from PyTorch {difference:.1e})")
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run(add_arguments(parser).parse_args(argv))
+    from ..cli import run_module
+
+    run_module(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..catalog import IMAGE_SUFFIXES
-from ..errors import UserError, exit_on_user_error
+from ..errors import UserError
 from .model_folder import load_model
 
 CHUNK_ROWS = 2048
@@ -284,10 +284,10 @@ def run(args: argparse.Namespace) -> None:
             print(f"{counts['rejected']} unreadable input(s) listed with the reason in {side}")
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run(add_arguments(parser).parse_args(argv))
+    from ..cli import run_module
+
+    run_module(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
