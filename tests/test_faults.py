@@ -2,7 +2,6 @@
 shard deleted mid-run. Each ends in one line (or a stated fallback) and loses nothing."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
