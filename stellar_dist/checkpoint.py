@@ -33,7 +33,8 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 
 def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ema_state: dict, keep_last: int,
-         model_description: dict | None = None) -> Path:
+         model_folder: tuple[dict, dict] | None = None) -> Path:
+    """`model_folder`: (tensors, description) of the portable model written into the checkpoint's model/."""
     root = checkpoint_root(output_dir)
     final, staging = root / f"step_{step:07d}", root / f".step_{step:07d}.tmp"
     if accelerator.is_main_process:
@@ -46,10 +47,10 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
         if accelerator.is_main_process:
             torch.save(trainer_state, staging / TRAINER_STATE)
             torch.save(ema_state, staging / EMA_WEIGHTS)
-            if model_description is not None:  # the portable model folder (inference/model_folder.py)
+            if model_folder is not None:  # the portable model folder (inference/model_folder.py)
                 from .inference.model_folder import write_model
 
-                write_model(staging / "model", ema_state, model_description)
+                write_model(staging / "model", *model_folder)
             shutil.rmtree(final, ignore_errors=True)
             staging.rename(final)
             pointer = root / ".latest.tmp"

@@ -23,9 +23,10 @@ from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
 from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
                        write_predictions)
-from .inference.model_folder import publish
+from .inference.model_folder import publish, write_model
 from .preemption import Stopped, StopRequest
-from .session import Run, save_run, setup, stop_if_non_finite, trainer_state, update_ema, uses_cluster_head
+from .session import (Run, portable_model, save_run, setup, stop_if_non_finite, trainer_state, update_ema,
+                      uses_cluster_head)
 
 
 def _balanced_acceptance(manifest: dict) -> list[float]:
@@ -243,6 +244,8 @@ def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict
         raise
     if clusters is not None and run.accelerator.is_main_process:  # the final clustering joins the checkpoint
         checkpoint.update_trainer_state(final, trainer_state(run, steps))
+        write_model(final / "model", *portable_model(run, steps))  # and the model folder (predict's clusters)
+        publish(final / "model", run.output_dir)
     return report, clusters
 
 

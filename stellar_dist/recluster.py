@@ -42,10 +42,17 @@ class ClusterState:
     cluster_weights: torch.Tensor  # [k] loss weights, uniform over clusters: n / (k * n_c)
     num_reclusterings: int = 0
     inertia: float = 0.0
+    # How a new sample's backbone features reach the centroids' space (predict): reduced = L2-normalise((f - mean)
+    # @ projection); no projection when cluster.pca_dim is 0. `far_distance`: mean + 3 std of the fit samples'
+    # distances to their centroid, beyond which a sample is unlike anything clustered.
+    pca_mean: torch.Tensor | None = None
+    pca_projection: torch.Tensor | None = None
+    far_distance: float = float("inf")
 
     def state_dict(self) -> dict:
         return {"assignments": self.assignments, "centroids": self.centroids, "cluster_weights": self.cluster_weights,
-                "num_reclusterings": self.num_reclusterings, "inertia": self.inertia}
+                "num_reclusterings": self.num_reclusterings, "inertia": self.inertia, "pca_mean": self.pca_mean,
+                "pca_projection": self.pca_projection, "far_distance": self.far_distance}
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> "ClusterState":
@@ -75,9 +82,18 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
                             for key, value in parts.items()})
 
 
-def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int) -> torch.Tensor:
-    """Project on the top `dim` principal axes of the fit rows over all ranks, whiten, L2-normalise."""
+def reduce_features(features: torch.Tensor, mean: torch.Tensor | None, projection: torch.Tensor | None):
+    """New samples into the space of a clustering (see ClusterState)."""
     x = features.double()
+    if projection is not None:
+        x = (x - mean.to(x.device, x.dtype)) @ projection.to(x.device, x.dtype)
+    return F.normalize(x, dim=1).float()
+
+
+def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int):
+    """Project on the top `dim` principal axes of the fit rows over all ranks, whiten, L2-normalise; returns the
+    reduced features and the (mean, projection) that made them (None, None without PCA)."""
+    x, mean, projection = features.double(), None, None
     if dim > 0:
         count = dist.all_reduce_sum(fit.double().sum().reshape(1))
         mean = dist.all_reduce_sum(x[fit].sum(0)) / count
@@ -87,7 +103,7 @@ def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int) -> torch.Ten
         top = torch.argsort(eigenvalues, descending=True)[: min(dim, x.shape[1])]
         projection = (eigenvectors[:, top] / (eigenvalues[top].clamp(min=0) + 1e-5).sqrt()).to(x.device)
         x = (x - mean) @ projection
-    return F.normalize(x, dim=1).float()
+    return F.normalize(x, dim=1).float(), mean, projection
 
 
 def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, seed: int, iterations: int):
@@ -108,7 +124,7 @@ def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_d
     """Cluster the labeled + unlabeled samples of all ranks; returns the state (same on every rank) and this
     rank's reduced features and assignments (for reports)."""
     fit = local.splits != SPLIT_CODES["test"]
-    reduced = pca_whiten(local.features, fit, pca_dim)
+    reduced, mean, projection = pca_whiten(local.features, fit, pca_dim)
     centroids = _centroids(reduced[fit], local.ids[fit], k, backend, seed + num_reclusterings, iterations)
     assignment, squared = assign(reduced, centroids)
     table = torch.full((num_ids,), -1, dtype=torch.long, device=reduced.device)
@@ -116,5 +132,12 @@ def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_d
     counts = torch.bincount(table[table >= 0], minlength=k).double()
     weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
     inertia = dist.all_reduce_sum(squared[fit].double().sum().reshape(1)).item()
-    state = ClusterState(table, centroids.float(), weights.float(), num_reclusterings + 1, inertia)
+    distance = squared[fit].double().clamp(min=0).sqrt()
+    moments = dist.all_reduce_sum(torch.stack([distance.new_tensor(float(len(distance))), distance.sum(),
+                                               (distance**2).sum()]))
+    average = moments[1] / moments[0].clamp(min=1)
+    spread = (moments[2] / moments[0].clamp(min=1) - average**2).clamp(min=0).sqrt()
+    state = ClusterState(table, centroids.float(), weights.float(), num_reclusterings + 1, inertia,
+                         None if mean is None else mean.float(), None if projection is None else projection.float(),
+                         float(average + 3 * spread))
     return state, reduced, assignment

@@ -210,7 +210,15 @@ def trainer_state(run: Run, step: int) -> dict:
 def save_run(run: Run, step: int) -> Path:
     _check_finite(run, step)
     state = trainer_state(run, step)
-    from .inference.model_folder import describe
+    ema_state = run.ema.module.state_dict()
+    return checkpoint.save(run.accelerator, run.output_dir, step, state, ema_state, run.config.checkpoint.keep_last,
+                           portable_model(run, step, ema_state))
 
-    return checkpoint.save(run.accelerator, run.output_dir, step, state, run.ema.module.state_dict(),
-                           run.config.checkpoint.keep_last, describe(run.config, run.manifest, step))
+
+def portable_model(run: Run, step: int, ema_state: dict | None = None) -> tuple[dict, dict]:
+    """(tensors, description) of the run's portable model folder at `step`."""
+    from .inference.model_folder import describe, model_tensors
+
+    ema_state = run.ema.module.state_dict() if ema_state is None else ema_state
+    return (model_tensors(ema_state, run.cluster_state),
+            describe(run.config, run.manifest, step, run.cluster_state))

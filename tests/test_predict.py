@@ -81,3 +81,17 @@ def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_s
         assert text(other["predicted_class"]) == one["predicted_class"].tolist()
         assert np.allclose(other["p_GALAXY"].to_numpy(), one["p_GALAXY"].to_numpy(), atol=1e-5)
     assert np.allclose(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"), atol=1e-4)
+
+
+def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path):
+    run = tmp_path / "run"
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.k=4", "cluster.pca_dim=8")
+    run_cli("predict", "--model", str(run), "--input", str(sim_shards), "--out", str(tmp_path / "p.csv"))
+    predicted = pd.read_csv(tmp_path / "p.csv", dtype={"objid": str}).set_index("objid")
+    clustered = pd.read_csv(run / "assignments.csv", dtype={"objid": str}).set_index("objid")
+    joined = clustered.join(predicted.add_suffix("_predict"))
+    assert len(joined) == 200 and (joined["cluster"] == joined["cluster_predict"]).mean() > 0.98
+    assert np.allclose(joined["distance"], joined["cluster_distance_predict"], atol=1e-3)
+    description = json.loads((run / "model" / "config.json").read_text())
+    far = description["cluster"]["far_distance"]
+    assert (predicted["unusual"] == ((predicted["max_probability"] < 0.6) | (predicted["cluster_distance"] > far))).all()

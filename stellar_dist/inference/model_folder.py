@@ -33,7 +33,20 @@ def _git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def describe(config, manifest: dict, step: int) -> dict:
+def model_tensors(ema_state: dict, cluster_state=None) -> dict:
+    """The network's EMA weights, and the latest clustering's space (PCA mean and projection, centroids) when the
+    run has one, so that predict can name each object's cluster."""
+    tensors = {key: value for key, value in ema_state.items()
+               if key.startswith(("backbone.", "classifier.", "cluster_head."))}
+    if cluster_state is not None:
+        tensors["cluster.centroids"] = cluster_state.centroids
+        if cluster_state.pca_projection is not None:
+            tensors["cluster.pca_mean"] = cluster_state.pca_mean
+            tensors["cluster.pca_projection"] = cluster_state.pca_projection
+    return tensors
+
+
+def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
     """What config.json holds: the architecture, the classes and how an input image must be prepared."""
     try:
         version = metadata.version("stellar-dist")
@@ -51,18 +64,23 @@ def describe(config, manifest: dict, step: int) -> dict:
         "grayscale": config.data.grayscale,
         "normalisation": "pixel / 255 in [0, 1], no mean or std",
         "training": {"algorithm": config.ssl.algorithm, "steps": step, "seed": config.seed},
+        "cluster": None if cluster_state is None else {
+            "k": int(cluster_state.centroids.shape[0]), "far_distance": cluster_state.far_distance,
+            "space": "L2-normalised whitened PCA of the backbone features" if cluster_state.pca_projection is not None
+            else "L2-normalised backbone features"},
         "package_version": version,
         "git_commit": _git_commit(),
     }
 
 
-def write_model(folder: Path, ema_state: dict, description: dict) -> None:
-    """Write the model folder (the caller makes it appear atomically: it lives inside a staging folder)."""
+def write_model(folder: Path, tensors: dict, description: dict) -> None:
+    """Write the model folder; files are replaced atomically (and a new checkpoint's folder is a staging one)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in ema_state.items()
-               if key.startswith(("backbone.", "classifier.", "cluster_head."))}
-    save_file(tensors, str(folder / WEIGHTS), metadata={"format": FORMAT})
-    (folder / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+    tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+    save_file(tensors, str(folder / f".{WEIGHTS}.tmp"), metadata={"format": FORMAT})
+    (folder / f".{DESCRIPTION}.tmp").write_text(json.dumps(description, indent=2) + "\n")
+    os.replace(folder / f".{WEIGHTS}.tmp", folder / WEIGHTS)
+    os.replace(folder / f".{DESCRIPTION}.tmp", folder / DESCRIPTION)
 
 
 def publish(model_folder: Path, output_dir: Path) -> Path:
@@ -110,5 +128,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         raise UserError(f"model folder {folder} has format {description.get('format')!r}, this version reads {FORMAT}")
     num_clusters = tensors["cluster_head.weight"].shape[0] if "cluster_head.weight" in tensors else 0
     model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters)
-    model.load_state_dict(tensors)
+    model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
+    description["cluster_tensors"] = {key.removeprefix("cluster."): value.to(device) for key, value in tensors.items()
+                                      if key.startswith("cluster.")}
     return model.to(device).eval(), description

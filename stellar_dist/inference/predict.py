@@ -13,8 +13,11 @@ world_size-th row of a chunk, rank 0 writes the chunk in input order, so memory 
 objects. A row whose image is missing or unreadable gets no prediction: it is listed with the reason in
 OUT.rejected.csv (and counted on the console), never dropped silently.
 
-Columns: row, objid, image_path, predicted_class, p_<class> for each class, max_probability, and `unusual`
-(max_probability below --unusual-below, 0.6 by default: the model hesitates between classes).
+Columns: row, objid, image_path, predicted_class, p_<class> for each class, max_probability; where the model
+carries a clustering (a run with cluster.at_end or a cluster head), cluster and cluster_distance (to its centroid,
+in the space the clusters were fit in); and `unusual`: max_probability below --unusual-below (0.6 by default: the
+model hesitates between classes), or a cluster distance beyond the clustering's mean + 3 std (unlike anything
+the clusters were fit on).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .. import dist
 from ..catalog import IMAGE_SUFFIXES
 from ..errors import UserError
 from .model_folder import load_model
+from .writer import Writer
 
 CHUNK_ROWS = 2048
 
@@ -117,61 +121,14 @@ def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, b
             torch.cat(features) if features else torch.zeros(0, width, device=device), rejected)
 
 
-class Writer:
-    """Rank 0's output: CSV or parquet written chunk by chunk; FITS written at the end (astropy tables)."""
+def nearest_cluster(features: torch.Tensor, clusters: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cluster id, distance to its centroid) in the space the run's last clustering was fit in."""
+    from ..cluster import assign
+    from ..recluster import reduce_features
 
-    def __init__(self, out: Path, classes: list[str]):
-        self.out, self.classes, self.kind = out, classes, out.suffix.lower().lstrip(".")
-        if self.kind not in ("csv", "parquet", "fits"):
-            raise UserError(f"--out {out} must end in .csv, .parquet or .fits")
-        needed = {"parquet": "pyarrow", "fits": "astropy"}.get(self.kind)
-        try:
-            __import__(needed) if needed else None
-        except ImportError:
-            raise UserError(f"--out {out} needs {needed}: pip install {needed} (or write .csv)") from None
-        self.columns = ["row", "objid", "image_path", "predicted_class", *(f"p_{name}" for name in classes),
-                        "max_probability", "unusual"]
-        self.temporary = out.with_name(f".{out.name}.tmp")
-        self.handle, self.parquet, self.held = None, None, []
-
-    def write(self, rows: list[dict]) -> None:
-        if self.kind == "csv":
-            if self.handle is None:
-                self.handle = open(self.temporary, "w", newline="")
-                self.csv = csv.DictWriter(self.handle, self.columns)
-                self.csv.writeheader()
-            self.csv.writerows(rows)
-        elif self.kind == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pylist(rows, schema=self._schema(pa))
-            self.parquet = self.parquet or pq.ParquetWriter(self.temporary, table.schema)
-            self.parquet.write_table(table)
-        else:
-            self.held.extend(rows)
-
-    def _schema(self, pa):
-        return pa.schema([("row", pa.int64()), ("objid", pa.string()), ("image_path", pa.string()),
-                          ("predicted_class", pa.string()), *((f"p_{name}", pa.float32()) for name in self.classes),
-                          ("max_probability", pa.float32()), ("unusual", pa.bool_())])
-
-    def close(self) -> None:
-        if self.kind == "fits":
-            from astropy.table import Table
-
-            table = Table(rows=[[row[column] if row[column] is not None else "" for column in self.columns]
-                                for row in self.held], names=self.columns) if self.held else Table(names=self.columns)
-            table.write(self.temporary, format="fits", overwrite=True)
-        elif self.handle is not None:
-            self.handle.close()
-        elif self.parquet is not None:
-            self.parquet.close()
-        else:
-            self.write([])
-            self.close()
-            return
-        self.temporary.replace(self.out)  # a finished file or none
+    reduced = reduce_features(features, clusters.get("pca_mean"), clusters.get("pca_projection"))
+    assignment, squared = assign(reduced, clusters["centroids"].to(reduced.device))
+    return assignment, squared.clamp(min=0).sqrt()
 
 
 def _chunks(rows, size: int):
@@ -199,7 +156,9 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
         raise UserError(f"--out {out}: folder {out_path.parent} does not exist")
     model, description = load_model(model_path, device)
     classes = description["classes"]
-    writer = Writer(out_path, classes) if rank == 0 else None
+    clusters = description["cluster_tensors"] if "centroids" in description["cluster_tensors"] else None
+    far = (description.get("cluster") or {}).get("far_distance", float("inf"))
+    writer = Writer(out_path, classes, clusters is not None) if rank == 0 else None
     total, rows = input_rows(source_path)
     features_file = None
     if embeddings and rank == 0:
@@ -212,6 +171,10 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
         mine = chunk[rank::world]
         kept, probabilities, features, rejected = _classify(model, mine, description, device, batch_size)
         rejected_all.extend(rejected)
+        if clusters is not None:
+            assignment, distance = nearest_cluster(features, clusters)
+            assignment, distance = dist.gather_variable(assignment).cpu().numpy(), dist.gather_variable(distance)
+            distance = distance.cpu().numpy()
         kept, probabilities = dist.gather_variable(kept), dist.gather_variable(probabilities)
         features = dist.gather_variable(features) if embeddings else features
         if rank == 0:
@@ -221,11 +184,15 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
             for index, (objid, path, _) in chunk:
                 if index not in by_row:
                     continue
-                p = values[by_row[index]]
-                output.append({"row": index, "objid": objid, "image_path": path,
-                               "predicted_class": classes[int(p.argmax())],
-                               **{f"p_{name}": float(p[i]) for i, name in enumerate(classes)},
-                               "max_probability": float(p.max()), "unusual": bool(p.max() < unusual_below)})
+                position = by_row[index]
+                p = values[position]
+                row = {"row": index, "objid": objid, "image_path": path, "predicted_class": classes[int(p.argmax())],
+                       **{f"p_{name}": float(p[i]) for i, name in enumerate(classes)}, "max_probability": float(p.max())}
+                unusual = p.max() < unusual_below
+                if clusters is not None:
+                    row |= {"cluster": int(assignment[position]), "cluster_distance": float(distance[position])}
+                    unusual = unusual or distance[position] > far
+                output.append(row | {"unusual": bool(unusual)})
             writer.write(output)
             if features_file is not None and len(kept):
                 features_file[kept.cpu().numpy()] = features.cpu().numpy()
