@@ -183,7 +183,9 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for every run (e.g. train.steps=500)")
     args = parser.parse_args()
-    out, runs = Path(args.out), [parse_run(text) for text in args.run]
+    # Paths as the user typed them, from the user's folder (packing and training run from the repository root).
+    args.catalog, args.config = str(Path(args.catalog).resolve()), str(Path(args.config).resolve())
+    out, runs = Path(args.out).resolve(), [parse_run(text) for text in args.run]
     if not args.report:
         for run in runs:
             shards = pack(args.catalog, out, run["fraction"], args.pack, args.test_fraction)
