@@ -32,7 +32,7 @@ def start(shards, run, port: int, *overrides) -> list[subprocess.Popen]:
                    "--num_processes", "2", "--machine_rank", str(machine), "--main_process_ip", "127.0.0.1",
                    "--main_process_port", str(port), "--mixed_precision", "no",
                    str(REPO_ROOT / "launch" / "train.py"), *TINY, "data.num_workers=1", f"data.shards={shards}",
-                   f"output_dir={run}", "train.steps=30", "checkpoint.every_steps=4", "eval.every_steps=0",
+                   f"output_dir={run}", "train.steps=20", "checkpoint.every_steps=4", "eval.every_steps=0",
                    "cluster.at_end=false", f"dist.timeout_s={TIMEOUT_S}", *overrides]
         launchers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           cwd=REPO_ROOT, start_new_session=True))
@@ -88,7 +88,7 @@ def test_a_lost_rank_ends_the_run_in_one_line_and_resume_finishes_it(sim_shards,
         stop_all(resumed)
     assert resumed[0].returncode == 0 == resumed[1].returncode, stderr[-3000:]
     assert "resumed from" in stdout
-    assert json.loads((run / "metrics.json").read_text())["steps"] == 30
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 20
 
 
 def test_two_machines_train_exactly_as_two_processes_on_one(sim_shards, tmp_path):
