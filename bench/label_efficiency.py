@@ -141,8 +141,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"{row['fraction']:g}", row["label"], ",".join(map(str, row["seeds"]))]
-        cells += [f"{row[key][0]:.3f} ± {row[key][1]:.3f}" for key in (*METRICS, *(f"f1_{n}" for n in classes),
-                                                                      f"precision_{rare}", f"recall_{rare}")]
+        spread = len(row["seeds"]) > 1  # one seed has no spread: print the value alone
+        cells += [f"{row[key][0]:.3f} ± {row[key][1]:.3f}" if spread else f"{row[key][0]:.3f}"
+                  for key in (*METRICS, *(f"f1_{n}" for n in classes), f"precision_{rare}", f"recall_{rare}")]
         share = row[f"pseudo_label_share_{rare}"]
         cells.append("-" if share is None else f"{share:.3f}")
         walls = [wall for wall in row["wall_seconds"] if wall]
