@@ -158,17 +158,24 @@ def plot(rows: list[dict], path: Path, rare: str = "QSO") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label in sorted({row["label"] for row in rows}):
+    from matplotlib.ticker import NullFormatter
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5.2))
+    fractions = sorted({row["fraction"] for row in rows})
+    for index, label in enumerate(sorted({row["label"] for row in rows})):
         points = sorted((row["fraction"], row) for row in rows if row["label"] == label)
         for axis, key in zip(axes, ("macro_f1", f"f1_{rare}")):
             if all(key in row for _, row in points):
                 axis.errorbar([f for f, _ in points], [r[key][0] for _, r in points],
-                              yerr=[r[key][1] for _, r in points], marker="o", capsize=3, label=label)
+                              yerr=[r[key][1] for _, r in points], marker="osD^v<>px*"[index % 10], capsize=3,
+                              label=label, linestyle="-" if len(points) > 1 else "none")
     for axis, title in zip(axes, ("macro-F1", f"{rare} F1")):
         axis.set(xscale="log", xlabel="labeled fraction", title=title)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
+        axis.set_xticks(fractions, [f"{fraction:g}" for fraction in fractions])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
+    figure.tight_layout(rect=(0, 0.22, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
