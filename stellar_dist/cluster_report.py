@@ -15,6 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from . import dist
 from .cluster import cluster_accuracy, match_clusters
 from .data import iter_samples, shard_paths
+from .data import objids as read_objids
 from .evaluate import classification_report
 from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
 
@@ -148,13 +149,8 @@ def write_assignments(samples: dict, shards_dir: str, path: Path) -> Path:
     """assignments.csv: every clustered sample (id order): id, objid (as text), split, cluster, distance to its
     centroid (in the whitened PCA space the clusters were fit in). Written whole or not at all."""
     import csv
-    import json
 
-    objids = {}
-    for split in SPLIT_CODES:
-        for raw in iter_samples(shard_paths(shards_dir, split)):
-            record = json.loads(raw["json"])
-            objids[record["id"]] = record.get("meta", {}).get("objid")
+    objids = read_objids(shards_dir, tuple(SPLIT_CODES))
     names = {code: name for name, code in SPLIT_CODES.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")

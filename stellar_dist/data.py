@@ -93,6 +93,16 @@ def iter_samples(paths: list[str]):
                             "(`stellar-dist pack --verify` checks the folder), then resume=auto") from None
 
 
+def objids(shards_dir: str, splits: tuple[str, ...]) -> dict:
+    """{sample id: the catalog's objid (None when absent)} of the given splits, from the samples' records."""
+    found = {}
+    for split in splits:
+        for raw in iter_samples(shard_paths(shards_dir, split)):
+            record = json.loads(raw["json"])
+            found[record["id"]] = record.get("meta", {}).get("objid")
+    return found
+
+
 class TrainStream(IterableDataset):
     """Endless batches from resampled shards; `start_batch` fast-forwards to a resumed step.
 

@@ -56,12 +56,9 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     the probability of each class. Written whole or not at all."""
     import csv
 
-    from .data import iter_samples
+    from .data import objids as read_objids
 
-    objids = {}
-    for raw in iter_samples(shard_paths(str(shards_dir), "test")):  # the ids' objid, from the records
-        record = json.loads(raw["json"])
-        objids[record["id"]] = record.get("meta", {}).get("objid")
+    objids = read_objids(str(shards_dir), ("test",))
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -8,6 +8,7 @@ Written into every checkpoint (`checkpoints/step_*/model/`) and, at the end of a
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,7 +25,8 @@ FORMAT = "stellar-dist-model/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "config.json"
 
 
-def _git_commit() -> str | None:
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:  # once per process, not at every checkpoint
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent)
@@ -120,10 +122,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     try:
         description = json.loads((folder / DESCRIPTION).read_text())
         tensors = load_file(str(folder / WEIGHTS), device="cpu")
-    except (OSError, ValueError) as error:  # safetensors raises its own error types, subclasses of these or not
-        raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}): copy it again") from None
     except Exception as error:  # noqa: BLE001  (safetensors' SafetensorError is not an OSError)
-        raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}: {error})") from None
+        raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}: {error}): copy it "
+                        "again") from None
     if description.get("format") != FORMAT:
         raise UserError(f"model folder {folder} has format {description.get('format')!r}, this version reads {FORMAT}")
     num_clusters = tensors["cluster_head.weight"].shape[0] if "cluster_head.weight" in tensors else 0
