@@ -1,8 +1,9 @@
 """k-means wall time on one machine: our Faiss and torch backends vs scikit-learn, same data, k and iterations.
 
     python bench/kmeans.py --num 100000 --dim 256 --k 50 --iterations 20 --repeats 3
+    python bench/kmeans.py --num 1000000 --dim 128 --k 100 --backends torch --device cuda   # bench/gpu.sh
 
-Prints each backend's median seconds, inertia, and time ratios against scikit-learn (one process, no GPU here).
+Prints each backend's median seconds, inertia, and time ratios against scikit-learn when it ran (one process).
 """
 
 import argparse
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from stellar_dist.cluster import kmeans_faiss, kmeans_torch
+from stellar_dist.clustering.cluster import kmeans_faiss, kmeans_torch
 
 
 def mixture(num: int, dim: int, centres: int, seed: int = 0) -> np.ndarray:
@@ -38,21 +39,30 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", nargs="+", default=["faiss", "torch", "sklearn"])
+    parser.add_argument("--device", default="cpu", help="the torch backend's device (cuda on a GPU machine)")
     args = parser.parse_args()
     features = mixture(args.num, args.dim, args.k)
-    ids = torch.arange(args.num)
+    on_device, ids = torch.from_numpy(features).to(args.device), torch.arange(args.num, device=args.device)
+
+    def torch_run():
+        inertia = kmeans_torch(on_device, ids, args.k, seed=0, iterations=args.iterations)[2]
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return inertia
+
     runs = {
         "faiss": lambda: kmeans_faiss(features, args.k, seed=0, iterations=args.iterations)[2],
-        "torch": lambda: kmeans_torch(torch.from_numpy(features), ids, args.k, seed=0, iterations=args.iterations)[2],
+        "torch": torch_run,
         "sklearn": lambda: KMeans(args.k, n_init=1, max_iter=args.iterations, tol=0.0, random_state=0,
                                   algorithm="lloyd").fit(features).inertia_,
     }
-    results = {name: timed(run, args.repeats) for name, run in runs.items()}
-    print(f"{args.num} x {args.dim} features, k={args.k}, {args.iterations} iterations, "
-          f"median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    results = {name: timed(runs[name], args.repeats) for name in args.backends}
+    print(f"{args.num} x {args.dim} features, k={args.k}, {args.iterations} iterations, median of {args.repeats}, "
+          f"torch threads {torch.get_num_threads()}, torch backend on {args.device}")
     for name, (seconds, inertia) in results.items():
-        ratio = seconds / results["sklearn"][0]
-        print(f"{name:>8}: {seconds:7.2f} s  inertia {inertia:12.1f}  time / sklearn {ratio:5.2f}")
+        ratio = f"  time / sklearn {seconds / results['sklearn'][0]:5.2f}" if "sklearn" in results else ""
+        print(f"{name:>8}: {seconds:7.2f} s  inertia {inertia:12.1f}{ratio}")
 
 
 if __name__ == "__main__":

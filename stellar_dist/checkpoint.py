@@ -40,6 +40,8 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+        for leftover in root.glob(".step_*.deleting"):  # a deletion a kill interrupted
+            shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(staging))
@@ -51,13 +53,13 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
                 from .inference.model_folder import write_model
 
                 write_model(staging / "model", *model_folder)
-            shutil.rmtree(final, ignore_errors=True)
+            _delete(final)
             staging.rename(final)
             pointer = root / ".latest.tmp"
             pointer.write_text(final.name + "\n")
             os.replace(pointer, root / "latest")
             for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
+                _delete(old)
     except BaseException as error:
         storage = storage_failure(error, root) if isinstance(error, Exception) else None
         if accelerator.is_main_process:  # a full disk or a signal: no half-written checkpoint stays behind
@@ -67,6 +69,16 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
         raise
     accelerator.wait_for_everyone()
     return final
+
+
+def _delete(folder: Path) -> None:
+    """Renamed out of sight first, then deleted: a kill in the middle never leaves a half-deleted step_* folder that
+    looks like a checkpoint (the hidden rest is removed at the next save)."""
+    if folder.exists():
+        trash = folder.with_name(f".{folder.name}.deleting")
+        shutil.rmtree(trash, ignore_errors=True)
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def update_trainer_state(folder: Path, trainer_state: dict) -> None:

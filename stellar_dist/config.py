@@ -28,6 +28,8 @@ class DataConfig:
     balanced_labeled: bool = False  # class-balanced labeled stream (rejection sampling by the manifest's counts)
     strong_view: str = "sky"  # "sky": FixMatch's RandAugment + Cutout anywhere; "evidence": keeps colours, profile
     # and the centre (flux scale, rotation, noise; Cutout off the central quarter)
+    augment_on: str = "auto"  # "workers": views made per sample in the dataloader workers; "device": workers only
+    # decode, views made batched on the training device (batch_augment.py); "auto": device on GPUs, else workers
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto": bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes (accelerate sets 1)
     logit_adjustment: float = 0.0  # tau of the logit-adjusted supervised loss (Menon et al. 2021; 1.0 typical), 0: off
+    channels_last: bool = False  # NHWC weights and activations: faster convolutions (measured in bench/RESULTS.md)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Config:
 
 CHOICES = {
     "data.strong_view": ("sky", "evidence"),
+    "data.augment_on": ("auto", "workers", "device"),
     "train.optimizer": ("sgd", "adamw"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "ssl.algorithm": tuple(ALGORITHMS),

@@ -1,4 +1,7 @@
-"""Training diagnostics summed over a log interval on each rank, then over ranks."""
+"""Training diagnostics summed over a log interval on each rank, then over ranks.
+
+Per step, everything stays where it was computed: device values are added on the device and host counts on the
+host, so a step never waits for the GPU; the one synchronisation is `reduce`, once per log interval."""
 
 from __future__ import annotations
 
@@ -12,24 +15,31 @@ class IntervalStats:
 
     def __init__(self, num_classes: int, device: torch.device):
         self.num_classes, self.device = num_classes, device
+        # sup loss, unsup loss, steps, accepted, pseudo-labelled, correct, known accepted, images, cluster loss
         self.scalars = torch.zeros(9, device=device, dtype=torch.float64)
+        self.host = [0.0, 0.0, 0.0]  # steps, pseudo-labelled samples, images: known on the host, never copied back
         self.per_class = torch.zeros(2, num_classes, device=device, dtype=torch.float64)
 
     def add(self, stats: dict, unlabeled: dict | None, images: int) -> None:
         """`images`: images forwarded this step (labeled + weak + strong views)."""
-        zero = torch.zeros(())
-        values = [stats.get("sup_loss", zero), stats.get("unsup_loss", zero), 1.0, 0, 0, 0, 0, images,
+        zero = torch.zeros((), device=self.device)
+        values = [stats.get("sup_loss", zero), stats.get("unsup_loss", zero), zero, zero, zero, zero, zero, zero,
                   stats.get("cluster_loss", zero)]
+        self.host[0] += 1
+        self.host[2] += images
         if "mask" in stats:
             mask, pseudo = stats["mask"], stats["pseudo_labels"]
             known = unlabeled["true_label"] >= 0
             correct = (pseudo == unlabeled["true_label"]).double() * mask * known
-            values[3:7] = [mask.sum(), mask.numel(), correct.sum(), (mask * known).sum()]
+            values[3], values[5], values[6] = mask.sum(), correct.sum(), (mask * known).sum()
+            self.host[1] += mask.numel()
             self.per_class[0].index_add_(0, pseudo, mask.double())
             self.per_class[1].index_add_(0, pseudo, torch.ones_like(mask, dtype=torch.float64))
-        self.scalars += torch.tensor([float(value) for value in values], device=self.device, dtype=torch.float64)
+        self.scalars += torch.stack([value.detach().to(self.device, torch.float64) for value in values])
 
     def reduce(self, classes: list[str]) -> dict:
+        self.scalars[2], self.scalars[4], self.scalars[7] = self.host
+        self.host = [0.0, 0.0, 0.0]
         scalars, per_class = dist.all_reduce_sum(self.scalars), dist.all_reduce_sum(self.per_class)
         steps = max(scalars[2].item(), 1.0) / dist.world_size()
         per_step = steps * dist.world_size()

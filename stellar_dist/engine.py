@@ -16,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
-from .cluster_stage import format_cluster_report, run_clustering
+from .clustering.cluster_stage import format_cluster_report, run_clustering
 from .config import Config
-from .data import ItemMaker, TrainStream, make_loader, shard_paths
+from .data.batch_augment import make_views
+from .data.streams import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
 from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
@@ -38,7 +39,7 @@ def _balanced_acceptance(manifest: dict) -> list[float]:
 
 def _loaders(run: Run):
     config, rank, algorithm = run.config, run.accelerator.process_index, run.algorithm
-    encoding, pin = run.manifest["encoding"], run.accelerator.device.type == "cuda"
+    manifest, pin = run.manifest, run.accelerator.device.type == "cuda"
 
     def loader(split: str, make_item: ItemMaker, batch_size: int, accept=None):
         paths = shard_paths(config.data.shards, split)
@@ -50,19 +51,43 @@ def _loaders(run: Run):
         return iter(make_loader(stream, config.data.num_workers, pin_memory=pin))
 
     labeled = unlabeled = None
+    on_device = augment_on_device(config, manifest, run.accelerator.device)
     if algorithm.needs_labeled:
         accept = _balanced_acceptance(run.manifest) if config.data.balanced_labeled else None
-        labeled = loader("labeled", ItemMaker("labeled", encoding, config.data.grayscale), config.train.batch_size,
-                         accept)
+        labeled = loader("labeled", ItemMaker.for_shards("raw" if on_device else "labeled", manifest,
+                                                         config.data.grayscale), config.train.batch_size, accept)
     if algorithm.unlabeled_views:
-        make_item = ItemMaker("unlabeled", encoding, config.data.grayscale, views=algorithm.unlabeled_views,
-                              strong_view=config.data.strong_view)
+        make_item = ItemMaker.for_shards("raw" if on_device else "unlabeled", manifest, config.data.grayscale,
+                                         views=algorithm.unlabeled_views, strong_view=config.data.strong_view)
         unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu)
     return labeled, unlabeled
 
 
 def _to_device(batch: dict | None, device: torch.device) -> dict | None:
     return None if batch is None else {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def augment_on_device(config: Config, manifest: dict, device: torch.device) -> bool:
+    """Where the views are made (data.augment_on). The device path covers 8-bit RGB shards and the "sky" strong
+    view; anything else is refused when asked for explicitly, and made in the workers under "auto"."""
+    supported = manifest["encoding"] != "npy" and not config.data.grayscale and config.data.strong_view == "sky"
+    if config.data.augment_on == "device" and not supported:
+        raise UserError("data.augment_on=device makes views of 8-bit RGB shards with data.strong_view=sky and "
+                        "without data.grayscale: use data.augment_on=workers for these shards and options")
+    if config.data.augment_on == "auto":
+        return supported and device.type == "cuda"
+    return config.data.augment_on == "device"
+
+
+def _next_batch(iterator, device: torch.device, views: tuple[str, ...]) -> dict | None:
+    """The stream's next batch on the device; a raw batch (uint8 images + seeds) gets its views made there."""
+    if iterator is None:
+        return None
+    batch = _to_device(next(iterator), device)
+    if "seed" not in batch:
+        return batch
+    images, seeds = batch.pop("image"), batch.pop("seed")
+    return batch | make_views(images, seeds, views)
 
 
 def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> None:
@@ -87,8 +112,7 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
         run.tracker.log_images({"test/confusion_matrix": image}, step)
         if final:
             write_predictions(gathered, config.data.shards, run.manifest["classes"], run.output_dir / "predictions.csv")
-            run.tracker.log_evaluation(gathered, run.manifest["classes"], config.data.shards,
-                                       run.manifest["encoding"], step)
+            run.tracker.log_evaluation(gathered, run.manifest, config.data.shards, step)
     return report
 
 
@@ -163,17 +187,19 @@ def train_loop(run: Run) -> int:
     stats = IntervalStats(len(run.manifest["classes"]), accelerator.device)
     progress = tqdm(range(run.start_step, config.train.steps), initial=run.start_step, total=config.train.steps,
                     desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
-    interval_start = time.perf_counter()
+    interval_start, data_wait_s = time.perf_counter(), 0.0
     non_finite_steps = torch.zeros((), device=accelerator.device)
     stop_requested = StopRequest(accelerator.device)
     run.model.train()
     for step in progress:
         run.step = step + 1
-        labeled = _to_device(next(labeled_iter), accelerator.device) if labeled_iter is not None else None
-        unlabeled = _to_device(next(unlabeled_iter), accelerator.device) if unlabeled_iter is not None else None
+        waiting_since = time.perf_counter()
+        labeled = _next_batch(labeled_iter, accelerator.device, ("image",))
+        unlabeled = _next_batch(unlabeled_iter, accelerator.device, run.algorithm.unlabeled_views)
+        data_wait_s += time.perf_counter() - waiting_since
         targets = weights = None
         if uses_cluster_head(config):  # the state lives on the device: no per-step copy of the table
-            targets = run.cluster_state.assignments[unlabeled["id"]]
+            targets = run.cluster_state.assignments[unlabeled["id"]].long()
             weights = run.cluster_state.cluster_weights
         cluster = (targets, weights) if targets is not None else None
         loss, step_stats = run.algorithm.loss(run.model, labeled, unlabeled, step, cluster)
@@ -197,6 +223,8 @@ def train_loop(run: Run) -> int:
             metrics = stats.reduce(run.manifest["classes"])
             elapsed = time.perf_counter() - interval_start
             metrics["train/images_per_second"] = metrics.pop("train/images") / max(elapsed, 1e-9)
+            # the share of wall time the loop waited for its next batch (workers, copies, views on the device)
+            metrics["train/data_wait_share"], data_wait_s = data_wait_s / max(elapsed, 1e-9), 0.0
             metrics["train/lr"] = run.scheduler.get_last_lr()[0]
             if torch.cuda.is_available():
                 metrics["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -12,7 +12,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 
 from . import dist
 from .errors import UserError
-from .data import ItemMaker, OnceStream, make_loader, shard_paths
+from .data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 
 @torch.no_grad()
@@ -20,16 +20,18 @@ def predict(model: torch.nn.Module, loader, device: torch.device) -> dict[str, t
     """This rank's predictions: ids, labels, predicted classes, class probabilities (on `device`)."""
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": []}
+    parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": [], "shard": []}
     for batch in loader:
         logits = model(batch["image"].to(device, non_blocking=True)).float()
         parts["id"].append(batch["id"].to(device))
+        parts["shard"].append(batch["shard"].to(device))
         parts["label"].append(batch["label"].to(device))
         parts["prediction"].append(logits.argmax(-1))
         parts["probability"].append(logits.softmax(-1))
     model.train(was_training)
     num_classes = getattr(model, "classifier").out_features
     empty = {"id": torch.zeros(0, dtype=torch.long), "label": torch.zeros(0, dtype=torch.long),
+             "shard": torch.zeros(0, dtype=torch.long),
              "prediction": torch.zeros(0, dtype=torch.long), "probability": torch.zeros(0, num_classes)}
     return {key: torch.cat(value) if value else empty[key].to(device) for key, value in parts.items()}
 
@@ -37,7 +39,7 @@ def predict(model: torch.nn.Module, loader, device: torch.device) -> dict[str, t
 def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: int, num_workers: int,
                        grayscale: bool, device: torch.device) -> dict[str, np.ndarray]:
     """Predictions for the whole test split on every rank, sorted by id; checks the count against the manifest."""
-    stream = OnceStream(shard_paths(shards_dir, "test"), ItemMaker("plain", manifest["encoding"], grayscale),
+    stream = OnceStream(shard_paths(shards_dir, "test"), ItemMaker.for_shards("plain", manifest, grayscale),
                         batch_size, rank=dist.rank(), world_size=dist.world_size())
     local = predict(model, make_loader(stream, num_workers), device)
     gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in local.items()}
@@ -56,7 +58,7 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     the probability of each class. Written whole or not at all."""
     import csv
 
-    from .data import objids as read_objids
+    from .data.streams import objids as read_objids
 
     objids = read_objids(str(shards_dir), ("test",))
     temporary = path.with_name(f".{path.name}.tmp")
@@ -72,21 +74,15 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     return path
 
 
-def read_test_images(shards_dir: str | Path, ids: set[int], encoding: str) -> dict[int, tuple[np.ndarray, object]]:
-    """{id: (RGB uint8 image, objid)} of a few test samples (one pass over the test shards)."""
-    import io
+def read_test_images(shards_dir: str | Path, gathered: dict, indices, manifest: dict) -> dict:
+    """{id: (RGB uint8 image, objid)} of the test samples at `indices` of the gathered predictions, reading only
+    their shards."""
+    from .data.streams import picture, read_some
 
-    from PIL import Image
-
-    from .data import iter_samples
-
-    found = {}
-    for raw in iter_samples(shard_paths(str(shards_dir), "test")):
-        record = json.loads(raw["json"])
-        if record["id"] in ids:
-            with Image.open(io.BytesIO(raw[encoding])) as image:
-                found[record["id"]] = (np.asarray(image.convert("RGB")), record.get("meta", {}).get("objid"))
-    return found
+    ids = {int(gathered["id"][index]) for index in indices}
+    shards = {"test": {int(gathered["shard"][index]) for index in indices}}
+    return {sample_id: (picture(raw, manifest), json.loads(raw["json"]).get("meta", {}).get("objid"))
+            for sample_id, raw in read_some(shards_dir, shards, ids).items()}
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
@@ -155,7 +151,8 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
             if points:
                 axis.plot(*zip(*points), marker="." if key.startswith("test") else None, label=key)
         axis.set_xlabel("step")
-        axis.legend(fontsize=8)
+        if axis.lines:  # a supervised run has no mask ratio: an empty panel, without a warning
+            axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -182,7 +179,8 @@ def load_trained_model(checkpoint_path: str | Path, manifest: dict):
         raise UserError(f"checkpoint {folder} was trained on classes {list(trained or []) or num_classes}, the "
                         f"shards have {manifest['classes']}: pass the shards the model was trained on")
     num_clusters = ema_state["cluster_head.weight"].shape[0] if "cluster_head.weight" in ema_state else 0
-    model = StellarNet(config.model.arch, num_classes, "none", num_clusters=num_clusters)
+    model = StellarNet(config.model.arch, num_classes, "none", num_clusters=num_clusters,
+                       in_channels=manifest.get("channels", 3))
     model.load_state_dict(ema_state)
     return model.eval(), config, folder
 
@@ -190,7 +188,7 @@ def load_trained_model(checkpoint_path: str | Path, manifest: dict):
 def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out_dir: str | Path | None = None,
                         num_workers: int = 2) -> dict:
     """Evaluate a checkpoint's EMA model on a test split; writes metrics.json and the confusion matrix."""
-    from .manifest import load_manifest
+    from .data.manifest import load_manifest
 
     manifest = load_manifest(shards_dir)
     model, config, folder = load_trained_model(checkpoint_path, manifest)

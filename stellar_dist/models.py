@@ -41,8 +41,33 @@ def _load_backbone(arch: str, weights: str) -> nn.Module:
         ) from None
 
 
+def _adapt_first_conv(model: nn.Module, channels: int, pretrained: bool) -> None:
+    """Give the model's first convolution `channels` inputs (N-band FITS). Pretrained RGB filters are averaged over
+    R, G, B and spread over the N bands (x 3/N), so a flat image gives the same activations as in RGB."""
+    name = next((module_name for module_name, module in model.named_modules() if isinstance(module, nn.Conv2d)),
+                None)
+    if name is None:
+        raise UserError("model.arch has no Conv2d layer to take the bands: choose a convolutional torchvision model")
+    old = model.get_submodule(name)
+    if old.in_channels == channels:
+        return
+    if old.groups != 1:
+        raise UserError(f"model.arch's first convolution is grouped: it cannot take {channels} bands; choose "
+                        "another model.arch (resnet18, mobilenet_v2, efficientnet_b0, convnext_tiny)")
+    new = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                    bias=old.bias is not None, padding_mode=old.padding_mode)
+    if pretrained:
+        with torch.no_grad():
+            new.weight.copy_(old.weight.mean(1, keepdim=True).expand_as(new.weight) * (old.in_channels / channels))
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+
+
 class StellarNet(nn.Module):
-    def __init__(self, arch: str, num_classes: int, weights: str = "none", num_clusters: int = 0):
+    def __init__(self, arch: str, num_classes: int, weights: str = "none", num_clusters: int = 0,
+                 in_channels: int = 3):
         super().__init__()
         self.backbone = _load_backbone(arch, weights)
         self.feature_dim = _strip_last_linear(self.backbone)
@@ -50,6 +75,8 @@ class StellarNet(nn.Module):
         self.cluster_head = nn.Linear(self.feature_dim, num_clusters) if num_clusters else None
         if weights not in ("none", "imagenet"):
             self._load_local(Path(weights))
+        # After loading: RGB weights (ImageNet or a local file) are adapted, not dropped.
+        _adapt_first_conv(self.backbone, in_channels, pretrained=weights != "none")
 
     def _load_local(self, path: Path) -> None:
         if not path.exists():

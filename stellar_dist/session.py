@@ -14,14 +14,14 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint
-from .cluster_stage import num_clusters
+from .clustering.cluster_stage import num_clusters
 from .config import Config, save_config, to_dict
 from . import dist
 from .algorithms import ALGORITHMS, Algorithm
 from .errors import UserError
-from .manifest import check_shards, load_manifest
+from .data.manifest import check_shards, load_manifest
 from .models import StellarNet
-from .recluster import ClusterState
+from .clustering.recluster import ClusterState
 from .resume import ResumePoint, find_resume_point
 from .tracking import RunTracker, prepare_wandb_environment
 
@@ -103,6 +103,9 @@ def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Opti
 def _check_before_writing(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
     """Everything that can refuse the run, checked on every rank before anything is written."""
     check_shards(config.data.shards, manifest)
+    if config.data.grayscale and manifest["encoding"] == "npy":
+        raise UserError(f"data.grayscale=true applies to RGB images, but {config.data.shards} holds "
+                        f"{manifest['channels']}-band FITS cutouts: drop data.grayscale")
     if uses_cluster_head(config) or config.cluster.at_end:
         fit = manifest["num_samples"]["labeled"] + manifest["num_samples"]["unlabeled"]
         k = num_clusters(config.cluster, len(manifest["classes"]))
@@ -165,7 +168,10 @@ def setup(config: Config) -> Run:
         torch.set_num_threads(config.train.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     set_seed(config.seed)  # same initial weights on every rank
     heads = num_clusters(config.cluster, len(manifest["classes"])) if uses_cluster_head(config) else 0
-    model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights, num_clusters=heads)
+    model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights, num_clusters=heads,
+                       in_channels=manifest.get("channels", 3))
+    if config.train.channels_last:  # the convolutions then run NHWC whatever the layout of the input batch
+        model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(config.train.ema_decay), use_buffers=False)
     optimizer = _build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).

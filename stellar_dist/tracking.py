@@ -63,8 +63,7 @@ class RunTracker:
 
         self.accelerator.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=step)
 
-    def log_evaluation(self, gathered: dict, classes: list[str], shards_dir: str, encoding: str, step: int,
-                       worst: int = 24) -> None:
+    def log_evaluation(self, gathered: dict, manifest: dict, shards_dir: str, step: int, worst: int = 24) -> None:
         """The final evaluation on W&B: an interactive confusion matrix, and a table of the worst-classified test
         objects (lowest probability of their true class) with their images."""
         if not (self.is_main and self.use_wandb):
@@ -74,12 +73,12 @@ class RunTracker:
 
         from .evaluate import read_test_images
 
-        labels, predictions = gathered["label"], gathered["prediction"]
+        classes, labels, predictions = manifest["classes"], gathered["label"], gathered["prediction"]
         confusion = wandb.plot.confusion_matrix(y_true=labels.tolist(), preds=predictions.tolist(),
                                                 class_names=list(classes))
         p_true = gathered["probability"][np.arange(len(labels)), labels]
         order = np.argsort(p_true, kind="stable")[:worst]
-        images = read_test_images(shards_dir, {int(gathered["id"][index]) for index in order}, encoding)
+        images = read_test_images(shards_dir, gathered, order, manifest)
         table = wandb.Table(columns=["id", "objid", "true_class", "predicted_class", "p_true_class", "image"])
         for index in order:
             sample_id = int(gathered["id"][index])

@@ -37,3 +37,23 @@ def sim_shards(sim_catalog, tmp_path_factory) -> Path:
     run_cli("pack", "--catalog", str(sim_catalog), "--out", str(out), "--labeled-fraction", "0.2",
             "--test-fraction", "0.2", "--image-size", "32", "--shard-size", "40", "--workers", "2")
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(sim_shards, tmp_path_factory) -> tuple[Path, str]:
+    """One tiny FixMatch run (6 steps, checkpoints at steps 3 and 6, clustering at the end, W&B offline), trained
+    once for the tests that read it (or copy it before changing it): (run folder, the training's stdout)."""
+    from test_train import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    return run, train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb").stdout
+
+
+@pytest.fixture(scope="session")
+def plain_run(sim_shards, tmp_path_factory) -> Path:
+    """The same run without the final clustering (its model carries no clusters), trained once; read it or copy it."""
+    from test_train import train
+
+    run = tmp_path_factory.mktemp("plain") / "run"
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false")
+    return run

@@ -74,7 +74,7 @@ def main() -> None:
                     "cluster_sizes": torch.tensor(clusters["cluster_sizes"] if clusters else [])},
                    out_dir / f"rank{rank}.pt")
     elif mode == "cluster":
-        from stellar_dist.recluster import extract_features, recluster
+        from stellar_dist.clustering.recluster import extract_features, recluster
 
         local = extract_features(run.ema.module, shards, run.manifest, batch_size=16, num_workers=1,
                                  grayscale=False, device=run.accelerator.device)

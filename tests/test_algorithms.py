@@ -114,7 +114,7 @@ def test_class_statistics_are_identical_on_two_ranks_and_equal_one_process(sim_s
     from accelerate.utils import set_seed
 
     from ddp_probe import TINY, algorithm_states
-    from stellar_dist.manifest import load_manifest
+    from stellar_dist.data.manifest import load_manifest
     from stellar_dist.models import StellarNet
     from test_ddp import launch
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from stellar_dist import augment
+from stellar_dist.data import augment
 
 
 def point_source(size: int = 32) -> torch.Tensor:
@@ -52,3 +52,24 @@ def test_views_are_reproducible_from_the_seed():
     for kind in ("sky", "evidence"):
         first, again = (augment.strong(image, torch.Generator().manual_seed(7), kind=kind) for _ in range(2))
         assert torch.equal(first, again)
+
+
+def test_device_views_come_from_each_sample_seed_alone():
+    """The batched path (data.augment_on=device): the same seeds give the same views, a sample's views do not
+    depend on the rest of its batch, different seeds differ, and every view is a valid [0, 1] image."""
+    from stellar_dist.data.batch_augment import make_views
+
+    images = (torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    seeds = torch.arange(12) * 7919 + 5
+    views = make_views(images, seeds, ("weak", "strong"))
+    again = make_views(images, seeds, ("weak", "strong"))
+    alone = make_views(images[4:5], seeds[4:5], ("weak", "strong"))
+    for name in ("weak", "strong"):
+        assert views[name].shape == (12, 3, 32, 32) and views[name].dtype == torch.float32
+        assert torch.equal(views[name], again[name])
+        assert torch.allclose(views[name][4], alone[name][0], atol=1e-6)
+        assert 0 <= views[name].min() and views[name].max() <= 1
+    other = make_views(images, seeds + 1, ("weak", "strong"))
+    assert not torch.equal(views["strong"], other["strong"]) and not torch.equal(views["weak"], views["strong"])
+    # the weak view only moves pixels (flips, turns, reflect-padded shifts): every value comes from the image
+    assert set(views["weak"][0].flatten().tolist()) <= set((images[0].float() / 255).flatten().tolist())

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from stellar_dist.cluster import (cluster_accuracy, kmeans_faiss, kmeans_torch, match_clusters,
+from stellar_dist.clustering.cluster import (cluster_accuracy, kmeans_faiss, kmeans_torch, match_clusters,
                                   split_empty_clusters)
 
 

@@ -88,7 +88,7 @@ def test_shard_names_from_the_manifest_are_never_run(sim_shards, tmp_path):
     one_line_error(result)
     assert not marker.exists() and not (tmp_path / "run").exists()
     # The stream itself opens local files only: a pipe: path is a missing file, not a command.
-    from stellar_dist.data import iter_samples
+    from stellar_dist.data.streams import iter_samples
     from stellar_dist.errors import UserError
 
     with pytest.raises(UserError, match="can no longer be read"):

@@ -22,9 +22,9 @@ def ckpt(run: Path, step: int) -> Path:
     return run / "checkpoints" / f"step_{step:07d}"
 
 
-def test_resume_falls_back_past_broken_checkpoints_and_refused_runs_write_nothing(sim_shards, tmp_path):
+def test_resume_falls_back_past_broken_checkpoints_and_refused_runs_write_nothing(sim_shards, tmp_path, trained_run):
     run = tmp_path / "run"
-    train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb")
+    shutil.copytree(trained_run[0], run, symlinks=True)
     config_before, wandb_before = (run / "config.yaml").read_bytes(), sorted((run / "wandb").iterdir())
     # A second run into the same folder, and a resume that changes the algorithm: refused, nothing written.
     for overrides, expected in ((["train.lr=0.1"], "already holds a run (step_0000006)"),

@@ -12,16 +12,14 @@ import pytest
 from astropy.table import Table
 
 from conftest import REPO_ROOT, run_cli
-from stellar_dist.data import iter_samples, shard_paths
+from stellar_dist.data.streams import iter_samples, shard_paths
 from test_ddp import free_port
 from test_train import train
 
 
 @pytest.fixture(scope="module")
-def trained(sim_shards, tmp_path_factory):
-    run = tmp_path_factory.mktemp("predict") / "run"
-    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false")
-    return run
+def trained(plain_run):
+    return plain_run
 
 
 def split_catalog_with_bad_rows(sim_catalog, sim_shards, folder):

@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from stellar_dist.simulate import CLASS_FRACTIONS, draw_object
+from stellar_dist.data.simulate import CLASS_FRACTIONS, draw_object
 from conftest import run_cli
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from stellar_dist.data import ItemMaker, OnceStream, TrainStream, make_loader, shard_paths
+from stellar_dist.data.streams import ItemMaker, OnceStream, TrainStream, make_loader, shard_paths
 
 
 def ids_of(loader, num_batches=None):
@@ -73,7 +73,7 @@ def test_train_streams_split_shards_by_rank_when_there_are_enough(sim_shards):
 
 def test_class_balanced_labeled_stream_and_only_the_declared_views(sim_shards):
     from stellar_dist.engine import _balanced_acceptance
-    from stellar_dist.manifest import load_manifest
+    from stellar_dist.data.manifest import load_manifest
 
     manifest = load_manifest(sim_shards)
     counts = [manifest["counts"]["labeled"][name] for name in manifest["classes"]]

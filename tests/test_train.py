@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -24,10 +25,9 @@ def train(*overrides, check=True):
     return result
 
 
-def test_run_files_metrics_and_wandb_offline(sim_shards, tmp_path):
-    out = tmp_path / "run"
-    result = train(f"data.shards={sim_shards}", f"output_dir={out}", "tracking=wandb")
-    assert "accuracy" in result.stdout and str(out) in result.stdout
+def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
+    out, stdout = trained_run
+    assert "accuracy" in stdout and str(out) in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
     assert metrics["steps"] == 6 and metrics["world_size"] == 1
@@ -75,15 +75,22 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, tmp_path):
     assert (during["true_class"] == during["predicted_class"]).mean() == test["accuracy"]
 
 
-def test_resume_from_mid_run_checkpoint_reaches_the_same_weights(sim_shards, tmp_path):
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_resume_from_mid_run_checkpoint_reaches_the_same_weights(sim_shards, tmp_path, augment_on, trained_run):
+    """Views made per sample in the workers, or batched on the device from each sample's seed: both resume
+    exactly."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    train(f"data.shards={sim_shards}", f"output_dir={full}")
+    if augment_on == "workers":  # the default on CPU: the uninterrupted run is the shared one
+        full = trained_run[0]
+    else:
+        train(f"data.shards={sim_shards}", f"output_dir={full}", f"data.augment_on={augment_on}")
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_0000003", resumed / "checkpoints" / "step_0000003")
     (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
-    refused = train(f"data.shards={sim_shards}", f"output_dir={resumed}", check=False)
-    assert refused.returncode == 2 and "already holds a run (step_0000003)" in refused.stderr
-    result = train(f"data.shards={sim_shards}", f"output_dir={resumed}", "resume=auto")
+    if augment_on == "workers":
+        refused = train(f"data.shards={sim_shards}", f"output_dir={resumed}", check=False)
+        assert refused.returncode == 2 and "already holds a run (step_0000003)" in refused.stderr
+    result = train(f"data.shards={sim_shards}", f"output_dir={resumed}", "resume=auto", f"data.augment_on={augment_on}")
     assert "resumed from" in result.stdout and "at step 3" in result.stdout
     final_full = load_file(full / "checkpoints" / "step_0000006" / "model.safetensors")
     final_resumed = load_file(resumed / "checkpoints" / "step_0000006" / "model.safetensors")

@@ -45,9 +45,9 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None) -> t
     folder = find_model_folder(model_path)
     model, description = load_model(folder)
     wrapper = Probabilities(model).eval()
-    size = description["image_size"]
+    size, channels = description["image_size"], description.get("channels", 3)
     generator = torch.Generator().manual_seed(0)
-    example, check = (torch.rand(n, 3, size, size, generator=generator) for n in (2, 5))
+    example, check = (torch.rand(n, channels, size, size, generator=generator) for n in (2, 5))
     with torch.no_grad():
         expected = wrapper(check)
     out = Path(out) if out else folder / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")

@@ -62,9 +62,11 @@ def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
         "bands": manifest.get("bands", ["R", "G", "B"]),  # an RGB rendering (e.g. SDSS gri JPEGs)
         "image_size": manifest["image_size"],
         "preprocess": manifest["preprocess"],  # "resize" (whole field, area-averaged) or "crop" (centre, full res.)
-        "encoding": manifest["encoding"],
+        "encoding": manifest["encoding"],  # png / jpg: 8-bit RGB; npy: N-band FITS cutouts, float32
         "grayscale": config.data.grayscale,
-        "normalisation": "pixel / 255 in [0, 1], no mean or std",
+        "stretch": manifest.get("stretch"),  # N-band: asinh((pixel - sky) / softening) / scale, per band
+        "normalisation": "N-band: the asinh stretch" if manifest["encoding"] == "npy"
+        else "pixel / 255 in [0, 1], no mean or std",
         "training": {"algorithm": config.ssl.algorithm, "steps": step, "seed": config.seed},
         "cluster": None if cluster_state is None else {
             "k": int(cluster_state.centroids.shape[0]), "far_distance": cluster_state.far_distance,
@@ -128,7 +130,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     if description.get("format") != FORMAT:
         raise UserError(f"model folder {folder} has format {description.get('format')!r}, this version reads {FORMAT}")
     num_clusters = tensors["cluster_head.weight"].shape[0] if "cluster_head.weight" in tensors else 0
-    model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters)
+    model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters,
+                       in_channels=description.get("channels", 3))
     model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
     description["cluster_tensors"] = {key.removeprefix("cluster."): value.to(device) for key, value in tensors.items()
                                       if key.startswith("cluster.")}

@@ -34,7 +34,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import dist
-from ..catalog import IMAGE_SUFFIXES
+from ..data.bands import apply_asinh, is_fits, read_cutout, resize_cutout, to_noise_units
+from ..data.catalog import IMAGE_SUFFIXES
+from ..data.streams import rgb_array
 from ..errors import UserError
 from .model_folder import load_model
 from .writer import Writer
@@ -42,11 +44,12 @@ from .writer import Writer
 CHUNK_ROWS = 2048
 
 
-def input_rows(source: Path):
-    """(number of rows, generator of (objid or None, image path or shard member name, image bytes or None))."""
+def input_rows(source: Path, fits: bool = False):
+    """(number of rows, generator of (objid or None, image path or shard member name, image bytes or None)).
+    A folder is searched for the files the model reads: FITS cutouts (`fits`) or 8-bit images."""
     if (source / "manifest.json").is_file():
-        from ..data import iter_samples, shard_paths
-        from ..manifest import load_manifest
+        from ..data.streams import iter_samples, shard_paths
+        from ..data.manifest import load_manifest
 
         manifest = load_manifest(source)
         paths = [path for split in ("labeled", "unlabeled", "test") for path in shard_paths(source, split)]
@@ -62,7 +65,8 @@ def input_rows(source: Path):
 
         return sum(manifest["num_samples"].values()), from_shards()
     if source.is_dir():
-        images = sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES
+        wanted = is_fits if fits else (lambda path: path.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(path for path in source.rglob("*") if wanted(path)
                         and not any(part.startswith(".") for part in path.relative_to(source).parts))
         return len(images), ((None, str(path), None) for path in images)
     if source.suffix.lower() != ".csv":
@@ -79,23 +83,40 @@ def input_rows(source: Path):
 
 def prepare(row: tuple, description: dict) -> tuple[torch.Tensor | None, str | None]:
     """The image as the model saw it in training, or (None, the reason it cannot be read)."""
-    from ..pack import _encode, preprocess_image
+    from ..data.pack import _encode, preprocess_image
 
     _, path, payload = row
+    if description["encoding"] == "npy":
+        return _prepare_bands(path, payload, description)
     try:
         if payload is None:
             image = preprocess_image(path, description["image_size"], description["preprocess"])
             if description["encoding"] == "jpg":  # the shards held JPEGs: the same compression
                 image = Image.open(io.BytesIO(_encode(image, "jpg")))
-        else:
-            image = Image.open(io.BytesIO(payload))
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        else:  # a shard member, in the shards' encoding
+            array = rgb_array({description["encoding"]: payload}, description["encoding"])
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, UserError) as error:
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
     if description.get("grayscale"):
         tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
     return tensor, None
+
+
+def _prepare_bands(path: str, payload: bytes | None, description: dict) -> tuple[torch.Tensor | None, str | None]:
+    """An N-band cutout (a FITS file, or an array from N-band shards) stretched as in training."""
+    size, channels = description["image_size"], description["channels"]
+    try:
+        if payload is None:
+            cube = resize_cutout(read_cutout(path, tuple(description["bands"])), size, description["preprocess"])
+        else:
+            cube = np.load(io.BytesIO(payload), allow_pickle=False)
+        if cube.shape != (channels, size, size):
+            raise ValueError(f"cutout has shape {cube.shape}, the model takes {(channels, size, size)}")
+    except (OSError, ValueError, TypeError, EOFError) as error:
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return apply_asinh(to_noise_units(cube, description["stretch"]), description["stretch"]), None
 
 
 @torch.no_grad()
@@ -123,8 +144,8 @@ def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, b
 
 def nearest_cluster(features: torch.Tensor, clusters: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(cluster id, distance to its centroid) in the space the run's last clustering was fit in."""
-    from ..cluster import assign
-    from ..recluster import reduce_features
+    from ..clustering.cluster import assign
+    from ..clustering.recluster import reduce_features
 
     reduced = reduce_features(features, clusters.get("pca_mean"), clusters.get("pca_projection"))
     assignment, squared = assign(reduced, clusters["centroids"].to(reduced.device))
@@ -159,7 +180,7 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     clusters = description["cluster_tensors"] if "centroids" in description["cluster_tensors"] else None
     far = (description.get("cluster") or {}).get("far_distance", float("inf"))
     writer = Writer(out_path, classes, clusters is not None) if rank == 0 else None
-    total, rows = input_rows(source_path)
+    total, rows = input_rows(source_path, fits=description["encoding"] == "npy")
     features_file = None
     if embeddings and rank == 0:
         features_file = np.lib.format.open_memmap(Path(embeddings).with_name(f".{Path(embeddings).name}.tmp.npy"),

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import UserError, sigterm_as_exit
+from ..errors import UserError, sigterm_as_exit
 from .manifest import MANIFEST_NAME
 from .pack import (PackOptions, build_manifest, check_out_dir, check_strict, make_staging, prepare, replace_dir,
                    write_shards)
@@ -49,11 +49,11 @@ def pack_part(catalog: str | Path, out: str | Path, options: PackOptions, part: 
               overwrite: bool = False) -> dict:
     """Write part `part` of `num_parts`; returns its record (also saved as part.json)."""
     started = time.perf_counter()
-    frame, class_names, splits = prepare(catalog, out, options, overwrite)
+    frame, class_names, splits, pixels = prepare(catalog, out, options, overwrite)
     folder = parts_dir(out) / f"part-{part:03d}-of-{num_parts:03d}"
     same = {key: value for key, value in asdict(options).items() if key != "workers"}  # workers change no byte
     plan = {"catalog": str(catalog), "options": same, "num_parts": num_parts, "num_input": len(frame),
-            "classes": class_names}
+            "classes": class_names, "pixels": pixels}
     if (folder / PART_FILE).exists():
         done = json.loads((folder / PART_FILE).read_text())
         if {key: done.get(key) for key in plan} == plan:
@@ -64,7 +64,7 @@ def pack_part(catalog: str | Path, out: str | Path, options: PackOptions, part: 
     with sigterm_as_exit():
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
         try:
-            results = write_shards(catalog, frame, splits, class_names, options, staging,
+            results = write_shards(catalog, frame, splits, class_names, pixels, options, staging,
                                    select=lambda index: index % num_parts == part)
             record = plan | {"part": part, "results": results, "seconds": round(time.perf_counter() - started, 3)}
             (staging / PART_FILE).write_text(json.dumps(record))
@@ -83,7 +83,7 @@ def _read_parts(folder: Path) -> list[tuple[Path, dict]]:
     if not parts:
         raise UserError(f"{folder} holds no finished part: run `stellar-dist pack --part I/N` for every part")
     first = parts[0][1]
-    plan_keys = ("catalog", "options", "num_parts", "num_input", "classes")
+    plan_keys = ("catalog", "options", "num_parts", "num_input", "classes", "pixels")
     for path, record in parts:
         if any(record[key] != first[key] for key in plan_keys):
             raise UserError(f"{path} was packed with other options or another catalog than {parts[0][0]}: "
@@ -105,7 +105,8 @@ def merge_parts(out: str | Path, overwrite: bool = False) -> dict:
     results = [result for _, record in parts for result in record["results"]]
     check_out_dir(out, overwrite, Path(first["catalog"]))  # the same refusals as pack, before anything is written
     seconds = max(record["seconds"] for _, record in parts)
-    manifest = build_manifest(results, first["classes"], options, first["catalog"], first["num_input"], seconds)
+    manifest = build_manifest(results, first["classes"], first["pixels"], options, first["catalog"],
+                              first["num_input"], seconds)
     check_strict(manifest, options)
     real_out = out.resolve()
     with sigterm_as_exit():

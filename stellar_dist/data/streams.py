@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from . import augment
-from .errors import UserError
+from . import augment, bands
+from ..errors import UserError
 from .manifest import load_manifest
 
 STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
@@ -35,23 +35,36 @@ STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
 class ItemMaker:
     """Turns one raw sample (bytes per member) into tensors for a given use."""
 
-    use: str  # "labeled": weak view + label; "unlabeled": the `views`; "plain": no augmentation
+    use: str  # "labeled": weak view + label; "unlabeled": the `views`; "plain": no augmentation; "raw": the uint8
+    # image and the sample's seed, for views made on the device (data.augment_on=device)
     encoding: str
     grayscale: bool = False
     views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
     strong_view: str = "sky"  # augment.strong's kind: "sky" or "evidence"
+    stretch: dict | None = None  # N-band (npy) shards: the manifest's asinh stretch
+
+    @classmethod
+    def for_shards(cls, use: str, manifest: dict, grayscale: bool = False, **options) -> "ItemMaker":
+        return cls(use, manifest["encoding"], grayscale, stretch=manifest.get("stretch"), **options)
 
     def decode(self, raw: dict) -> torch.Tensor:
-        with Image.open(io.BytesIO(raw[self.encoding])) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        """8-bit images: pixels / 255. N-band arrays: sky-subtracted flux in noise units (see bands.py)."""
+        if self.encoding == "npy":
+            array = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
+            if array.ndim != 3 or array.shape[0] != len(self.stretch["sky"]) or array.dtype.kind != "f":
+                raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not "
+                                 f"{len(self.stretch['sky'])} float bands")
+            return bands.to_noise_units(array, self.stretch)
+        tensor = torch.from_numpy(rgb_array(raw, self.encoding).copy()).permute(2, 0, 1).float().div_(255.0)
         if self.grayscale:
             tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
         return tensor
 
-    def __call__(self, raw: dict, generator: torch.Generator) -> dict:
+    def __call__(self, raw: dict, generator: torch.Generator, seed: int = 0) -> dict:
         try:
             record = json.loads(raw["json"])
+            if self.use == "raw":
+                return self.raw_item(raw, record, seed)
             image = self.decode(raw)
         except (KeyError, ValueError, OSError, SyntaxError) as error:
             raise UserError(f"sample {raw.get('__key__')} of shard {raw.get('__url__')} cannot be decoded "
@@ -61,14 +74,59 @@ class ItemMaker:
         true_label = record.get("true_label", label)
         item = {"id": record["id"], "label": label, "true_label": true_label}
         if self.use == "labeled":
-            item["image"] = augment.weak(image, generator)
+            item["image"] = self.finish(augment.weak(image, generator))
         elif self.use == "unlabeled":
+            flux = self.stretch is not None
             for view in self.views:  # only the views the algorithm uses are computed
-                item[view] = augment.strong(image, generator, kind=self.strong_view) if view.startswith("strong") \
-                    else augment.weak(image, generator)
+                item[view] = self.finish(
+                    augment.strong(image, generator, kind=self.strong_view, flux=flux) if view.startswith("strong")
+                    else augment.weak(image, generator))
         else:
-            item["image"] = image
+            item["image"] = self.finish(image)
+            item["shard"] = shard_number(raw["__url__"])  # where to fetch it again without a pass over the split
         return item
+
+    def raw_item(self, raw: dict, record: dict, seed: int) -> dict:
+        """Decode only: the uint8 CHW image, its labels and the seed its views will be drawn from."""
+        array = rgb_array(raw, self.encoding)
+        label = record.get("label", -1)
+        return {"id": record["id"], "label": label, "true_label": record.get("true_label", label),
+                "image": torch.from_numpy(array.copy()).permute(2, 0, 1), "seed": seed}
+
+    def finish(self, image: torch.Tensor) -> torch.Tensor:
+        """N-band: the asinh stretch, after the augmentations acted on flux. 8-bit images are ready as they are."""
+        return image if self.stretch is None else bands.apply_asinh(image, self.stretch)
+
+
+def rgb_array(raw: dict, encoding: str) -> np.ndarray:
+    """An 8-bit sample's H x W x 3 uint8 pixels: PNG/JPEG decoded with Pillow, u8 arrays read as they are."""
+    if encoding == "u8":
+        array = np.load(io.BytesIO(raw["u8"]), allow_pickle=False)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not H x W x 3 uint8")
+        return array
+    with Image.open(io.BytesIO(raw[encoding])) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def shard_number(path: str) -> int:
+    """12 for .../unlabeled-000012.tar (names are checked against pack's pattern when the manifest is read)."""
+    return int(Path(path).stem.rsplit("-", 1)[1])
+
+
+def read_some(shards_dir: str | Path, wanted: dict[str, set[int]], ids: set[int]) -> dict[int, dict]:
+    """The raw samples `ids`, reading only the shards named in `wanted` ({split: shard numbers})."""
+    paths = [str(Path(shards_dir) / f"{split}-{number:06d}.tar") for split, numbers in wanted.items()
+             for number in sorted(numbers)]
+    return {int(raw["__key__"]): raw for raw in iter_samples(paths) if int(raw["__key__"]) in ids}
+
+
+def picture(raw: dict, manifest: dict) -> np.ndarray:
+    """A sample as an 8-bit RGB array for people (cluster grid, W&B tables); N-band: i, r, g as R, G, B."""
+    if manifest["encoding"] == "npy":
+        maker = ItemMaker.for_shards("plain", manifest)
+        return bands.to_rgb(maker.finish(maker.decode(raw)), manifest.get("bands"))
+    return rgb_array(raw, manifest["encoding"])
 
 
 def collate(items: list[dict]) -> dict:
@@ -146,8 +204,9 @@ class TrainStream(IterableDataset):
             if position < samples_to_skip:
                 continue
             # One seed per sample position: the views do not depend on what was skipped before.
-            generator.manual_seed(int(np.random.SeedSequence(key + [position]).generate_state(1)[0]))
-            batch.append(self.make_item(raw, generator))
+            seed = int(np.random.SeedSequence(key + [position]).generate_state(1)[0])
+            generator.manual_seed(seed)
+            batch.append(self.make_item(raw, generator, seed))
             if len(batch) == self.batch_size:
                 yield collate(batch)
                 batch = []

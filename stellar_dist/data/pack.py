@@ -25,11 +25,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from . import bands as fits_bands
 from .catalog import SPLITS, read_catalog, stratified_split
-from .errors import UserError, sigterm_as_exit
+from ..errors import UserError, sigterm_as_exit
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 
-ENCODINGS = ("png", "jpg")
+ENCODINGS = ("png", "jpg", "u8")
 PREPROCESS_MODES = ("resize", "crop")
 
 
@@ -39,11 +40,12 @@ class PackOptions:
     test_fraction: float = 0.2  # fraction of each class held out for evaluation
     image_size: int = 64  # output side in pixels
     preprocess: str = "resize"  # "resize": whole field, area-averaged; "crop": centre crop at full resolution
-    encoding: str = "png"  # "png" is lossless; "jpg" (quality 95) is ~3x smaller
+    encoding: str = "png"  # "png" is lossless; "jpg" (quality 95) is ~3x smaller; "u8": raw uint8 arrays (no decode)
     seed: int = 0  # seeds the split and the shard order
     shard_size: int = 1000  # samples per shard
     workers: int = 0  # 0 = all CPU cores
     strict: bool = False  # an unreadable image aborts the pack instead of being skipped and listed
+    bands: str = ""  # FITS input: comma-separated band names in channel order ("": the first file's EXTNAMEs)
 
 
 # Pillow modes holding more than 8 bits per channel: convert("RGB") clips them to white without a word.
@@ -79,6 +81,8 @@ def _encode(image: Image.Image, encoding: str) -> bytes:
     buffer = io.BytesIO()
     if encoding == "png":
         image.save(buffer, format="PNG", compress_level=1)
+    elif encoding == "u8":  # H x W x 3 uint8 in NumPy's format: reading it is a copy, not a decode
+        np.save(buffer, np.asarray(image, dtype=np.uint8), allow_pickle=False)
     else:
         image.save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
@@ -108,22 +112,33 @@ def _sample_record(row: dict, sample_id: int, split: str, class_index: dict[str,
     return record
 
 
+def _pixels(path: str, options: PackOptions, pixels: dict) -> bytes:
+    """The shard member of one image: PNG/JPEG bytes, or a FITS cutout's float32 (bands, size, size) array."""
+    if pixels["encoding"] != "npy":
+        return _encode(preprocess_image(path, options.image_size, options.preprocess), pixels["encoding"])
+    cube = fits_bands.resize_cutout(fits_bands.read_cutout(path, tuple(pixels["bands"])), options.image_size,
+                                    options.preprocess)
+    buffer = io.BytesIO()
+    np.save(buffer, cube, allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _write_shard(task: dict) -> dict:
     """Write one shard; returns its manifest entry plus the rows it skipped."""
     options = PackOptions(**task["options"])
     path = Path(task["staging"]) / task["name"]
     skipped, labels, num_written = [], Counter(), 0
+    encoding = task["pixels"]["encoding"]
     with tarfile.open(path, "w") as tar:
         for sample_id, row in task["rows"]:
             try:
-                image = preprocess_image(row["image_path"], options.image_size, options.preprocess)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                pixels = _pixels(row["image_path"], options, task["pixels"])
+            except (OSError, ValueError, TypeError, EOFError, SyntaxError, Image.DecompressionBombError) as error:
                 skipped.append({"image_path": row["image_path"], "reason": str(error).splitlines()[0][:200]})
                 continue
             record = _sample_record(row, sample_id, task["split"], task["class_index"], task["base"])
             key = f"{record['id']:09d}"
-            for suffix, payload in ((options.encoding, _encode(image, options.encoding)),
-                                    ("json", json.dumps(record).encode())):
+            for suffix, payload in ((encoding, pixels), ("json", json.dumps(record).encode())):
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size, info.mtime = len(payload), 0
                 tar.addfile(info, io.BytesIO(payload))
@@ -179,7 +194,8 @@ def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, 
 
 def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrite: bool = False):
     """Validate the options, --out and the catalog (before anything is written); returns the catalog frame, the
-    class names and each row's split: the same for a whole pack and for every part of a job array."""
+    class names, each row's split and what the shards will hold (`pixels`: encoding, channels, FITS bands and
+    stretch): the same for a whole pack and for every part of a job array."""
     if options.encoding not in ENCODINGS or options.preprocess not in PREPROCESS_MODES:
         raise UserError(f"--encoding must be one of {ENCODINGS} and --preprocess one of {PREPROCESS_MODES}")
     if options.image_size < 8 or options.shard_size < 1 or options.workers < 0:
@@ -192,13 +208,14 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
     if not class_names:
         raise UserError(f"catalog {catalog} has no labelled rows: at least the labeled and test splits need a Class")
     splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed)
-    return frame, class_names, splits
+    return frame, class_names, splits, fits_bands.input_pixels(frame, splits, options, catalog)
 
 
-def write_shards(catalog, frame, splits, class_names, options: PackOptions, staging: Path, select=None) -> list:
+def write_shards(catalog, frame, splits, class_names, pixels: dict, options: PackOptions, staging: Path,
+                 select=None) -> list:
     """Write the shards (all, or those whose task index `select` accepts) into `staging`; their results."""
     base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
-    common = {"staging": str(staging), "options": asdict(options), "base": base,
+    common = {"staging": str(staging), "options": asdict(options), "base": base, "pixels": pixels,
               "class_index": {name: index for index, name in enumerate(class_names)}}
     tasks = [task for index, task in enumerate(_shard_tasks(frame, splits, options, common))
              if select is None or select(index)]
@@ -222,15 +239,15 @@ def check_strict(manifest: dict, options: PackOptions) -> None:
 def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOptions(), overwrite: bool = False) -> dict:
     """Pack `catalog` into WebDataset shards under `out`; returns the manifest."""
     started = time.perf_counter()
-    frame, class_names, splits = prepare(catalog, out, options, overwrite)
+    frame, class_names, splits, pixels = prepare(catalog, out, options, overwrite)
     out = Path(out)
     real_out = out.resolve()  # a symlinked --out keeps pointing where it did: its target is replaced
     with sigterm_as_exit():
         staging = make_staging(real_out, out)
         try:
-            results = write_shards(catalog, frame, splits, class_names, options, staging)
+            results = write_shards(catalog, frame, splits, class_names, pixels, options, staging)
             elapsed = time.perf_counter() - started
-            manifest = build_manifest(results, class_names, options, catalog, len(frame), elapsed)
+            manifest = build_manifest(results, class_names, pixels, options, catalog, len(frame), elapsed)
             check_strict(manifest, options)
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
             replace_dir(staging, real_out)
@@ -270,8 +287,8 @@ def replace_dir(staging: Path, out: Path) -> None:
             print(f"warning: kept {old}: it holds files pack did not write")
 
 
-def build_manifest(results: list[dict], class_names: list[str], options: PackOptions, catalog, num_input: int,
-              elapsed_s: float) -> dict:
+def build_manifest(results: list[dict], class_names: list[str], pixels: dict, options: PackOptions, catalog,
+                   num_input: int, elapsed_s: float) -> dict:
     counts = {split: {name: 0 for name in class_names} for split in SPLITS}
     shards = {split: [] for split in SPLITS}
     skipped = []
@@ -285,8 +302,8 @@ def build_manifest(results: list[dict], class_names: list[str], options: PackOpt
         "classes": class_names,
         "class_to_index": {name: index for index, name in enumerate(class_names)},
         "image_size": options.image_size,
-        "channels": 3,
-        "encoding": options.encoding,
+        **pixels,  # encoding, channels; FITS input: bands and the asinh stretch
+
         "preprocess": options.preprocess,
         "num_input": num_input,
         "num_samples": {split: sum(entry["num_samples"] for entry in shards[split]) for split in SPLITS},

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from . import dist
+from .. import dist
 
 SPLIT_EPSILON = 1e-4
 
@@ -94,8 +94,13 @@ def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, 
     features = np.ascontiguousarray(features, dtype=np.float32)
     if use_gpu is None:
         use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-    kmeans = faiss.Kmeans(features.shape[1], k, niter=iterations, seed=seed, gpu=bool(use_gpu), verbose=False,
+    kmeans = faiss.Kmeans(features.shape[1], k, niter=iterations, seed=seed, verbose=False,
                           min_points_per_centroid=1, max_points_per_centroid=10**9)
+    if use_gpu:  # this process's own GPU only: Kmeans(gpu=True) would spread over every GPU of the node
+        kmeans.gpu_resources = faiss.StandardGpuResources()  # kept alive as long as the index
+        config = faiss.GpuIndexFlatConfig()
+        config.device = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        kmeans.index = faiss.GpuIndexFlatL2(kmeans.gpu_resources, features.shape[1], config)
     ids = torch.arange(len(features)) if ids is None else ids
     with dist.local_only():
         init = initial_centroids(torch.from_numpy(features), ids, k, seed)

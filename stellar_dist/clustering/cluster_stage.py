@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid,
-                             plot_cluster_table, write_assignments)
-from .config import ClusterConfig
+from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid, plot_cluster_table,
+                             write_assignments)
+from ..config import ClusterConfig
 from .recluster import ClusterState, extract_features, recluster
 
 
@@ -60,9 +60,9 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     """`stellar-dist cluster`: the analysis for any trained checkpoint, on one process."""
     from dataclasses import replace
 
-    from .errors import UserError
-    from .evaluate import load_trained_model
-    from .manifest import load_manifest
+    from ..errors import UserError
+    from ..evaluate import load_trained_model
+    from ..data.manifest import load_manifest
 
     manifest = load_manifest(shards_dir)
     model, config, folder = load_trained_model(checkpoint_path, manifest)

@@ -1,6 +1,7 @@
 """Weak and strong views for FixMatch, made for sky images (no preferred "up", flux-like pixel values).
 
-Every function takes a CHW float tensor in [0, 1] and an explicit `torch.Generator`, so a sample's views depend
+Every function takes a CHW float tensor (8-bit images: in [0, 1]; N-band FITS: flux in noise units, any number of
+channels) and an explicit `torch.Generator`, so a sample's views depend
 only on its own seed: streams can skip ahead on resume and still produce the same views.
 """
 
@@ -100,13 +101,29 @@ def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, max_fract
     return image
 
 
-def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, kind: str = "sky") -> torch.Tensor:
+# N-band images, in flux units of each band's sky noise, before the asinh stretch (bands.py): a flux scale
+# multiplies every band alike (colours kept), noise is added sky noise (up to half the sky's own), blur is seeing.
+def _flux_noise(image, generator):
+    return image + _uniform(generator, 0.0, 0.5) * torch.randn(image.shape, generator=generator)
+
+
+FLUX_OPS = (_rotate, _psf_blur, _flux_noise, _brightness)
+EVIDENCE_FLUX_OPS = (_rotate, _flux_noise, _brightness)
+
+
+def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, kind: str = "sky",
+           flux: bool = False) -> torch.Tensor:
     """Weak view, then `num_ops` random ops (RandAugment-style), then Cutout.
 
     kind "sky": all astronomy-aware ops, Cutout anywhere (FixMatch's recipe; it can erase the target or change
-    its colours). kind "evidence": only ops that keep colour ratios and the profile, Cutout off the centre."""
-    ops = STRONG_OPS if kind == "sky" else EVIDENCE_OPS
+    its colours). kind "evidence": only ops that keep colour ratios and the profile, Cutout off the centre.
+    `flux`: the image is N-band flux in noise units (not [0, 1]): photometric ops only, no clamping; Cutout
+    sets the sky level (0)."""
+    if flux:
+        ops = FLUX_OPS if kind == "sky" else EVIDENCE_FLUX_OPS
+    else:
+        ops = STRONG_OPS if kind == "sky" else EVIDENCE_OPS
     image = weak(image, generator)
     for index in torch.randperm(len(ops), generator=generator)[:num_ops].tolist():
         image = ops[index](image, generator)
-    return (cutout if kind == "sky" else cutout_off_centre)(image.clamp(0, 1), generator)
+    return (cutout if kind == "sky" else cutout_off_centre)(image if flux else image.clamp(0, 1), generator)

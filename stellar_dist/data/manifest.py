@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tarfile
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -41,6 +42,22 @@ def _check_entries(path: Path, manifest: dict) -> None:
                     raise _invalid(path, f"shard {name} has no valid {key}")
 
 
+def _check_bands(path: Path, manifest: dict) -> None:
+    """N-band shards: the bands, and a stretch with one finite number per band for each parameter."""
+    bands, stretch = manifest.get("bands"), manifest.get("stretch")
+    if not isinstance(bands, list) or not bands or manifest.get("channels") != len(bands):
+        raise _invalid(path, "'bands' must list one name per channel")
+    if not isinstance(stretch, dict) or stretch.get("kind") != "asinh":
+        raise _invalid(path, "'stretch' must be an asinh stretch")
+    for key in ("sky", "softening", "scale"):
+        values = stretch.get(key)
+        if not isinstance(values, list) or len(values) != len(bands) or not all(
+                isinstance(value, (int, float)) and math.isfinite(value) for value in values):
+            raise _invalid(path, f"stretch.{key} must give one finite number per band")
+    if min(stretch["softening"]) <= 0 or min(stretch["scale"]) <= 0:
+        raise _invalid(path, "stretch.softening and stretch.scale must be positive")
+
+
 def validate_manifest(path: Path, manifest) -> dict:
     if not isinstance(manifest, dict):
         raise _invalid(path, "not a JSON object")
@@ -49,8 +66,10 @@ def validate_manifest(path: Path, manifest) -> dict:
     classes = manifest.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
         raise _invalid(path, "'classes' must be a non-empty list of names")
-    if manifest.get("encoding") not in ("png", "jpg"):
+    if manifest.get("encoding") not in ("png", "jpg", "u8", "npy"):
         raise _invalid(path, f"encoding {manifest.get('encoding')!r}")
+    if manifest["encoding"] == "npy":
+        _check_bands(path, manifest)
     _check_entries(path, manifest)
     counts = manifest.get("num_samples")
     if not isinstance(counts, dict) or not all(isinstance(counts.get(split), int) for split in SPLITS):

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from ..errors import UserError
 
 REQUIRED_COLUMNS = ("image_path", "Class")
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet", ".pq", ".vot", ".xml", ".hdf5")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 SPLITS = ("labeled", "unlabeled", "test")
 # Cells that mean "no value" (pandas' defaults minus the ambiguous ones): an unknown Class, a missing number.
@@ -19,12 +20,17 @@ MISSING = {"", "NA", "N/A", "n/a", "NaN", "nan", "-nan", "NULL", "null", "None",
 def read_catalog(source: str | Path) -> pd.DataFrame:
     """Load a catalog as a DataFrame with absolute `image_path`, `Class` and the user's other columns.
 
-    `source` is a CSV (paths relative to its folder) or a folder holding one sub-folder of images per class.
+    `source` is a table (CSV; or FITS, ECSV, parquet, VOTable read with astropy; paths relative to its folder) or a
+    folder holding one sub-folder of images per class.
     """
     source = Path(source)
     if not source.exists():
         raise UserError(f"catalog {source} does not exist: pass a CSV file or a folder with one sub-folder per class")
-    frame = _read_folder(source) if source.is_dir() else _read_csv(source)
+    if source.is_dir():
+        frame = _read_folder(source)
+    else:
+        frame = _typed(_read_table(source) if source.name.lower().endswith(TABLE_SUFFIXES) else _read_csv(source),
+                       source)
     if frame.empty:
         raise UserError(f"catalog {source} holds no samples: add rows (or images) before packing")
     frame["image_path"] = frame["image_path"].astype(str)
@@ -42,11 +48,44 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """Every cell is read as text first, then each column gets the narrowest exact type (see `_typed_column`):
     pandas' own inference turns a 19-digit id column with one empty cell into float64 and loses digits."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise UserError(f"catalog {path} is empty: it needs a header with columns image_path,Class") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise UserError(f"catalog {path} is not a readable CSV ({str(error).splitlines()[0]}): fix the file") from None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A FITS / ECSV / parquet / VOTable catalog through astropy, as text cells like a CSV (integers exact,
+    masked cells empty). Array-valued columns (e.g. magnitudes in 5 bands) become text lists in `meta`."""
+    import warnings
+
+    from astropy.table import Table
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unit and header warnings say nothing about the rows
+            table = Table.read(path)
+    except Exception as error:  # noqa: BLE001  (astropy raises OSError, ValueError, TypeError, KeyError ...)
+        raise UserError(f"catalog {path} is not a readable table ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200]}): write it as CSV, FITS, ECSV or parquet") from None
+    columns = {}
+    for name in table.colnames:
+        column = table[name]
+        mask = np.asarray(getattr(column, "mask", np.zeros(len(column), dtype=bool)))
+        mask = mask.reshape(len(column), -1).any(axis=1) if mask.ndim > 1 else mask
+        columns[str(name)] = ["" if missing else _text(value) for value, missing in zip(column.tolist(), mask)]
+    return pd.DataFrame(columns, dtype=str) if columns else pd.DataFrame()
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace").strip()
+    return str(value).strip()
+
+
+def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Check a table read as text (required columns, unique names, no empty image_path), then type its columns."""
     frame.columns = [str(column).strip() for column in frame.columns]
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:

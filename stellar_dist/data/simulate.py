@@ -22,16 +22,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .errors import UserError, sigterm_as_exit
+from ..errors import UserError, sigterm_as_exit
 
 CLASS_FRACTIONS = {"GALAXY": 0.57, "STAR": 0.32, "QSO": 0.11}  # DR16 spectroscopic proportions
 IMAGE_PIXELS = 128
 PIXEL_SCALE_ARCSEC = 0.396
-BANDS = ("g", "r", "i")
+BANDS = ("g", "r", "i")  # the JPEG composite's bands
+FITS_BANDS = ("u", "g", "r", "i", "z")  # --format fits: all five SDSS bands, one image HDU each
 # Electrons of a 0th-magnitude source are 10**(0.4*zp). These are ~2 mag deeper than one 54 s SDSS exposure
 # so that the sky noise of the JPEGs matches SkyServer's (measured on ../shared/sdss_dr16); sky in mag/arcsec^2.
-ZERO_POINT_MAG = {"g": 30.6, "r": 30.3, "i": 29.9}
-SKY_MAG_PER_ARCSEC2 = {"g": 21.9, "r": 20.9, "i": 20.2}
+# u and z keep SDSS's relative depth (about 1.7 and 1.5 mag shallower than g).
+ZERO_POINT_MAG = {"u": 28.9, "g": 30.6, "r": 30.3, "i": 29.9, "z": 29.1}
+SKY_MAG_PER_ARCSEC2 = {"u": 22.1, "g": 21.9, "r": 20.9, "i": 20.2, "z": 18.8}
+FORMATS = ("jpg", "fits", "both")
 READ_NOISE_ELECTRONS = 5.0
 # SkyServer-like colour balance and stretch, tuned by eye against ../shared/sdss_dr16 (docs/montage.png).
 LUPTON_BAND_SCALE = {"i": 1.0, "r": 1.15, "g": 1.6}
@@ -51,6 +54,8 @@ class SimulatedObject:
     r_i: float
     redshift: float
     psf_fwhm_arcsec: float
+    u_g: float = 0.0  # drawn from the object's second seed: the g, r, i draws (and JPEGs) are unchanged by them
+    i_z: float = 0.0
 
 
 def _require_galsim():
@@ -83,6 +88,21 @@ def _qso_colours(rng: np.random.Generator) -> tuple[float, float, float]:
     g_r = 0.15 + max(0.0, redshift - 2.2) * 0.55 + rng.normal(0, 0.12)
     r_i = 0.12 + 0.05 * max(0.0, redshift - 2.5) + rng.normal(0, 0.1)
     return redshift, g_r, r_i
+
+
+def _outer_colours(cls: str, g_r: float, r_i: float, redshift: float, rng: np.random.Generator) -> tuple:
+    """u-g and i-z: the UV excess of low-redshift QSOs (u-g ~ 0.2, against ~1 and more for stars of the same g-r)
+    disappears above z ~ 2.5 as the Lyman forest enters u; M stars are red in i-z, QSOs flat."""
+    if cls == "QSO":
+        u_g = 0.2 + max(0.0, redshift - 2.3) * 1.6 + rng.normal(0, 0.12)
+        i_z = 0.08 + rng.normal(0, 0.1)
+    elif cls == "STAR":
+        u_g = (0.35 if g_r < 0.05 else min(2.7, 0.75 + 1.4 * g_r)) + rng.normal(0, 0.1)
+        i_z = 0.53 * r_i + rng.normal(0, 0.04)
+    else:
+        u_g = 1.3 + 0.6 * (g_r - 0.5) + rng.normal(0, 0.15)
+        i_z = 0.25 + 0.3 * redshift + rng.normal(0, 0.08)
+    return round(float(u_g), 3), round(float(i_z), 3)
 
 
 def draw_object(index: int, seed: int) -> tuple[SimulatedObject, dict]:
@@ -127,6 +147,7 @@ def draw_object(index: int, seed: int) -> tuple[SimulatedObject, dict]:
                 "half_light_arcsec": float(rng.uniform(0.3, 1.5)) if rng.random() < 0.4 else 0.0,
             }
         )
+    u_g, i_z = _outer_colours(str(cls), g_r, r_i, redshift, np.random.default_rng([seed, index, 7]))
     row = SimulatedObject(
         objid=1237600000000000000 + (seed % 10_000) * 10_000_000 + index,
         cls=str(cls),
@@ -135,6 +156,8 @@ def draw_object(index: int, seed: int) -> tuple[SimulatedObject, dict]:
         r_i=round(float(r_i), 3),
         redshift=round(float(redshift), 4),
         psf_fwhm_arcsec=round(psf_fwhm, 3),
+        u_g=u_g,
+        i_z=i_z,
     )
     render = {
         "shape": shape,
@@ -145,8 +168,8 @@ def draw_object(index: int, seed: int) -> tuple[SimulatedObject, dict]:
     return row, render
 
 
-def _band_mags(r_mag: float, g_r: float, r_i: float) -> dict[str, float]:
-    return {"g": r_mag + g_r, "r": r_mag, "i": r_mag - r_i}
+def _band_mags(r_mag: float, g_r: float, r_i: float, u_g: float = 0.0, i_z: float = 0.0) -> dict[str, float]:
+    return {"u": r_mag + g_r + u_g, "g": r_mag + g_r, "r": r_mag, "i": r_mag - r_i, "z": r_mag - r_i - i_z}
 
 
 def _profile(galsim, half_light_arcsec: float, bulge_fraction: float, flux: float):
@@ -157,18 +180,18 @@ def _profile(galsim, half_light_arcsec: float, bulge_fraction: float, flux: floa
     return disk + bulge if bulge_fraction > 0 else disk
 
 
-def render_object(row: SimulatedObject, render: dict) -> np.ndarray:
-    """Render one object as a 128x128x3 uint8 SkyServer-like colour composite."""
+def render_bands(row: SimulatedObject, render: dict, bands: tuple[str, ...] = BANDS) -> dict[str, np.ndarray]:
+    """Calibrated images (nanomaggies, sky-subtracted, GalSim's y axis up) of one object in `bands`. Noise is drawn
+    band by band in the given order: g, r, i first gives the JPEG path's exact g, r, i pixels."""
     import galsim
-    from astropy.visualization import make_lupton_rgb
 
     band_images = {}
     noise_rng = galsim.BaseDeviate(render["noise_seed"])
-    for band_index, band in enumerate(BANDS):
-        # Seeing is a little worse in g than in i, as in SDSS.
-        psf = galsim.Moffat(beta=3.5, fwhm=row.psf_fwhm_arcsec * (1.08 - 0.04 * band_index))
+    for band in bands:
+        # Seeing is a little worse in the blue than in the red, as in SDSS.
+        psf = galsim.Moffat(beta=3.5, fwhm=row.psf_fwhm_arcsec * (1.08 - 0.04 * (FITS_BANDS.index(band) - 1)))
         image = galsim.ImageF(IMAGE_PIXELS, IMAGE_PIXELS, scale=PIXEL_SCALE_ARCSEC)
-        flux = 10 ** (-0.4 * (_band_mags(row.r_mag, row.g_r, row.r_i)[band] - ZERO_POINT_MAG[band]))
+        flux = 10 ** (-0.4 * (_band_mags(row.r_mag, row.g_r, row.r_i, row.u_g, row.i_z)[band] - ZERO_POINT_MAG[band]))
         shape = render["shape"]
         if shape:
             source = _profile(galsim, shape["half_light_arcsec"], shape["bulge_fraction"], flux)
@@ -177,7 +200,7 @@ def render_object(row: SimulatedObject, render: dict) -> np.ndarray:
             source = galsim.DeltaFunction(flux=flux)
         galsim.Convolve(source, psf).drawImage(image=image, offset=render["centre_offset_pixels"])
         for neighbour in render["neighbours"]:
-            mags = _band_mags(neighbour["r_mag"], neighbour["g_r"], neighbour["r_i"])
+            mags = _band_mags(neighbour["r_mag"], neighbour["g_r"], neighbour["r_i"], 1.2, 0.3)
             neighbour_flux = 10 ** (-0.4 * (mags[band] - ZERO_POINT_MAG[band]))
             profile = _profile(galsim, neighbour["half_light_arcsec"], 0.3, neighbour_flux)
             offset = [value / PIXEL_SCALE_ARCSEC for value in neighbour["offset_arcsec"]]
@@ -186,6 +209,14 @@ def render_object(row: SimulatedObject, render: dict) -> np.ndarray:
         image.addNoise(galsim.CCDNoise(noise_rng, sky_level=sky_per_pixel, gain=1.0, read_noise=READ_NOISE_ELECTRONS))
         # Calibrated flux in nanomaggies (sky-subtracted), as SkyServer's composites use.
         band_images[band] = image.array * 10 ** (-0.4 * (ZERO_POINT_MAG[band] - 22.5))
+    return band_images
+
+
+def render_object(row: SimulatedObject, render: dict) -> np.ndarray:
+    """Render one object as a 128x128x3 uint8 SkyServer-like colour composite."""
+    from astropy.visualization import make_lupton_rgb
+
+    band_images = render_bands(row, render, BANDS)
     rgb = make_lupton_rgb(
         band_images["i"] * LUPTON_BAND_SCALE["i"],
         band_images["r"] * LUPTON_BAND_SCALE["r"],
@@ -197,51 +228,78 @@ def render_object(row: SimulatedObject, render: dict) -> np.ndarray:
     return np.flipud(rgb)  # GalSim's y axis points up; image rows go down.
 
 
-def _simulate_one(task: tuple[int, int, str]) -> SimulatedObject:
+def write_fits(path: Path, band_images: dict[str, np.ndarray]) -> None:
+    """One image HDU per band (EXTNAME and FILTER = the band, float32 nanomaggies) after an empty primary HDU."""
+    from astropy.io import fits
+
+    hdus = [fits.PrimaryHDU()]
+    for band, pixels in band_images.items():
+        hdu = fits.ImageHDU(pixels.astype(np.float32), name=band)
+        hdu.header["FILTER"], hdu.header["BUNIT"] = band, "nanomaggy"
+        hdus.append(hdu)
+    fits.HDUList(hdus).writeto(path)
+
+
+def _simulate_one(task: tuple[int, int, str, str]) -> SimulatedObject:
     from PIL import Image
 
-    index, seed, out_dir = task
+    index, seed, out_dir, image_format = task
     row, render = draw_object(index, seed)
-    path = Path(out_dir) / "images" / row.cls / f"{row.objid}.jpg"
-    Image.fromarray(render_object(row, render)).save(path, quality=JPEG_QUALITY)
+    stem = Path(out_dir) / "images" / row.cls / str(row.objid)
+    if image_format in ("jpg", "both"):
+        Image.fromarray(render_object(row, render)).save(stem.with_suffix(".jpg"), quality=JPEG_QUALITY)
+    if image_format in ("fits", "both"):
+        band_images = render_bands(row, render, BANDS + ("u", "z"))  # g, r, i first: the JPEG's noise
+        write_fits(stem.with_suffix(".fits"), {band: band_images[band] for band in FITS_BANDS})
     return row
 
 
-def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0) -> Path:
-    """Render `num` objects into `out_dir` (images/<Class>/<objid>.jpg + catalog.csv); returns the CSV path."""
+def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0, image_format: str = "jpg") -> Path:
+    """Render `num` objects into `out_dir` (images/<Class>/<objid>.jpg + catalog.csv; `image_format` "fits": ugriz
+    FITS files instead; "both": both, catalog.csv for the JPEGs and catalog_fits.csv for the FITS files of the
+    same objects, same noise); returns the first CSV's path."""
     _require_galsim()
     out_dir = Path(out_dir)
     if num < 1 or workers < 0:
         raise UserError(f"--num must be at least 1 and --workers at least 0 (got {num}, {workers})")
+    if image_format not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {image_format})")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output folder {out_dir} is not empty: choose a new --out or remove it first")
     out_dir = out_dir.resolve()  # a symlink to an empty folder: fill its target
     with sigterm_as_exit():
-        _render(out_dir, num, seed, workers)
+        _render(out_dir, num, seed, workers, image_format)
     return out_dir / "catalog.csv"
 
 
-def _render(out_dir: Path, num: int, seed: int, workers: int) -> None:
+def _render(out_dir: Path, num: int, seed: int, workers: int, image_format: str) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         for cls in CLASS_FRACTIONS:
             (staging / "images" / cls).mkdir(parents=True)
-        tasks = [(index, seed, str(staging)) for index in range(num)]
+        tasks = [(index, seed, str(staging), image_format) for index in range(num)]
         workers = workers or os.cpu_count() or 1
         with get_context("spawn").Pool(workers) as pool:
             rows = list(tqdm(pool.imap(_simulate_one, tasks, chunksize=16), total=num, desc="simulate", unit="img"))
-        with open(staging / "catalog.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["image_path", "Class", "objid", "r_mag", "g_r", "r_i", "redshift", "psf_fwhm_arcsec"])
-            for row in rows:
-                writer.writerow(
-                    [f"images/{row.cls}/{row.objid}.jpg", row.cls, row.objid, row.r_mag, row.g_r, row.r_i,
-                     row.redshift if row.cls != "STAR" else "", row.psf_fwhm_arcsec]
-                )
+        suffixes = {"jpg": {"catalog.csv": "jpg"}, "fits": {"catalog.csv": "fits"},
+                    "both": {"catalog.csv": "jpg", "catalog_fits.csv": "fits"}}[image_format]
+        for name, suffix in suffixes.items():
+            _write_catalog(staging / name, rows, suffix)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_catalog(path: Path, rows: list[SimulatedObject], suffix: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image_path", "Class", "objid", "r_mag", "g_r", "r_i", "u_g", "i_z", "redshift",
+                         "psf_fwhm_arcsec"])
+        for row in rows:
+            writer.writerow([f"images/{row.cls}/{row.objid}.{suffix}", row.cls, row.objid, row.r_mag, row.g_r,
+                             row.r_i, row.u_g, row.i_z, row.redshift if row.cls != "STAR" else "",
+                             row.psf_fwhm_arcsec])

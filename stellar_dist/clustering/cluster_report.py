@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import StandardScaler
 
-from . import dist
+from .. import dist
 from .cluster import cluster_accuracy, match_clusters
-from .data import iter_samples, shard_paths
-from .data import objids as read_objids
-from .evaluate import classification_report
+from ..data.streams import picture, read_some
+from ..data.streams import objids as read_objids
+from ..evaluate import classification_report
 from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
 
 
@@ -27,7 +26,7 @@ def gather_local(local: LocalFeatures, reduced: torch.Tensor, assignment: torch.
     unlabeled split."""
     distance = (reduced - centroids.to(reduced.device)[assignment]).norm(dim=1)
     parts = {"ids": local.ids, "labels": local.labels, "splits": local.splits, "assignment": assignment,
-             "distance": distance}
+             "distance": distance, "shards": local.shards}
     gathered = {key: dist.gather_to_main(value) for key, value in parts.items()}
     probe = local.splits != SPLIT_CODES["unlabeled"]
     probe_parts = {key: dist.gather_to_main(value[probe]) for key, value in (("ids", local.ids),
@@ -104,12 +103,14 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
 
     largest = np.argsort(metrics["cluster_sizes"])[::-1][:num_clusters].tolist()
     chosen = nearest_ids(samples, largest, per_cluster)
-    wanted = {f"{sample_id:09d}" for ids in chosen.values() for sample_id in ids}
-    images = {}
-    paths = shard_paths(shards_dir, "labeled") + shard_paths(shards_dir, "unlabeled")
-    for raw in iter_samples(paths):
-        if raw["__key__"] in wanted:
-            images[int(raw["__key__"])] = Image.open(io.BytesIO(raw[manifest["encoding"]])).convert("RGB")
+    wanted = {sample_id for ids in chosen.values() for sample_id in ids}
+    rows = np.flatnonzero(np.isin(samples["ids"], list(wanted)))
+    names = {code: split for split, code in SPLIT_CODES.items()}
+    shards: dict[str, set[int]] = {}
+    for row in rows:  # only the shards holding the chosen samples are read
+        shards.setdefault(names[int(samples["splits"][row])], set()).add(int(samples["shards"][row]))
+    images = {sample_id: Image.fromarray(picture(raw, manifest))
+              for sample_id, raw in read_some(shards_dir, shards, wanted).items()}
     size, label_width = 96, 150  # tiles: the central half of each cutout (the object), enlarged and stretched
     grid = Image.new("RGB", (label_width + per_cluster * size, len(largest) * size), "white")
     draw = ImageDraw.Draw(grid)

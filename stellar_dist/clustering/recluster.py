@@ -16,28 +16,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import dist
+from .. import dist
 from .cluster import assign, kmeans_faiss, kmeans_torch
-from .data import ItemMaker, OnceStream, make_loader, shard_paths
+from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
 
 
 @dataclass
 class LocalFeatures:
-    """This rank's share of the samples: ids, true class (-1 unknown), split code, backbone features."""
+    """This rank's share of the samples: ids, true class (-1 unknown), split code, backbone features, and the
+    number of the shard each came from (to fetch a few images again without a pass over the split)."""
 
     ids: torch.Tensor
     labels: torch.Tensor
     splits: torch.Tensor
     features: torch.Tensor
+    shards: torch.Tensor
 
 
 @dataclass
 class ClusterState:
     """What training needs from the latest clustering, on the training device; saved in checkpoints."""
 
-    assignments: torch.Tensor  # [num_ids] cluster of each sample id, -1 for test / not clustered
+    assignments: torch.Tensor  # [num_ids] int16/int32 cluster of each sample id, -1 for test / not clustered
     centroids: torch.Tensor  # [k, pca_dim]
     cluster_weights: torch.Tensor  # [k] loss weights, uniform over clusters: n / (k * n_c)
     num_reclusterings: int = 0
@@ -65,15 +67,16 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
                      device: torch.device) -> LocalFeatures:
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {"ids": [], "labels": [], "splits": [], "features": []}
+    parts: dict[str, list] = {"ids": [], "labels": [], "splits": [], "features": [], "shards": []}
     for split, code in SPLIT_CODES.items():
-        stream = OnceStream(shard_paths(shards_dir, split), ItemMaker("plain", manifest["encoding"], grayscale),
+        stream = OnceStream(shard_paths(shards_dir, split), ItemMaker.for_shards("plain", manifest, grayscale),
                             batch_size, rank=dist.rank(), world_size=dist.world_size())
         for batch in make_loader(stream, num_workers):
             parts["features"].append(model.features(batch["image"].to(device)).float())
             parts["ids"].append(batch["id"].to(device))
             parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(device))
             parts["splits"].append(torch.full_like(batch["id"], code).to(device))
+            parts["shards"].append(batch["shard"].to(device))
     model.train(was_training)
     width = getattr(model, "feature_dim", 1)
     empty = {"features": torch.zeros(0, width, device=device)}
@@ -127,9 +130,10 @@ def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_d
     reduced, mean, projection = pca_whiten(local.features, fit, pca_dim)
     centroids = _centroids(reduced[fit], local.ids[fit], k, backend, seed + num_reclusterings, iterations)
     assignment, squared = assign(reduced, centroids)
-    table = torch.full((num_ids,), -1, dtype=torch.long, device=reduced.device)
-    table[dist.gather_variable(local.ids[fit])] = dist.gather_variable(assignment[fit])
-    counts = torch.bincount(table[table >= 0], minlength=k).double()
+    # One entry per sample id on every rank: int16 (2 bytes; 200 MB per rank at 10^8 samples) while k fits in it.
+    table = torch.full((num_ids,), -1, dtype=torch.int16 if k < 2**15 else torch.int32, device=reduced.device)
+    table[dist.gather_variable(local.ids[fit])] = dist.gather_variable(assignment[fit]).to(table.dtype)
+    counts = torch.bincount(table[table >= 0].long(), minlength=k).double()
     weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
     inertia = dist.all_reduce_sum(squared[fit].double().sum().reshape(1)).item()
     distance = squared[fit].double().clamp(min=0).sqrt()

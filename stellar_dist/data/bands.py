@@ -1,0 +1,233 @@
+"""FITS cutouts in any number of bands: reading, cropping/rebinning, the asinh stretch, and an RGB view for humans.
+
+A catalog row points to its bands in one of two ways (see shards/README.md):
+- one FITS file holding every band: one 2-D image HDU per band (found by EXTNAME or FILTER when the names match
+  `--bands`, else taken in file order), or a single 3-D cube (bands x height x width);
+- one FITS file per band: `image_path` contains `{band}` (e.g. `cutouts/{band}/1237.fits`), `--bands` names them.
+
+Shards keep the cutout's pixel values (float32 .npy, lossless). The stretch pack measured is applied when reading:
+first the pixels become sky-subtracted flux in units of the band's sky noise, `(x - sky) / softening` (where the
+photometric augmentations act: a flux scale multiplies every band alike and keeps the colours, noise is noise),
+then `asinh(flux) / scale`, so a typical bright centre is near 1 and the sky near 0 in every band.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: pack's worker processes never need it
+    import pandas as pd
+    import torch
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
+STRETCH_SAMPLE = 256  # cutouts read to measure the stretch (seeded choice among the training rows)
+MAX_BAD_FRACTION = 0.5  # a cutout with more non-finite pixels than this is unusable (off the survey's edge)
+
+
+def is_fits(path: str) -> bool:
+    return str(path).lower().endswith(FITS_SUFFIXES)
+
+
+def _open(path: str):
+    from astropy.io import fits
+
+    return fits.open(path, memmap=False)
+
+
+def _image_hdus(hdul) -> list:
+    return [hdu for hdu in hdul if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2]
+
+
+def _hdu_name(hdu) -> str:
+    name = hdu.header.get("EXTNAME") or hdu.header.get("FILTER") or ""
+    return str(name).strip()
+
+
+def infer_bands(path: str) -> tuple[str, ...]:
+    """Band names of a multi-band FITS file: its HDUs' EXTNAME/FILTER, or band0, band1, ... for a cube."""
+    if "{band}" in path:
+        raise ValueError("image_path contains {band} (one file per band): pass --bands, e.g. --bands u,g,r,i,z")
+    with _open(path) as hdul:
+        hdus = _image_hdus(hdul)
+        if len(hdus) == 1 and hdus[0].data.ndim == 3:
+            return tuple(f"band{index}" for index in range(hdus[0].data.shape[0]))
+        names = [_hdu_name(hdu) for hdu in hdus]
+    if len(set(names)) == len(names) and all(names) and "PRIMARY" not in names:
+        return tuple(names)
+    return tuple(f"band{index}" for index in range(len(names)))
+
+
+def _select(hdus: list, bands: tuple[str, ...], path: str) -> list[np.ndarray]:
+    by_name = {_hdu_name(hdu).casefold(): hdu for hdu in hdus}
+    if all(band.casefold() in by_name for band in bands):
+        return [by_name[band.casefold()].data for band in bands]
+    if len(hdus) == len(bands):
+        return [hdu.data for hdu in hdus]
+    found = ", ".join(_hdu_name(hdu) or "?" for hdu in hdus)
+    raise ValueError(f"has {len(hdus)} image HDU(s) ({found}), not the {len(bands)} bands {','.join(bands)}")
+
+
+def read_cutout(path: str, bands: tuple[str, ...]) -> np.ndarray:
+    """The cutout as a (bands, height, width) float32 array; ValueError/OSError say why it cannot be used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy warns about non-standard headers; the pixels are what we need
+        if "{band}" in path:
+            planes = []
+            for band in bands:
+                with _open(path.replace("{band}", band)) as hdul:
+                    hdus = _image_hdus(hdul)
+                    if not hdus or hdus[0].data.ndim != 2:
+                        raise ValueError(f"{path.replace('{band}', band)} holds no 2-D image")
+                    planes.append(np.asarray(hdus[0].data, dtype=np.float32))
+        else:
+            with _open(path) as hdul:
+                hdus = _image_hdus(hdul)
+                if len(hdus) == 1 and hdus[0].data.ndim == 3:
+                    planes = list(np.asarray(hdus[0].data, dtype=np.float32))
+                    if len(planes) != len(bands):
+                        raise ValueError(f"is a cube of {len(planes)} planes, not the {len(bands)} bands "
+                                         f"{','.join(bands)}")
+                else:
+                    planes = [np.asarray(data, dtype=np.float32) for data in _select(hdus, bands, path)]
+    if any(plane.ndim != 2 or plane.shape != planes[0].shape for plane in planes):
+        raise ValueError(f"bands differ in shape ({', '.join(str(plane.shape) for plane in planes)})")
+    return _fill_bad(np.stack(planes))
+
+
+def _fill_bad(cube: np.ndarray) -> np.ndarray:
+    """Non-finite pixels (masked, off the edge) become the band's median; mostly-bad cutouts are refused."""
+    bad = ~np.isfinite(cube)
+    if bad.any():
+        if bad.mean() > MAX_BAD_FRACTION:
+            raise ValueError(f"{bad.mean():.0%} of its pixels are NaN or infinite")
+        for band in range(cube.shape[0]):
+            if bad[band].all():
+                raise ValueError(f"band {band} has no finite pixel")
+            cube[band][bad[band]] = np.median(cube[band][~bad[band]])
+    return cube
+
+
+def resize_cutout(cube: np.ndarray, image_size: int, mode: str) -> np.ndarray:
+    """As pack does for 8-bit images: "crop" = centre crop at full resolution; "resize" = centre square,
+    area-averaged to `image_size` (a rebinning: surface brightness is kept)."""
+    height, width = cube.shape[-2:]
+    if mode == "crop":
+        if min(height, width) < image_size:
+            raise ValueError(f"cutout is {width}x{height}, smaller than --image-size {image_size}")
+        side = image_size
+    else:
+        side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = cube[:, top : top + side, left : left + side]
+    if side == image_size:
+        return np.ascontiguousarray(square, dtype=np.float32)
+    if side % image_size == 0:  # an integer rebinning: block means
+        factor = side // image_size
+        blocks = square.astype(np.float64).reshape(len(cube), image_size, factor, image_size, factor)
+        return blocks.mean(axis=(2, 4)).astype(np.float32)
+    import torch
+    import torch.nn.functional as F
+
+    pooled = F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(square)).double(), image_size)
+    return pooled.float().numpy()
+
+
+def measure_stretch(cubes: list[np.ndarray]) -> dict:
+    """Per band: sky (median), softening (the sky noise, 1.4826 x MAD) and scale (asinh of the 99.9th percentile
+    of the sky-subtracted flux in noise units), measured on a sample of training cutouts."""
+    stack = np.stack(cubes).astype(np.float64)
+    sky, softening, scale = [], [], []
+    for band in range(stack.shape[1]):
+        pixels = stack[:, band].ravel()
+        level = float(np.median(pixels))
+        noise = 1.4826 * float(np.median(np.abs(pixels - level)))
+        if not noise > 0:
+            noise = float(pixels.std())
+        if not noise > 0:
+            raise ValueError(f"band {band} is constant over {len(cubes)} cutouts")
+        sky.append(level)
+        softening.append(noise)
+        scale.append(float(np.arcsinh(max(np.percentile(pixels - level, 99.9) / noise, 1.0))))
+    return {"kind": "asinh", "sky": sky, "softening": softening, "scale": scale, "measured_on": len(cubes)}
+
+
+def fits_pixels(frame: pd.DataFrame, splits: np.ndarray, options) -> dict:
+    """Bands and asinh stretch of a FITS catalog, measured on a seeded sample of its training rows (before
+    anything is written; the test split is never looked at)."""
+    training = np.flatnonzero(splits != "test")
+    order = np.random.default_rng(options.seed + 2).permutation(training)
+    paths = frame["image_path"].to_numpy()
+    bands = tuple(band.strip() for band in options.bands.split(",") if band.strip())
+    cubes, problems = [], []
+    for row in order:
+        try:
+            bands = bands or infer_bands(paths[row])
+            cubes.append(resize_cutout(read_cutout(paths[row], bands), options.image_size, options.preprocess))
+        except (OSError, ValueError, TypeError, EOFError) as error:
+            problems.append(f"{paths[row]}: {str(error).splitlines()[0][:200]}")
+        if len(cubes) == STRETCH_SAMPLE or len(problems) > max(20, len(cubes)):
+            break
+    if len(cubes) < min(len(training), STRETCH_SAMPLE) // 2:
+        raise UserError(f"{len(problems)} of the first {len(problems) + len(cubes)} FITS cutouts cannot be used, "
+                        f"first {problems[0]}: fix the files (or --bands) before packing")
+    try:
+        stretch = measure_stretch(cubes)
+    except ValueError as error:
+        raise UserError(f"cannot measure the asinh stretch: {error} (bands {','.join(bands)}): "
+                        "check that the cutouts hold sky images") from None
+    return {"encoding": "npy", "channels": len(bands), "bands": list(bands), "stretch": stretch}
+
+
+def input_pixels(frame: pd.DataFrame, splits: np.ndarray, options, catalog) -> dict:
+    """What the shards will hold: 8-bit RGB images (PNG/JPEG) or, for a FITS catalog, N-band float arrays."""
+    fits_rows = frame["image_path"].map(is_fits)
+    if fits_rows.any() and not fits_rows.all():
+        raise UserError(f"catalog {catalog} mixes FITS cutouts ({int(fits_rows.sum())}) and 8-bit images "
+                        f"({int((~fits_rows).sum())}): pack each kind into its own shards")
+    if fits_rows.all():
+        return fits_pixels(frame, splits, options)
+    if options.bands:
+        raise UserError(f"--bands {options.bands} applies to FITS cutouts, but catalog {catalog} lists 8-bit images: "
+                        "drop --bands")
+    return {"encoding": options.encoding, "channels": 3}
+
+
+def to_noise_units(cube: np.ndarray | torch.Tensor, stretch: dict) -> torch.Tensor:
+    """Sky-subtracted flux in units of each band's sky noise: where augmentations act."""
+    import torch
+
+    tensor = torch.as_tensor(cube, dtype=torch.float32)
+    sky = torch.tensor(stretch["sky"], dtype=torch.float32)[:, None, None]
+    softening = torch.tensor(stretch["softening"], dtype=torch.float32)[:, None, None]
+    return (tensor - sky) / softening
+
+
+def apply_asinh(flux: torch.Tensor, stretch: dict) -> torch.Tensor:
+    """What the network sees: asinh(flux in noise units) / scale, per band."""
+    import torch
+
+    return torch.asinh(flux) / torch.tensor(stretch["scale"], dtype=flux.dtype)[:, None, None]
+
+
+def to_rgb(image: torch.Tensor | np.ndarray, bands: list[str] | None = None) -> np.ndarray:
+    """An 8-bit RGB picture of a stretched image for people (thumbnails, W&B): i, r, g as R, G, B when those bands
+    exist, else the last three bands (one band: grey)."""
+    import torch
+
+    image = torch.as_tensor(image, dtype=torch.float32)
+    names = [band.casefold() for band in (bands or [])]
+    if image.shape[0] == 3 and not names:
+        channels = [0, 1, 2]
+    elif all(band in names for band in ("i", "r", "g")):
+        channels = [names.index("i"), names.index("r"), names.index("g")]
+    elif image.shape[0] >= 3:
+        channels = list(range(image.shape[0]))[-3:][::-1]
+    else:
+        channels = [0, 0, 0]
+    rgb = image[channels].clamp(0, 1).mul(255).round().to(torch.uint8)
+    return rgb.permute(1, 2, 0).contiguous().numpy()
