@@ -8,8 +8,8 @@ One unlabeled FixMatch sample = a weak and a strong view of one 64 px cutout. Ro
   the same + RandAugment(2) + RandomErasing for the strong view; per sample, in the workers;
 - workers (png): our shard stream, views per sample in the workers (data.augment_on=workers, the CPU default);
 - device (png) / device (u8): our shard stream with data.augment_on=device: workers only read and decode (PNG, or
-  the uint8 arrays of `--encoding u8`: no decode); the views are made batched on the training device (timed
-  separately below, on this machine's CPU: a GPU makes them in a fraction of that).
+  the uint8 arrays of `--encoding u8`: no decode); the views are made batched on the training device (their
+  rate on this machine's CPU, one thread, is printed apart: a GPU makes them in a fraction of that time).
 Writes OUT/data_speed.json and prints a table.
 """
 
@@ -60,22 +60,24 @@ class PerFileDataset(torch.utils.data.Dataset):
         return {"weak": self.weak(image), "strong": self.strong(image)}
 
 
-def rate(loader, batches: int, warmup: int = 3, views: bool = False) -> tuple[float, float]:
-    """(samples/s delivered by the loader, samples/s including views made in this process, batched)."""
+def rate(loader, batches: int, warmup: int = 3) -> float:
+    """Samples/s the loader delivers when nothing else runs in this process (the workers' throughput)."""
     iterator = iter(loader)
     for _ in range(warmup):  # worker start-up and the first shard opens
         next(iterator)
-    loader_seconds = views_seconds = 0.0
+    started = time.perf_counter()
     for _ in range(batches):
-        started = time.perf_counter()
-        batch = next(iterator)
-        loader_seconds += time.perf_counter() - started
-        if views:
-            started = time.perf_counter()
-            make_views(batch["image"], batch["seed"], ("weak", "strong"))
-            views_seconds += time.perf_counter() - started
-    samples = batches * BATCH
-    return samples / loader_seconds, samples / (loader_seconds + views_seconds)
+        next(iterator)
+    return batches * BATCH / (time.perf_counter() - started)
+
+
+def views_rate(shards: Path, batches: int) -> float:
+    """Samples/s of the batched weak + strong views on this machine's CPU, one thread (a GPU's job in training)."""
+    batch = next(iter(stream(shards, "raw", 0)))
+    started = time.perf_counter()
+    for _ in range(batches):
+        make_views(batch["image"], batch["seed"], ("weak", "strong"))
+    return batches * BATCH / (time.perf_counter() - started)
 
 
 def pack(catalog: str, out: Path, encoding: str) -> Path:
@@ -111,30 +113,26 @@ def main() -> None:
     for workers in args.workers:
         naive = torch.utils.data.DataLoader(PerFileDataset(paths, 64), batch_size=BATCH, shuffle=True,
                                             num_workers=workers, persistent_workers=False, prefetch_factor=4)
-        variants = {"naive": (naive, False), "workers (png)": (stream(png, "unlabeled", workers), False),
-                    "device (png)": (stream(png, "raw", workers), True),
-                    "device (u8)": (stream(u8, "raw", workers), True)}
-        for name, (loader, views) in variants.items():
-            measured = [rate(loader, args.batches, views=views) for _ in range(args.repeats)]
-            loader_rate = statistics.median(value[0] for value in measured)
-            with_views = statistics.median(value[1] for value in measured)
+        variants = {"naive": naive, "workers (png)": stream(png, "unlabeled", workers),
+                    "device (png)": stream(png, "raw", workers), "device (u8)": stream(u8, "raw", workers)}
+        for name, loader in variants.items():
+            loader_rate = statistics.median(rate(loader, args.batches) for _ in range(args.repeats))
             rows.append({"variant": name, "workers": workers, "samples_per_s": loader_rate,
-                         "samples_per_s_per_worker": loader_rate / workers,
-                         "samples_per_s_with_views_on_this_cpu": with_views if views else None})
+                         "samples_per_s_per_worker": loader_rate / workers})
             print(f"{name:15s} workers={workers}: {loader_rate:7.0f} samples/s ({loader_rate / workers:6.0f} per "
-                  f"worker)" + (f"; with the batched views made on this CPU: {with_views:6.0f}" if views else ""),
-                  flush=True)
+                  "worker)", flush=True)
+    views = statistics.median(views_rate(u8, args.batches) for _ in range(args.repeats))
+    print(f"batched weak + strong views on this CPU (1 thread): {views:.0f} samples/s", flush=True)
     naive_rates = {row["workers"]: row["samples_per_s"] for row in rows if row["variant"] == "naive"}
     for row in rows:
         row["vs_naive"] = row["samples_per_s"] / naive_rates[row["workers"]]
-    (out / "data_speed.json").write_text(json.dumps(rows, indent=2))
-    print("\n| variant | workers | samples/s | per worker | vs naive | with views on this CPU |")
-    print("|---|---|---|---|---|---|")
+    (out / "data_speed.json").write_text(json.dumps({"rows": rows, "batched_views_per_s_cpu_1_thread": views},
+                                                    indent=2))
+    print("\n| variant | workers | samples/s | per worker | vs naive |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        extra = f"{row['samples_per_s_with_views_on_this_cpu']:.0f}" if row["samples_per_s_with_views_on_this_cpu"] \
-            else "-"
         print(f"| {row['variant']} | {row['workers']} | {row['samples_per_s']:.0f} | "
-              f"{row['samples_per_s_per_worker']:.0f} | {row['vs_naive']:.2f}x | {extra} |")
+              f"{row['samples_per_s_per_worker']:.0f} | {row['vs_naive']:.2f}x |")
 
 
 if __name__ == "__main__":

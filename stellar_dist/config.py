@@ -46,7 +46,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto": bf16 on GPU, none on CPU; or "no", "bf16", "fp16"
     cpu_threads: int = 0  # torch threads per process on CPU; 0 = cores / local processes (accelerate sets 1)
     logit_adjustment: float = 0.0  # tau of the logit-adjusted supervised loss (Menon et al. 2021; 1.0 typical), 0: off
-    channels_last: bool = False  # NHWC weights and activations: faster convolutions (measured in bench/RESULTS.md)
+    channels_last: bool = True  # NHWC convolutions: mobilenet_v2 1.8-2.1x, resnet18 1.0-1.1x faster on CPU
 
 
 @dataclass(frozen=True)
