@@ -182,6 +182,8 @@ def load_trained_model(checkpoint_path: str | Path, manifest: dict):
     model = StellarNet(config.model.arch, num_classes, "none", num_clusters=num_clusters,
                        in_channels=manifest.get("channels", 3))
     model.load_state_dict(ema_state)
+    if config.train.channels_last:  # the layout the run evaluated with: the same numbers to the last digit
+        model = model.to(memory_format=torch.channels_last)
     return model.eval(), config, folder
 
 
