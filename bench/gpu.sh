@@ -2,7 +2,7 @@
 # One prepared GPU check for a lent machine (one H200 here), under 8 minutes; results to $OUT (default runs/gpu).
 #
 #   bash bench/gpu.sh                 # on the GPU machine, from the repository root
-#   OUT=/tmp/gpu bash bench/gpu.sh    # elsewhere
+#   OUT=/tmp/gpu bash bench/gpu.sh    # elsewhere (a dry run of every step on a CPU machine ran with smaller sizes)
 #
 # 1. the environment and the GPU; 2. a short FixMatch + clustering run that must report a cuda device; 3. FixMatch
 # images/s of the step (synthetic batches, mu 7, 64 px, mobilenet_v2 and resnet18, bf16; naive loop, one forward,
@@ -44,7 +44,7 @@ def write(index):
 
 with Pool(16) as pool:
     pool.map(write, range(20000), chunksize=500)
-print("wrote 20000 cutouts")
+print(f"wrote {20000} random 64 px cutouts")
 EOF
 for encoding in u8 png; do
   run 120 stellar-dist pack --catalog "$OUT/cutouts" --out "$OUT/shards-$encoding" --encoding $encoding \
