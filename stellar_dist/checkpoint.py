@@ -1,7 +1,8 @@
 """Checkpoints: `accelerator.save_state` plus our own trainer state, written atomically, with a `latest` pointer.
 
     OUTPUT_DIR/checkpoints/step_0000200/   model.safetensors, optimizer.bin, random_states_*.pkl (Accelerate)
-                                           trainer_state.pt (step, EMA, scheduler, cluster state, classes), ema.pt
+                                           trainer_state.pt (step, EMA count, scheduler, cluster state, classes),
+                                           ema.pt (the EMA weights), model/ (the portable model)
     OUTPUT_DIR/checkpoints/latest          the name of the newest complete checkpoint
 
 A checkpoint is built in a hidden `.step_*.tmp` folder and renamed when complete; `latest` is replaced atomically

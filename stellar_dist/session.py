@@ -137,7 +137,12 @@ def _restore(run: Run, point: ResumePoint) -> None:
         accelerator.print(f"warning: {warning}")
     accelerator.load_state(str(point.folder))
     state = checkpoint.load_trainer_state(point.folder)
-    run.ema.load_state_dict(state["ema"])
+    if "ema" in state:  # written before the EMA weights were kept once, in ema.pt
+        run.ema.load_state_dict(state["ema"])
+    else:
+        weights = checkpoint.load_ema_weights(point.folder)
+        run.ema.load_state_dict({f"module.{key}": value for key, value in weights.items()}
+                                | {"n_averaged": state["ema_n_averaged"]})
     run.scheduler.load_state_dict(state["scheduler"])
     run.algorithm.load_state_dict(state.get("algorithm", {}))
     run.start_step, run.resumed_from = int(state["step"]), point.folder
@@ -205,7 +210,8 @@ def stop_if_non_finite(run: Run, step: int, flag: torch.Tensor, what: str) -> No
 
 
 def trainer_state(run: Run, step: int) -> dict:
-    state = {"step": step, "ema": run.ema.state_dict(), "scheduler": run.scheduler.state_dict(),
+    # The EMA weights themselves are ema.pt (saved beside this): only the count of averaged steps goes here.
+    state = {"step": step, "ema_n_averaged": run.ema.n_averaged, "scheduler": run.scheduler.state_dict(),
              "classes": list(run.manifest["classes"]), "world_size": run.accelerator.num_processes,
              "algorithm": run.algorithm.state_dict()}
     if run.cluster_state is not None:
