@@ -62,7 +62,7 @@ def infer_bands(path: str) -> tuple[str, ...]:
     return tuple(f"band{index}" for index in range(len(names)))
 
 
-def _select(hdus: list, bands: tuple[str, ...], path: str) -> list[np.ndarray]:
+def _select(hdus: list, bands: tuple[str, ...]) -> list[np.ndarray]:
     by_name = {_hdu_name(hdu).casefold(): hdu for hdu in hdus}
     if all(band.casefold() in by_name for band in bands):
         return [by_name[band.casefold()].data for band in bands]
@@ -93,7 +93,7 @@ def read_cutout(path: str, bands: tuple[str, ...]) -> np.ndarray:
                         raise ValueError(f"is a cube of {len(planes)} planes, not the {len(bands)} bands "
                                          f"{','.join(bands)}")
                 else:
-                    planes = [np.asarray(data, dtype=np.float32) for data in _select(hdus, bands, path)]
+                    planes = [np.asarray(data, dtype=np.float32) for data in _select(hdus, bands)]
     if any(plane.ndim != 2 or plane.shape != planes[0].shape for plane in planes):
         raise ValueError(f"bands differ in shape ({', '.join(str(plane.shape) for plane in planes)})")
     return _fill_bad(np.stack(planes))
@@ -197,21 +197,27 @@ def input_pixels(frame: pd.DataFrame, splits: np.ndarray, options, catalog) -> d
     return {"encoding": options.encoding, "channels": 3}
 
 
-def to_noise_units(cube: np.ndarray | torch.Tensor, stretch: dict) -> torch.Tensor:
-    """Sky-subtracted flux in units of each band's sky noise: where augmentations act."""
-    import torch
+class Stretch:
+    """A manifest's per-band asinh stretch as [bands, 1, 1] tensors, made once: readers apply it to every sample."""
 
-    tensor = torch.as_tensor(cube, dtype=torch.float32)
-    sky = torch.tensor(stretch["sky"], dtype=torch.float32)[:, None, None]
-    softening = torch.tensor(stretch["softening"], dtype=torch.float32)[:, None, None]
-    return (tensor - sky) / softening
+    def __init__(self, parameters: dict):
+        import torch
 
+        self.sky, self.softening, self.scale = (torch.tensor(parameters[key], dtype=torch.float32)[:, None, None]
+                                                for key in ("sky", "softening", "scale"))
+        self.channels = len(parameters["sky"])
 
-def apply_asinh(flux: torch.Tensor, stretch: dict) -> torch.Tensor:
-    """What the network sees: asinh(flux in noise units) / scale, per band."""
-    import torch
+    def to_noise_units(self, cube: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Sky-subtracted flux in units of each band's sky noise: where augmentations act."""
+        import torch
 
-    return torch.asinh(flux) / torch.tensor(stretch["scale"], dtype=flux.dtype)[:, None, None]
+        return (torch.as_tensor(cube, dtype=torch.float32) - self.sky) / self.softening
+
+    def apply_asinh(self, flux: torch.Tensor) -> torch.Tensor:
+        """What the network sees: asinh(flux in noise units) / scale, per band."""
+        import torch
+
+        return torch.asinh(flux) / self.scale
 
 
 def to_rgb(image: torch.Tensor | np.ndarray, bands: list[str] | None = None) -> np.ndarray:

@@ -41,20 +41,22 @@ class ItemMaker:
     grayscale: bool = False
     views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
     strong_view: str = "sky"  # augment.strong's kind: "sky" or "evidence"
-    stretch: dict | None = None  # N-band (npy) shards: the manifest's asinh stretch
+    stretch: bands.Stretch | None = None  # N-band (npy) shards: the manifest's asinh stretch
 
     @classmethod
     def for_shards(cls, use: str, manifest: dict, grayscale: bool = False, **options) -> "ItemMaker":
-        return cls(use, manifest["encoding"], grayscale, stretch=manifest.get("stretch"), **options)
+        """`manifest`: a shards manifest, or a model's description (it carries the same encoding and stretch)."""
+        stretch = bands.Stretch(manifest["stretch"]) if manifest.get("stretch") else None
+        return cls(use, manifest["encoding"], grayscale, stretch=stretch, **options)
 
     def decode(self, raw: dict) -> torch.Tensor:
         """8-bit images: pixels / 255. N-band arrays: sky-subtracted flux in noise units (see bands.py)."""
         if self.encoding == "npy":
             array = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
-            if array.ndim != 3 or array.shape[0] != len(self.stretch["sky"]) or array.dtype.kind != "f":
+            if array.ndim != 3 or array.shape[0] != self.stretch.channels or array.dtype.kind != "f":
                 raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not "
-                                 f"{len(self.stretch['sky'])} float bands")
-            return bands.to_noise_units(array, self.stretch)
+                                 f"{self.stretch.channels} float bands")
+            return self.stretch.to_noise_units(array)
         tensor = torch.from_numpy(rgb_array(raw, self.encoding).copy()).permute(2, 0, 1).float().div_(255.0)
         if self.grayscale:
             tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
@@ -95,7 +97,7 @@ class ItemMaker:
 
     def finish(self, image: torch.Tensor) -> torch.Tensor:
         """N-band: the asinh stretch, after the augmentations acted on flux. 8-bit images are ready as they are."""
-        return image if self.stretch is None else bands.apply_asinh(image, self.stretch)
+        return image if self.stretch is None else self.stretch.apply_asinh(image)
 
 
 def rgb_array(raw: dict, encoding: str) -> np.ndarray:

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import dist
-from ..data.bands import apply_asinh, is_fits, read_cutout, resize_cutout, to_noise_units
+from ..data.bands import Stretch, is_fits, read_cutout, resize_cutout
 from ..data.catalog import IMAGE_SUFFIXES
 from ..data.streams import rgb_array
 from ..errors import UserError
@@ -81,13 +81,13 @@ def input_rows(source: Path, fits: bool = False):
     return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths))
 
 
-def prepare(row: tuple, description: dict) -> tuple[torch.Tensor | None, str | None]:
+def prepare(row: tuple, description: dict, stretch: Stretch | None = None) -> tuple[torch.Tensor | None, str | None]:
     """The image as the model saw it in training, or (None, the reason it cannot be read)."""
     from ..data.pack import _encode, preprocess_image
 
     _, path, payload = row
     if description["encoding"] == "npy":
-        return _prepare_bands(path, payload, description)
+        return _prepare_bands(path, payload, description, stretch or Stretch(description["stretch"]))
     try:
         if payload is None:
             image = preprocess_image(path, description["image_size"], description["preprocess"])
@@ -104,7 +104,7 @@ def prepare(row: tuple, description: dict) -> tuple[torch.Tensor | None, str | N
     return tensor, None
 
 
-def _prepare_bands(path: str, payload: bytes | None, description: dict) -> tuple[torch.Tensor | None, str | None]:
+def _prepare_bands(path: str, payload: bytes | None, description: dict, stretch: Stretch):
     """An N-band cutout (a FITS file, or an array from N-band shards) stretched as in training."""
     size, channels = description["image_size"], description["channels"]
     try:
@@ -116,15 +116,16 @@ def _prepare_bands(path: str, payload: bytes | None, description: dict) -> tuple
             raise ValueError(f"cutout has shape {cube.shape}, the model takes {(channels, size, size)}")
     except (OSError, ValueError, TypeError, EOFError) as error:
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    return apply_asinh(to_noise_units(cube, description["stretch"]), description["stretch"]), None
+    return stretch.apply_asinh(stretch.to_noise_units(cube)), None
 
 
 @torch.no_grad()
 def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, batch_size: int):
     """This rank's rows of a chunk: (row indices, probabilities, features, rejected [(row, reason)])."""
     kept, tensors, rejected = [], [], []
+    stretch = Stretch(description["stretch"]) if description.get("stretch") else None  # once per chunk
     for index, row in rows:
-        tensor, reason = prepare(row, description)
+        tensor, reason = prepare(row, description, stretch)
         if tensor is None:
             rejected.append((index, reason))
         else:
