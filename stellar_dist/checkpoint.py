@@ -27,6 +27,7 @@ from .errors import UserError, storage_failure
 TRAINER_STATE = "trainer_state.pt"
 EMA_WEIGHTS = "ema.pt"
 MODEL_WEIGHTS = "model.safetensors"
+OPTIMIZER_STATE = "optimizer.bin"  # Accelerate's; with random_states_*.pkl, read when a run resumes
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -98,7 +99,10 @@ def problem(folder: Path) -> str | None:
     """Why `folder` is not a complete, readable checkpoint with finite weights; None when it is."""
     if not folder.is_dir():
         return "is missing"
-    missing = [name for name in (TRAINER_STATE, EMA_WEIGHTS, MODEL_WEIGHTS) if not (folder / name).is_file()]
+    missing = [name for name in (TRAINER_STATE, EMA_WEIGHTS, MODEL_WEIGHTS, OPTIMIZER_STATE)
+               if not (folder / name).is_file()]
+    if not list(folder.glob("random_states_*.pkl")):
+        missing.append("random_states_*.pkl")
     if missing:
         return f"lacks {', '.join(missing)}"
     try:
@@ -114,18 +118,22 @@ def problem(folder: Path) -> str | None:
 def candidates(output_dir: str | Path) -> list[Path]:
     """The checkpoints of a run, newest first: `latest`'s target, then every step_* folder by step."""
     root = checkpoint_root(output_dir)
-    found = sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []
+    found = sorted(path for path in root.glob("step_*") if path.is_dir())[::-1] if root.is_dir() else []
     pointer = root / "latest"
-    if pointer.is_file():
+    if pointer.is_file():  # a pointer to a folder that is gone (a kill between two renames) points nowhere
         name = pointer.read_text(errors="replace").strip()
-        if name.startswith("step_") and "/" not in name:
+        if name.startswith("step_") and "/" not in name and (root / name).is_dir():
             found = [root / name] + [path for path in found if path.name != name]
     return found
 
 
 def has_checkpoints(output_dir: str | Path) -> bool:
-    root = checkpoint_root(output_dir)
-    return root.is_dir() and (bool(list(root.glob("step_*"))) or (root / "latest").exists())
+    return bool(candidates(output_dir))
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A folder stellar-dist wrote as a checkpoint (complete or not): it holds our trainer state."""
+    return folder.is_dir() and (folder / TRAINER_STATE).is_file()
 
 
 def newest_complete(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:

@@ -168,6 +168,11 @@ def _run_pack(args) -> None:
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} unreadable image(s), listed in {args.out}/manifest.json "
               f"under 'skipped'; first: {manifest['skipped'][0]['image_path']}: {manifest['skipped'][0]['reason']}")
+    if manifest.get("duplicates"):
+        first = manifest["duplicates"][0]
+        print(f"packed once: {len(manifest['duplicates'])} catalog row(s) repeat an image of an earlier row, listed "
+              f"in {args.out}/manifest.json under 'duplicates'; first: {first['image_path']} is {first['reason']} "
+              f"as {first['duplicate_of']}")
 
 
 @exit_on_user_error

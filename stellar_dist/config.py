@@ -150,22 +150,23 @@ CHOICES = {
     "tracking": ("none", "wandb"),
 }
 
-# Allowed ranges of every numeric key ("[" inclusive, "(" exclusive). 0 means "off" only where a default's comment
+# Allowed ranges of every numeric key ("[" inclusive, "(" exclusive). Size-like keys have an upper bound, so that a
+# typo cannot grow memory without limit (a shuffle buffer of 10^8 samples, a batch of 10^7 images). 0 means "off" only where a default's comment
 # says so (eval/checkpoint/cluster every_steps, cluster.k, cluster.pca_dim, train.cpu_threads, keep_last).
 RANGES = {
-    "data.num_workers": "[0, 64]", "data.shuffle_buffer": "[1, inf)",
-    "train.steps": "[1, inf)", "train.batch_size": "[1, inf)", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
+    "data.num_workers": "[0, 64]", "data.shuffle_buffer": "[1, 100000]",
+    "train.steps": "[1, 1e9]", "train.batch_size": "[1, 65536]", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
     "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
-    "train.log_every_steps": "[1, inf)", "train.cpu_threads": "[0, inf)", "train.logit_adjustment": "[0, 10]",
-    "ssl.mu": "[1, inf)", "ssl.threshold": "(0, 1)", "ssl.lambda_u": "[0, inf)",
+    "train.log_every_steps": "[1, 1e9]", "train.cpu_threads": "[0, 1024]", "train.logit_adjustment": "[0, 10]",
+    "ssl.mu": "[1, 64]", "ssl.threshold": "(0, 1)", "ssl.lambda_u": "[0, inf)",
     "ssl.pseudolabel.rampup_fraction": "[0, 1]", "ssl.freematch.ema_momentum": "[0, 1)",
     "ssl.freematch.lambda_fairness": "[0, inf)", "ssl.mixmatch.views": "[1, 8]", "ssl.mixmatch.temperature": "(0, 1]",
     "ssl.mixmatch.alpha": "(0, inf)", "ssl.mixmatch.lambda_u": "[0, inf)", "ssl.mixmatch.rampup_fraction": "[0, 1]",
-    "eval.every_steps": "[0, inf)", "eval.batch_size": "[1, inf)",
+    "eval.every_steps": "[0, inf)", "eval.batch_size": "[1, 65536]",
     "checkpoint.every_steps": "[0, inf)", "checkpoint.keep_last": "[0, inf)",
-    "cluster.every_steps": "[0, inf)", "cluster.k": "[0, inf)", "cluster.pca_dim": "[0, inf)",
-    "cluster.iterations": "[1, inf)", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, inf)",
-    "dist.timeout_s": "(0, inf)",
+    "cluster.every_steps": "[0, inf)", "cluster.k": "[0, 100000]", "cluster.pca_dim": "[0, 4096]",
+    "cluster.iterations": "[1, 10000]", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, 100]",
+    "dist.timeout_s": "(0, 86400]",
     "seed": "[0, inf)",
 }
 
@@ -242,7 +243,11 @@ def _apply_override(tree: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"override {override!r}: {part} is not a config section")
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise UserError(f"override {override!r}: {raw!r} is not a valid value ({str(error).splitlines()[0]}); "
+                        "quote text, e.g. KEY='[a'") from None
     node[leaf] = raw if value is None else value
 
 

@@ -90,3 +90,22 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def broadcast_object(value, src: int = 0):
+    """Rank `src`'s small Python object (our own values: a message, a flag) on every rank."""
+    if world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def raise_if_any(message: str | None) -> None:
+    """Every rank raises the same one-line UserError when rank 0 (the only writer) refused: locks and ownership
+    are checked on rank 0, and the other ranks must not wait for it in a collective."""
+    from .errors import UserError
+
+    message = broadcast_object(message)
+    if message:
+        raise UserError(message)

@@ -25,7 +25,7 @@ from .errors import UserError, peer_failure, user_message
 from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
                        write_predictions)
 from .inference.model_folder import publish, write_model
-from .preemption import Stopped, StopRequest
+from .preemption import Stopped, StopRequest, resume_command
 from .session import (Run, portable_model, save_run, setup, stop_if_non_finite, trainer_state, update_ema,
                       uses_cluster_head)
 
@@ -105,6 +105,7 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
                                   device=run.accelerator.device)
     run.model.train()  # back to training mode after every evaluation (kekmodel#42)
     report = classification_report(gathered["label"], gathered["prediction"], run.manifest["classes"])
+    report["refused_ids"] = gathered["refused"].tolist()  # unreadable test samples, left out
     run.tracker.log({"test/accuracy": report["accuracy"], "test/balanced_accuracy": report["balanced_accuracy"],
                      "test/macro_f1": report["macro_f1"]}, step)
     if run.accelerator.is_main_process:
@@ -189,7 +190,7 @@ def train_loop(run: Run) -> int:
                     desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
     interval_start, data_wait_s = time.perf_counter(), 0.0
     non_finite_steps = torch.zeros((), device=accelerator.device)
-    stop_requested = StopRequest(accelerator.device)
+    stop_requested = StopRequest(accelerator.device, every=config.train.log_every_steps)
     run.model.train()
     for step in progress:
         run.step = step + 1
@@ -241,12 +242,13 @@ def train_loop(run: Run) -> int:
         if recluster_now:
             recluster_run(run, done)
         saved = save_run(run, done) if save_now else None
-        if done != config.train.steps and stop_requested():
+        if done != config.train.steps and stop_requested(done):
             _stop_non_finite(run, done, non_finite_steps)
             saved = saved or save_run(run, done)
             if accelerator.is_main_process:
                 stop_requested.confirm(done, saved)
-            raise Stopped(done, saved)
+            raise Stopped(done, saved, by_user=stop_requested.interrupted)
+    stop_requested.close()
     return config.train.steps
 
 
@@ -273,7 +275,7 @@ def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict
     if clusters is not None and run.accelerator.is_main_process:  # the final clustering joins the checkpoint
         checkpoint.update_trainer_state(final, trainer_state(run, steps))
         write_model(final / "model", *portable_model(run, steps))  # and the model folder (predict's clusters)
-        publish(final / "model", run.output_dir)
+        publish(final / "model", run.output_dir, quiet=True)
     return report, clusters
 
 
@@ -288,8 +290,14 @@ def train(config: Config) -> dict | None:
             final = _final_checkpoint(run, steps)
             report, clusters = _final_reports(run, steps, final)
         except Stopped as stopped:
+            if stopped.by_user:
+                raise UserError(f"{stopped}; continue with: {resume_command()}") from None
             run.accelerator.print(f"{stopped}: resume=auto continues from it (the batch script requeues the job)")
             return None
+        except KeyboardInterrupt:
+            latest = checkpoint.find_latest(run.output_dir)
+            raise UserError(f"interrupted during step {run.step}; the last complete checkpoint is "
+                            f"{latest or 'none (no checkpoint yet)'}; continue with: {resume_command()}") from None
         except Exception as error:
             lost = peer_failure(error)
             if lost is None:

@@ -98,6 +98,10 @@ def exit_on_user_error(func):
             return func(*args, **kwargs)
         except UserError as error:
             message = user_message(error)
+        except KeyboardInterrupt:
+            print("\nerror: interrupted (Ctrl-C); finished outputs are complete, unfinished ones were removed",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         except OSError as error:
             if error.errno not in STORAGE_ERRNOS:
                 raise

@@ -21,7 +21,13 @@ def predict(model: torch.nn.Module, loader, device: torch.device) -> dict[str, t
     was_training = model.training
     model.eval()
     parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": [], "shard": []}
+    refused = []  # ids of samples that could not be read: counted and listed, never scored
     for batch in loader:
+        valid = batch["valid"]
+        refused.append(batch["id"][~valid].to(device))
+        if not bool(valid.any()):
+            continue
+        batch = {key: value[valid] for key, value in batch.items()}
         logits = model(batch["image"].to(device, non_blocking=True)).float()
         parts["id"].append(batch["id"].to(device))
         parts["shard"].append(batch["shard"].to(device))
@@ -29,10 +35,12 @@ def predict(model: torch.nn.Module, loader, device: torch.device) -> dict[str, t
         parts["prediction"].append(logits.argmax(-1))
         parts["probability"].append(logits.softmax(-1))
     model.train(was_training)
+    parts["refused"] = refused
     num_classes = getattr(model, "classifier").out_features
     empty = {"id": torch.zeros(0, dtype=torch.long), "label": torch.zeros(0, dtype=torch.long),
              "shard": torch.zeros(0, dtype=torch.long),
-             "prediction": torch.zeros(0, dtype=torch.long), "probability": torch.zeros(0, num_classes)}
+             "prediction": torch.zeros(0, dtype=torch.long), "probability": torch.zeros(0, num_classes),
+             "refused": torch.zeros(0, dtype=torch.long)}
     return {key: torch.cat(value) if value else empty[key].to(device) for key, value in parts.items()}
 
 
@@ -43,14 +51,23 @@ def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: in
                         batch_size, rank=dist.rank(), world_size=dist.world_size())
     local = predict(model, make_loader(stream, num_workers), device)
     gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in local.items()}
+    refused = np.sort(gathered.pop("refused"))
     order = np.argsort(gathered["id"])
     gathered = {key: value[order] for key, value in gathered.items()}
     expected = manifest["num_samples"]["test"]
-    if len(gathered["id"]) != expected or len(np.unique(gathered["id"])) != expected:
-        raise UserError(f"the test shards produced {len(gathered['id'])} predictions ({len(np.unique(gathered['id']))} "
-                        f"unique) for the manifest's {expected} test samples: run `stellar-dist pack --verify "
-                        f"{shards_dir}` and re-pack")
-    return gathered
+    seen = np.concatenate([gathered["id"], refused])
+    if len(seen) != expected or len(np.unique(seen)) != expected:
+        raise UserError(f"the test shards produced {len(seen)} samples ({len(np.unique(seen))} unique) for the "
+                        f"manifest's {expected} test samples: run `stellar-dist pack --verify {shards_dir}` and "
+                        "re-pack")
+    if len(refused) == expected:
+        raise UserError(f"none of the {expected} test samples of {shards_dir} could be read (first id "
+                        f"{refused[0]}): run `stellar-dist pack --verify {shards_dir}` and re-pack")
+    if len(refused) and dist.rank() == 0:
+        print(f"warning: {len(refused)} test sample(s) could not be read and are left out of the metrics (ids "
+              f"{', '.join(map(str, refused[:10].tolist()))}{' ...' if len(refused) > 10 else ''}; listed in "
+              "metrics.json under 'refused_ids')")
+    return gathered | {"refused": refused}
 
 
 def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, classes: list[str], path: Path) -> Path:
@@ -192,16 +209,25 @@ def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out
     """Evaluate a checkpoint's EMA model on a test split; writes metrics.json and the confusion matrix."""
     from .data.manifest import load_manifest
 
+    from .outputs import claim_all, take_folder
+
     manifest = load_manifest(shards_dir)
     model, config, folder = load_trained_model(checkpoint_path, manifest)
+    out_dir = Path(out_dir) if out_dir else folder.parent.parent / f"eval_{folder.name}"
+    lock = take_folder(out_dir, EVALUATE_FILES, "evaluate", {"--checkpoint": folder, "--shards": shards_dir})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gathered = gather_predictions(model.to(device), str(shards_dir), manifest, batch_size=config.eval.batch_size,
                                   num_workers=num_workers, grayscale=config.data.grayscale, device=device)
     report = classification_report(gathered["label"], gathered["prediction"], manifest["classes"])
-    out_dir = Path(out_dir) if out_dir else folder.parent.parent / f"eval_{folder.name}"
+    report["refused_ids"] = gathered["refused"].tolist()  # unreadable test samples, left out
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps({"test": report, "checkpoint": str(folder),
                                                       "shards": str(shards_dir)}, indent=2))
     plot_confusion(report, out_dir / "confusion_matrix.png")
     write_predictions(gathered, shards_dir, manifest["classes"], out_dir / "predictions.csv")
+    claim_all(out_dir, EVALUATE_FILES, "evaluate")
+    lock.release()
     return report | {"out_dir": str(out_dir)}
+
+
+EVALUATE_FILES = ("metrics.json", "confusion_matrix.png", "predictions.csv")

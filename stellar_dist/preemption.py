@@ -1,16 +1,23 @@
-"""Stop at a step boundary when the scheduler warns of preemption or the time limit, so the job can requeue.
+"""Stop at a step boundary with a checkpoint: when the scheduler warns of preemption or the time limit (so the job
+can requeue), or when the user presses Ctrl-C (so the run can continue later with resume=auto).
 
 `slurm/fixmatch.sbatch` exports STELLAR_STOP_FILE and, on SLURM's warning signal (`--signal=B:USR1@180`), creates
-that file. Every rank looks for it after each step and the ranks agree (one all-reduce of a flag, only when the
-variable is set), so all of them stop after the same step; the run then saves a checkpoint and writes
-STOP_FILE.stopped, which tells the batch script to requeue the job. A file, not a signal to the ranks: signals
-do not pass through srun, `bash -c` and the launcher to the training processes, and a file works on every node
-of a shared filesystem (which checkpoints need anyway).
+that file; STOP_FILE.stopped then tells the batch script to requeue the job. A file, not a signal to the ranks:
+signals do not pass through srun, `bash -c` and the launcher to the training processes, and a file works on every
+node of a shared filesystem. Ctrl-C (SIGINT) sets a flag; a second Ctrl-C quits at once.
+
+Cost per step: nothing. One process checks its flag (and the file) after every step; several processes agree with
+one all-reduce every `every` steps (train.log_every_steps, where the loop synchronises anyway), so that all of
+them stop after the same step.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -21,27 +28,63 @@ STOP_FILE_ENV = "STELLAR_STOP_FILE"
 
 
 class StopRequest:
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, every: int = 1):
         path = os.environ.get(STOP_FILE_ENV)
-        self.path, self.device = (Path(path) if path else None), device
+        self.path, self.device, self.every = (Path(path) if path else None), device, max(1, every)
+        self.interrupted = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
 
-    def __call__(self) -> bool:
-        """True on every rank once any rank saw the stop file (the same answer everywhere)."""
-        if self.path is None:
+    def _on_interrupt(self, signum, frame) -> None:
+        if self.interrupted:  # the second Ctrl-C: quit now
+            raise KeyboardInterrupt
+        self.interrupted = True
+        if dist.rank() == 0:
+            print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def __call__(self, step: int) -> bool:
+        """True on every rank, after the same step, once any rank was asked to stop."""
+        if dist.world_size() > 1 and step % self.every:
             return False
-        seen = torch.tensor([float(self.path.exists())], device=self.device)
-        return dist.all_reduce_max(seen).item() > 0
+        local = self.interrupted or (self.path is not None and self.path.exists())
+        if dist.world_size() == 1:
+            return local
+        return dist.all_reduce_max(torch.tensor([float(local)], device=self.device)).item() > 0
 
     def confirm(self, step: int, checkpoint: Path) -> None:
         """Tell the batch script that the ranks stopped early and saved `checkpoint`: it requeues the job."""
-        if self.path is not None:
+        if self.path is not None and not self.interrupted:
             marker = Path(f"{self.path}.stopped")
             marker.write_text(f"{step} {checkpoint}\n")
+
+
+def resume_command() -> str:
+    """The command that continues this run: the one that started it, with resume=auto."""
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("resume=")] + ["resume=auto"]
+    program = sys.argv[0]
+    if Path(program).name == "stellar-dist":
+        head = ["stellar-dist"]
+    elif program.endswith(os.path.join("stellar_dist", "train.py")):
+        head = ["python", "-m", "stellar_dist.train"]
+    else:
+        head = ["python", program]
+    if "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ:  # started by accelerate launch
+        head = ["accelerate", "launch", "<the same launch options>", *head[1:]] if head[0] == "python" else \
+            ["accelerate", "launch", "<the same launch options>", "-m", "stellar_dist.train"]
+    return shlex.join(head + args).replace("'<the same launch options>'", "<the same launch options>")
 
 
 class Stopped(Exception):
     """The run stopped early on request, after saving `checkpoint` at `step`."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"stopped at step {step} on the scheduler's request; checkpoint {checkpoint}")
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: Path, by_user: bool = False):
+        who = "on Ctrl-C" if by_user else "on the scheduler's request"
+        super().__init__(f"stopped at step {step} {who}; checkpoint {checkpoint}")
+        self.step, self.checkpoint, self.by_user = step, checkpoint, by_user

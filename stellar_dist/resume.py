@@ -17,6 +17,26 @@ from .errors import UserError
 # bit-exact continuation of the data order.
 MUST_MATCH = ("model.arch", "ssl.algorithm", "cluster.lambda_c>0", "cluster.k")
 SAME_ORDER = ("data.num_workers", "train.batch_size", "ssl.mu", "seed", "data.shards")
+SCHEDULE = ("train.steps", "train.warmup_steps", "train.lr")  # the learning-rate curve is recomputed from these
+# The names a run writes in its output_dir; anything else there is the user's and is never touched.
+RUN_NAMES = ("checkpoints", "model", "plots", "config.yaml", "metrics.json", "log.jsonl", "predictions.csv",
+             "assignments.csv", "wandb", "wandb_run_id")
+RUN_MARKER = ".stellar-dist-run"  # written when a run first takes its folder
+
+
+def check_run_folder(output_dir: Path) -> None:
+    """A folder that is not a run of ours but holds files under a run's names is refused: training would
+    overwrite or delete them. Other files of the user's in the folder are fine (a run never touches them)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"output_dir {output_dir} is a file: choose a folder path")
+    if not output_dir.is_dir() or (output_dir / RUN_MARKER).exists() or any(
+            checkpoint.is_checkpoint(folder) for folder in checkpoint.candidates(output_dir)):
+        return
+    foreign = [name for name in RUN_NAMES if (output_dir / name).exists() or (output_dir / name).is_symlink()]
+    if foreign:
+        raise UserError(f"output_dir {output_dir} holds {', '.join(foreign)}, which no stellar-dist run wrote; a "
+                        "run writes under these names and would replace them: choose another output_dir (nothing "
+                        "was changed)")
 
 
 @dataclass
@@ -43,10 +63,17 @@ def _compare(previous: Config, config: Config, world_size: int, state: dict) -> 
                if _value(previous, key) != _value(config, key)]
     if state.get("world_size", world_size) != world_size:
         changed.append(f"processes {state['world_size']} -> {world_size}")
+    warnings = []
     if changed:
-        return [f"resuming with {', '.join(changed)}: the run continues, but not on the data order an "
-                "uninterrupted run would have seen (exact resume needs the same values)"]
-    return []
+        warnings.append(f"resuming with {', '.join(changed)}: the run continues, but not on the data order an "
+                        "uninterrupted run would have seen (exact resume needs the same values)")
+    schedule = [f"{key} {_value(previous, key)!r} -> {_value(config, key)!r}" for key in SCHEDULE
+                if _value(previous, key) != _value(config, key)]
+    if schedule:
+        warnings.append(f"resuming with {', '.join(schedule)}: the learning-rate schedule (warmup, then cosine to "
+                        f"zero at train.steps) is recomputed, so from step {state['step']} on the learning rate "
+                        "follows the new curve, not the one the run was trained on so far")
+    return warnings
 
 
 def _check_classes(state: dict, manifest: dict, folder: Path) -> None:
@@ -59,6 +86,7 @@ def _check_classes(state: dict, manifest: dict, folder: Path) -> None:
 def find_resume_point(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
     """The checkpoint to continue from (None: a fresh run), or a one-line refusal."""
     output_dir = Path(config.output_dir)
+    check_run_folder(output_dir)
     if config.resume == "none":
         if checkpoint.has_checkpoints(output_dir) or (output_dir / "metrics.json").exists():
             raise UserError(f"output_dir {output_dir} already holds a run ({_describe(output_dir)}): pass "

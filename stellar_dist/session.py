@@ -22,7 +22,8 @@ from .errors import UserError
 from .data.manifest import check_shards, load_manifest
 from .models import StellarNet
 from .clustering.recluster import ClusterState
-from .resume import ResumePoint, find_resume_point
+from .outputs import OutputLock, check_paths
+from .resume import RUN_MARKER, ResumePoint, find_resume_point
 from .tracking import RunTracker, prepare_wandb_environment
 
 
@@ -103,6 +104,10 @@ def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Opti
 def _check_before_writing(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
     """Everything that can refuse the run, checked on every rank before anything is written."""
     check_shards(config.data.shards, manifest)
+    check_paths({"output_dir": config.output_dir}, {"data.shards": config.data.shards})
+    if len(manifest["classes"]) < 2:
+        raise UserError(f"{config.data.shards} holds one class only ({manifest['classes'][0]}): a classifier needs "
+                        "at least two; pack a catalog with two or more classes")
     if config.data.grayscale and manifest["encoding"] == "npy":
         raise UserError(f"data.grayscale=true applies to RGB images, but {config.data.shards} holds "
                         f"{manifest['channels']}-band FITS cutouts: drop data.grayscale")
@@ -125,30 +130,84 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
     return point
 
 
+def take_run_folder(accelerator: Accelerator, output_dir: Path) -> None:
+    """One run per folder: the main process locks it for the life of the run (the kernel releases the lock when
+    the run ends, is killed or its job requeued) and marks it as a run; every rank refuses alike otherwise."""
+    refusal = None
+    if accelerator.is_main_process:
+        try:
+            OutputLock(output_dir, "stellar-dist train")
+            marker = output_dir / RUN_MARKER
+            if not marker.exists():
+                marker.write_text("a stellar-dist run: it owns checkpoints/, model/, plots/ and the files it wrote "
+                                  "here; anything else in this folder is yours and is never touched\n")
+        except UserError as error:
+            refusal = str(error)
+    dist.raise_if_any(refusal)
+
+
+def _older_complete(output_dir: Path, than: Path):
+    for folder in checkpoint.candidates(output_dir):
+        if folder.name < than.name and checkpoint.problem(folder) is None:
+            yield folder
+
+
 def _restore(run: Run, point: ResumePoint) -> None:
-    accelerator = run.accelerator
-    for folder, reason in point.skipped:
-        accelerator.print(f"warning: checkpoint {folder.name} {reason}; kept as unreadable-{folder.name}, "
-                          f"resuming from {point.folder.name}")
+    """Load the resume point on every rank; when any part of it cannot be read on any rank (optimizer, RNG
+    states, scheduler, ...), every rank falls back to the previous complete checkpoint (resume=auto)."""
+    accelerator, skipped, folder = run.accelerator, list(point.skipped), point.folder
+    older = _older_complete(run.output_dir, point.folder) if run.config.resume == "auto" else iter(())
+    while True:
+        reason = _load_checkpoint(run, folder)
+        failed = dist.all_reduce_max(torch.tensor([float(reason is not None)], device=accelerator.device))
+        if failed.item() == 0:
+            break
+        skipped.append((folder, reason or "cannot be read on another rank"))
+        folder = next(older, None)
+        if folder is None:
+            raise UserError(f"no checkpoint of {run.output_dir} could be loaded ({skipped[-1][0].name} "
+                            f"{skipped[-1][1]}): restore one, or choose another output_dir")
+    for bad, reason in skipped:
+        accelerator.print(f"warning: checkpoint {bad.name} {reason}; kept as unreadable-{bad.name}, "
+                          f"resuming from {folder.name}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        checkpoint.set_aside(point.skipped)
+        checkpoint.set_aside(skipped)
     for warning in point.warnings:
         accelerator.print(f"warning: {warning}")
-    accelerator.load_state(str(point.folder))
-    state = checkpoint.load_trainer_state(point.folder)
-    if "ema" in state:  # written before the EMA weights were kept once, in ema.pt
-        run.ema.load_state_dict(state["ema"])
-    else:
-        weights = checkpoint.load_ema_weights(point.folder)
-        run.ema.load_state_dict({f"module.{key}": value for key, value in weights.items()}
-                                | {"n_averaged": state["ema_n_averaged"]})
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.algorithm.load_state_dict(state.get("algorithm", {}))
-    run.start_step, run.resumed_from = int(state["step"]), point.folder
-    if "cluster" in state:
-        run.cluster_state = ClusterState.from_state_dict(state["cluster"], accelerator.device)
-    accelerator.print(f"resumed from {point.folder} at step {run.start_step}")
+    accelerator.print(f"resumed from {folder} at step {run.start_step}")
+
+
+def _load_checkpoint(run: Run, folder: Path) -> str | None:
+    """Restore every part of the run from `folder`; None, or why it could not be read."""
+    try:
+        # Accelerate only logs an unreadable RNG file and goes on (the run would silently leave its exact
+        # continuation): this rank's file is read first, and must hold the states.
+        from accelerate.utils import load as accelerate_load
+
+        name = f"random_states_{run.accelerator.process_index}.pkl"
+        try:
+            rng = accelerate_load(folder / name)
+        except Exception as error:  # noqa: BLE001  (an unpickling error can be anything)
+            raise ValueError(f"{name}: {type(error).__name__}: {error}") from None
+        if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
+            raise ValueError(f"{name} holds no random states")
+        run.accelerator.load_state(str(folder))
+        state = checkpoint.load_trainer_state(folder)
+        if "ema" in state:  # written before the EMA weights were kept once, in ema.pt
+            run.ema.load_state_dict(state["ema"])
+        else:
+            weights = checkpoint.load_ema_weights(folder)
+            run.ema.load_state_dict({f"module.{key}": value for key, value in weights.items()}
+                                    | {"n_averaged": state["ema_n_averaged"]})
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.algorithm.load_state_dict(state.get("algorithm", {}))
+        run.start_step, run.resumed_from = int(state["step"]), folder
+        run.cluster_state = (ClusterState.from_state_dict(state["cluster"], run.accelerator.device)
+                             if "cluster" in state else None)
+    except Exception as error:  # noqa: BLE001  (any unreadable part makes the checkpoint unusable)
+        return f"is unreadable ({type(error).__name__}: {' '.join(str(error).split())[:160]})"
+    return None
 
 
 def setup(config: Config) -> Run:
@@ -165,6 +224,7 @@ def setup(config: Config) -> Run:
     group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist.timeout_s))
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
                               log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp, group])
+    take_run_folder(accelerator, output_dir)
     if accelerator.is_main_process:
         save_config(config, output_dir / "config.yaml")
     accelerator.wait_for_everyone()

@@ -27,7 +27,7 @@ def test_yaml_then_overrides_typed(tmp_path):
     ("ssl.flexmatch.warmup=3", "ssl.flexmatch.warmup must be bool"),
     ("bogus=1", "unknown config key(s) bogus"),
     ("train.steps", "is not KEY=VALUE"),
-    ("train.batch_size=0", "train.batch_size=0 is out of range: it must lie in [1, inf)"),
+    ("train.batch_size=0", "train.batch_size=0 is out of range: it must lie in [1, 65536]"),
     ("train.steps=-1", "train.steps=-1 is out of range"),
     ("ssl.threshold=1.5", "ssl.threshold=1.5 is out of range: it must lie in (0, 1)"),
     ("train.lr=nan", "train.lr=nan is out of range"),

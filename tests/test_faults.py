@@ -76,23 +76,26 @@ def test_non_finite_weights_are_never_saved(sim_shards, tmp_path):
     assert named.startswith("none") or checkpoint.problem(Path(named)) is None
 
 
-def corrupt_first_image(shard: Path) -> None:
-    """Overwrite the first image's signature in place: same size, same members, undecodable pixels."""
+def corrupt_images(shard: Path) -> None:
+    """Overwrite every image's signature in place: same size, same members, undecodable pixels."""
     with tarfile.open(shard) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+        members = [m for m in tar.getmembers() if m.name.endswith(".png")]
     with open(shard, "r+b") as handle:
-        handle.seek(member.offset_data)
-        handle.write(b"\0" * 16)
+        for member in members:
+            handle.seek(member.offset_data)
+            handle.write(b"\0" * 16)
 
 
 def test_a_failing_final_evaluation_keeps_the_trained_model(sim_shards, tmp_path):
     shards, run = tmp_path / "shards", tmp_path / "run"
     shutil.copytree(sim_shards, shards)
-    corrupt_first_image(shards / "test-000000.tar")
+    # One unreadable test image is listed and left out (issue 16); none readable fails the final evaluation.
+    for shard in shards.glob("test-*.tar"):
+        corrupt_images(shard)
     result = train(f"data.shards={shards}", f"output_dir={run}", "eval.every_steps=0", "checkpoint.every_steps=0",
                    check=False)
     line = one_line_error(result)
-    assert "cannot be decoded" in line and f"saved in {ckpt(run, 6)}" in line
+    assert "could be read" in line and f"saved in {ckpt(run, 6)}" in line
     assert checkpoint.problem(ckpt(run, 6)) is None
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000006"]
 

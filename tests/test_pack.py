@@ -80,7 +80,8 @@ def test_folder_per_class_and_unknown_classes(tmp_path):
     for cls, count in (("GALAXY", 6), ("STAR", 6)):
         (tmp_path / "in" / cls).mkdir(parents=True)
         for index in range(count):
-            Image.new("RGB", (40, 40), (index * 20, 0, 0)).save(tmp_path / "in" / cls / f"{index}.png")
+            # distinct pixels per class: one image under two classes is refused (issue 16)
+            Image.new("RGB", (40, 40), (index * 20, 0, 100 * (cls == "STAR"))).save(tmp_path / "in" / cls / f"{index}.png")
     run_cli("pack", "--catalog", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--labeled-fraction", "0.34",
             "--test-fraction", "0.34", "--image-size", "32", "--preprocess", "crop")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

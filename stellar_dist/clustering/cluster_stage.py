@@ -63,6 +63,7 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     from ..errors import UserError
     from ..evaluate import load_trained_model
     from ..data.manifest import load_manifest
+    from ..outputs import claim_all, take_folder
 
     manifest = load_manifest(shards_dir)
     model, config, folder = load_trained_model(checkpoint_path, manifest)
@@ -73,6 +74,7 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
         raise UserError(f"--k {num_clusters(cluster, len(manifest['classes']))} is not between 2 and the {fit} "
                         "labeled + unlabeled samples of the shards: choose a k in that range")
     out = Path(out_dir) if out_dir else folder.parent.parent / f"cluster_{folder.name}"
+    lock = take_folder(out, CLUSTER_FILES, "cluster", {"--checkpoint": folder, "--shards": shards_dir})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     _, metrics = run_clustering(model.to(device), cluster, shards_dir=str(shards_dir),
                                 manifest=manifest, seed=config.seed, device=device,
@@ -80,4 +82,9 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
                                 grayscale=config.data.grayscale, plots_dir=out,
                                 assignments=out / "assignments.csv")
     (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
+    claim_all(out, CLUSTER_FILES, "cluster")
+    lock.release()
     return metrics | {"out_dir": str(out)}
+
+
+CLUSTER_FILES = ("metrics.json", "cluster_grid.png", "cluster_table.png", "assignments.csv")

@@ -72,6 +72,8 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
         stream = OnceStream(shard_paths(shards_dir, split), ItemMaker.for_shards("plain", manifest, grayscale),
                             batch_size, rank=dist.rank(), world_size=dist.world_size())
         for batch in make_loader(stream, num_workers):
+            if not bool(batch["valid"].all()):  # an unreadable sample is left out of the clustering
+                batch = {key: value[batch["valid"]] for key, value in batch.items()}
             parts["features"].append(model.features(batch["image"].to(device)).float())
             parts["ids"].append(batch["id"].to(device))
             parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(device))

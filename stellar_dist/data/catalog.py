@@ -140,6 +140,51 @@ def _reject_lookalike_classes(classes: pd.Series, source: Path) -> None:
         seen[key] = name
 
 
+def find_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, list[dict]]:
+    """Rows whose image is one already listed: the same file under another path (relative and absolute, through
+    `..` or a link) or the same bytes in another file. The first row of each image is kept; the others are
+    returned (mask, and a list naming each and the row it repeats) and never packed, so one image can never sit
+    in two splits. Files are hashed only when another file has the same size. Rows of one image with two
+    different classes are refused: which label is right is the user's call."""
+    import hashlib
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = frame["image_path"].tolist()
+    real = [os.path.realpath(path) if "{band}" not in path else path for path in paths]
+    sizes = []
+    for path in real:
+        try:
+            sizes.append(os.stat(path).st_size if "{band}" not in path else -1)
+        except OSError:
+            sizes.append(-1)  # unreadable: pack lists it with the reason
+    counts = pd.Series(sizes).value_counts()
+    to_hash = [index for index, size in enumerate(sizes) if size >= 0 and counts[size] > 1]
+
+    def digest(index: int) -> str:
+        with open(real[index], "rb") as handle:
+            return hashlib.blake2b(handle.read(), digest_size=16).hexdigest()
+
+    with ThreadPoolExecutor(8) as pool:
+        hashes = dict(zip(to_hash, pool.map(digest, to_hash)))
+    first: dict[str, int] = {}
+    exclude, duplicates = np.zeros(len(frame), dtype=bool), []
+    for index in range(len(frame)):
+        keys = [("file", real[index])] + ([("content", hashes[index])] if index in hashes else [])
+        seen = next((first[key] for key in map(str, keys) if key in first), None)
+        if seen is None:
+            first.update({key: index for key in map(str, keys)})
+            continue
+        classes = {frame["Class"].iat[seen], frame["Class"].iat[index]} - {""}
+        if len(classes) > 1:
+            raise UserError(f"{paths[index]} is the same image as {paths[seen]} (catalog rows {seen + 2} and "
+                            f"{index + 2}) with two classes, {' and '.join(sorted(classes))}: keep one row")
+        exclude[index] = True
+        how = "the same file" if real[index] == real[seen] else "the same bytes"
+        duplicates.append({"image_path": paths[index], "duplicate_of": paths[seen], "reason": how})
+    return exclude, duplicates
+
+
 def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
     for column in ("image_path", "objid"):
         if column not in frame.columns:
@@ -154,7 +199,7 @@ def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
 
 
 def stratified_split(
-    classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int
+    classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int, exclude: np.ndarray | None = None
 ) -> np.ndarray:
     """Assign each row to a split (an array of split names), stratified by class.
 
@@ -173,8 +218,10 @@ def stratified_split(
     everything_labeled = labeled_fraction + test_fraction > 1 - 1e-9
     rng = np.random.default_rng(seed)
     assignment = np.full(len(classes), "unlabeled", dtype=object)
+    keep = np.ones(len(classes), dtype=bool) if exclude is None else ~exclude
+    assignment[~keep] = "duplicate"  # in no split
     for name in sorted(set(classes.unique()) - {""}):
-        rows = np.flatnonzero((classes == name).to_numpy())
+        rows = np.flatnonzero((classes == name).to_numpy() & keep)
         count = len(rows)
         num_test = round(count * test_fraction)
         num_labeled = count - num_test if everything_labeled else round(count * labeled_fraction)

@@ -26,12 +26,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import bands as fits_bands
-from .catalog import SPLITS, read_catalog, stratified_split
+from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
 from ..errors import UserError, sigterm_as_exit
+from ..outputs import OutputLock, follow_umask
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 
 ENCODINGS = ("png", "jpg", "u8")
 PREPROCESS_MODES = ("resize", "crop")
+MAX_IMAGE_SIZE = 1024  # --image-size: a shard sample of 1024 x 1024 x 5 float32 is 20 MB
+MAX_INPUT_PIXELS = 8192 * 8192  # an input image larger than this is skipped and listed, never decoded
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ def preprocess_image(path: str, image_size: int, mode: str) -> Image.Image:
             raise UnsupportedImage(
                 f"image {path} has {image.mode} pixels (16/32-bit or float): pack reads 8-bit images only and would "
                 "clip it; convert it to 8 bits with your own stretch (for example asinh) first")
+        if image.size[0] * image.size[1] > MAX_INPUT_PIXELS:
+            raise ValueError(f"image is {image.size[0]} x {image.size[1]} pixels, over the {MAX_INPUT_PIXELS} pixel cap")
         image.load()
         image = image.convert("RGB")
     width, height = image.size
@@ -198,29 +203,37 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
     stretch): the same for a whole pack and for every part of a job array."""
     if options.encoding not in ENCODINGS or options.preprocess not in PREPROCESS_MODES:
         raise UserError(f"--encoding must be one of {ENCODINGS} and --preprocess one of {PREPROCESS_MODES}")
-    if options.image_size < 8 or options.shard_size < 1 or options.workers < 0:
-        raise UserError("--image-size must be at least 8, --shard-size at least 1 and --workers at least 0")
+    if not (8 <= options.image_size <= MAX_IMAGE_SIZE and 1 <= options.shard_size <= 10**6
+            and 0 <= options.workers <= 1024):
+        raise UserError(f"--image-size must lie in [8, {MAX_IMAGE_SIZE}], --shard-size in [1, 1000000] and --workers "
+                        f"in [0, 1024] (got {options.image_size}, {options.shard_size}, {options.workers})")
     out = Path(out)
     check_out_dir(out, overwrite, Path(catalog))
     frame = read_catalog(catalog)
     _check_images_outside(frame, out)
     class_names = sorted(set(frame["Class"]) - {""})
-    if not class_names:
-        raise UserError(f"catalog {catalog} has no labelled rows: at least the labeled and test splits need a Class")
-    splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed)
-    return frame, class_names, splits, fits_bands.input_pixels(frame, splits, options, catalog)
+    if len(class_names) < 2:
+        raise UserError(f"catalog {catalog} has {len(class_names) or 'no'} class{'es' if not class_names else ''} "
+                        f"{', '.join(class_names)}: a classifier needs labelled rows of at least two classes")
+    exclude, duplicates = find_duplicates(frame)
+    splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed, exclude)
+    pixels = fits_bands.input_pixels(frame, splits, options, catalog)
+    return frame, class_names, splits, pixels | {"duplicates": duplicates}
 
 
 def write_shards(catalog, frame, splits, class_names, pixels: dict, options: PackOptions, staging: Path,
                  select=None) -> list:
     """Write the shards (all, or those whose task index `select` accepts) into `staging`; their results."""
     base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+    pixels = {key: value for key, value in pixels.items() if key != "duplicates"}  # the manifest's, not a task's
     common = {"staging": str(staging), "options": asdict(options), "base": base, "pixels": pixels,
               "class_index": {name: index for index, name in enumerate(class_names)}}
     tasks = [task for index, task in enumerate(_shard_tasks(frame, splits, options, common))
              if select is None or select(index)]
     results = []
-    with get_context("spawn").Pool(options.workers or os.cpu_count() or 1) as pool, \
+    # Never more processes than shards to write or cores to run them (--workers 40 on 8 shards starts 8).
+    processes = max(1, min(options.workers or os.cpu_count() or 1, len(tasks), os.cpu_count() or 1))
+    with get_context("spawn").Pool(processes, initializer=ignore_interrupts) as pool, \
             tqdm(total=sum(len(task["rows"]) for task in tasks), desc="pack", unit="img") as progress:
         for result in pool.imap_unordered(_write_shard, tasks):
             results.append(result)
@@ -228,7 +241,23 @@ def write_shards(catalog, frame, splits, class_names, pixels: dict, options: Pac
     return results
 
 
+def ignore_interrupts() -> None:
+    """Pool workers leave Ctrl-C to the parent, which cleans up and says so in one line (no traceback each)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def check_strict(manifest: dict, options: PackOptions) -> None:
+    """Refuse a pack that would be unusable or wrong, before its manifest is written: skipped images under
+    --strict, or no image at all packed in the labeled or test split (nothing to train or score on)."""
+    empty = [split for split in ("labeled", "test") if not manifest["num_samples"][split]]
+    if empty:
+        first = manifest["skipped"][0] if manifest["skipped"] else None
+        reason = f"; first unreadable: {first['image_path']}: {first['reason']}" if first else ""
+        raise UserError(f"no image could be packed into the {' and '.join(empty)} split(s) ({len(manifest['skipped'])} "
+                        f"of {manifest['num_input']} unreadable{reason}): fix the images or the catalog; nothing was "
+                        "written")
     if options.strict and manifest["skipped"]:
         first = manifest["skipped"][0]
         raise UserError(f"{len(manifest['skipped'])} unreadable image(s) with --strict, first "
@@ -239,8 +268,12 @@ def check_strict(manifest: dict, options: PackOptions) -> None:
 def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOptions(), overwrite: bool = False) -> dict:
     """Pack `catalog` into WebDataset shards under `out`; returns the manifest."""
     started = time.perf_counter()
+    with OutputLock(out, "stellar-dist pack"):  # one writer per --out: a second pack exits at once
+        return _pack(catalog, Path(out), options, overwrite, started)
+
+
+def _pack(catalog, out: Path, options: PackOptions, overwrite: bool, started: float) -> dict:
     frame, class_names, splits, pixels = prepare(catalog, out, options, overwrite)
-    out = Path(out)
     real_out = out.resolve()  # a symlinked --out keeps pointing where it did: its target is replaced
     with sigterm_as_exit():
         staging = make_staging(real_out, out)
@@ -260,7 +293,9 @@ def pack(catalog: str | Path, out: str | Path, options: PackOptions = PackOption
 def make_staging(real_out: Path, out: Path) -> Path:
     try:
         real_out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{real_out.name}.tmp-", dir=real_out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{real_out.name}.tmp-", dir=real_out.parent))
+        follow_umask(staging)  # mkdtemp makes 0700: the cluster group could not read the shards
+        return staging
     except OSError as error:
         raise UserError(f"cannot write beside --out {out} ({error.strerror}): choose a writable folder") from None
 
@@ -302,7 +337,8 @@ def build_manifest(results: list[dict], class_names: list[str], pixels: dict, op
         "classes": class_names,
         "class_to_index": {name: index for index, name in enumerate(class_names)},
         "image_size": options.image_size,
-        **pixels,  # encoding, channels; FITS input: bands and the asinh stretch
+        **{key: value for key, value in pixels.items() if key != "duplicates"},  # encoding, channels; FITS: bands
+        # and the asinh stretch
 
         "preprocess": options.preprocess,
         "num_input": num_input,
@@ -310,6 +346,7 @@ def build_manifest(results: list[dict], class_names: list[str], pixels: dict, op
         "counts": counts,
         "shards": shards,
         "skipped": sorted(skipped, key=lambda item: item["image_path"]),
+        "duplicates": pixels.get("duplicates", []),  # rows repeating an image of an earlier row: not packed
         "arguments": {"catalog": str(catalog), **asdict(options)},
         "pack_seconds": round(elapsed_s, 3),
     }

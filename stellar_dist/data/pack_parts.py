@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UserError, sigterm_as_exit
+from ..outputs import OutputLock, follow_umask
 from .manifest import MANIFEST_NAME
 from .pack import (PackOptions, build_manifest, check_out_dir, check_strict, make_staging, prepare, replace_dir,
                    write_shards)
@@ -49,11 +50,17 @@ def pack_part(catalog: str | Path, out: str | Path, options: PackOptions, part: 
               overwrite: bool = False) -> dict:
     """Write part `part` of `num_parts`; returns its record (also saved as part.json)."""
     started = time.perf_counter()
-    frame, class_names, splits, pixels = prepare(catalog, out, options, overwrite)
     folder = parts_dir(out) / f"part-{part:03d}-of-{num_parts:03d}"
+    with OutputLock(folder, "stellar-dist pack --part"):
+        return _pack_part(catalog, out, options, part, num_parts, overwrite, started, folder)
+
+
+def _pack_part(catalog, out, options: PackOptions, part: int, num_parts: int, overwrite: bool, started: float,
+               folder: Path) -> dict:
+    frame, class_names, splits, pixels = prepare(catalog, out, options, overwrite)
     same = {key: value for key, value in asdict(options).items() if key != "workers"}  # workers change no byte
     plan = {"catalog": str(catalog), "options": same, "num_parts": num_parts, "num_input": len(frame),
-            "classes": class_names, "pixels": pixels}
+            "classes": class_names, "pixels": pixels, "catalog_fingerprint": fingerprint(frame)}
     if (folder / PART_FILE).exists():
         done = json.loads((folder / PART_FILE).read_text())
         if {key: done.get(key) for key in plan} == plan:
@@ -63,6 +70,7 @@ def pack_part(catalog: str | Path, out: str | Path, options: PackOptions, part: 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_as_exit():
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        follow_umask(staging)
         try:
             results = write_shards(catalog, frame, splits, class_names, pixels, options, staging,
                                    select=lambda index: index % num_parts == part)
@@ -75,6 +83,27 @@ def pack_part(catalog: str | Path, out: str | Path, options: PackOptions, part: 
     return record
 
 
+def fingerprint(frame) -> str:
+    """The catalog as packed (every row's path, class and metadata): parts of an edited catalog differ."""
+    import hashlib
+
+    return hashlib.sha256(frame.to_csv(index=False).encode()).hexdigest()
+
+
+def _verify_part(path: Path, record: dict) -> None:
+    """Every shard of a part is there with the hash it was written with."""
+    import hashlib
+
+    for result in record["results"]:
+        name = result["entry"]["name"]
+        shard = path / name
+        digest = hashlib.sha256(shard.read_bytes()).hexdigest() if shard.is_file() else None
+        if digest != result["entry"]["sha256"]:
+            state = "is missing" if digest is None else "does not match the hash it was written with"
+            raise UserError(f"{shard} {state}: run that part again (remove {path}); nothing was merged and every "
+                            "part is kept")
+
+
 def _read_parts(folder: Path) -> list[tuple[Path, dict]]:
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist: run `stellar-dist pack --part I/N` for every part first")
@@ -83,11 +112,16 @@ def _read_parts(folder: Path) -> list[tuple[Path, dict]]:
     if not parts:
         raise UserError(f"{folder} holds no finished part: run `stellar-dist pack --part I/N` for every part")
     first = parts[0][1]
-    plan_keys = ("catalog", "options", "num_parts", "num_input", "classes", "pixels")
+    plan_keys = ("catalog", "options", "num_parts", "num_input", "classes", "pixels", "catalog_fingerprint")
     for path, record in parts:
-        if any(record[key] != first[key] for key in plan_keys):
-            raise UserError(f"{path} was packed with other options or another catalog than {parts[0][0]}: "
-                            "re-run every part with the same command")
+        if any(record.get(key) != first.get(key) for key in plan_keys):
+            raise UserError(f"{path} was packed with other options or another version of the catalog than "
+                            f"{parts[0][0]}: re-run every part with the same command and catalog; nothing was "
+                            "merged and every part is kept")
+        _verify_part(path, record)
+    names = [result["entry"]["name"] for _, record in parts for result in record["results"]]
+    if len(names) != len(set(names)):
+        raise UserError(f"two parts in {folder} hold the same shard: re-run every part with the same command")
     missing = sorted(set(range(first["num_parts"])) - {record["part"] for _, record in parts})
     if missing:
         raise UserError(f"parts {', '.join(map(str, missing))} of {first['num_parts']} are missing or unfinished "
@@ -99,6 +133,11 @@ def merge_parts(out: str | Path, overwrite: bool = False) -> dict:
     """Merge the finished parts of `out` into `out`; returns the manifest."""
     out = Path(out)
     folder = parts_dir(out)
+    with OutputLock(out, "stellar-dist pack --merge"):
+        return _merge(out, folder, overwrite)
+
+
+def _merge(out: Path, folder: Path, overwrite: bool) -> dict:
     parts = _read_parts(folder)
     first = parts[0][1]
     options = PackOptions(**first["options"])  # workers: the default (0 = all cores), as the parts ran with theirs

@@ -23,6 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError, sigterm_as_exit
+from ..outputs import OutputLock, follow_umask
+from .pack import ignore_interrupts
 
 CLASS_FRACTIONS = {"GALAXY": 0.57, "STAR": 0.32, "QSO": 0.11}  # DR16 spectroscopic proportions
 IMAGE_PIXELS = 128
@@ -267,7 +269,9 @@ def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0, ima
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"output folder {out_dir} is not empty: choose a new --out or remove it first")
     out_dir = out_dir.resolve()  # a symlink to an empty folder: fill its target
-    with sigterm_as_exit():
+    with OutputLock(out_dir, "stellar-dist simulate"), sigterm_as_exit():
+        if out_dir.exists() and any(out_dir.iterdir()):  # filled while this one waited to start
+            raise UserError(f"output folder {out_dir} is not empty: choose a new --out or remove it first")
         _render(out_dir, num, seed, workers, image_format)
     return out_dir / "catalog.csv"
 
@@ -275,12 +279,13 @@ def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0, ima
 def _render(out_dir: Path, num: int, seed: int, workers: int, image_format: str) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    follow_umask(staging)  # mkdtemp makes 0700: others of the group could not read the images
     try:
         for cls in CLASS_FRACTIONS:
             (staging / "images" / cls).mkdir(parents=True)
         tasks = [(index, seed, str(staging), image_format) for index in range(num)]
         workers = workers or os.cpu_count() or 1
-        with get_context("spawn").Pool(workers) as pool:
+        with get_context("spawn").Pool(min(workers, num), initializer=ignore_interrupts) as pool:
             rows = list(tqdm(pool.imap(_simulate_one, tasks, chunksize=16), total=num, desc="simulate", unit="img"))
         suffixes = {"jpg": {"catalog.csv": "jpg"}, "fits": {"catalog.csv": "fits"},
                     "both": {"catalog.csv": "jpg", "catalog_fits.csv": "fits"}}[image_format]

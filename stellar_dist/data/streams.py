@@ -22,13 +22,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from . import augment, bands
 from ..errors import UserError
 from .manifest import load_manifest
 
 STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
+# A shard member larger than this is never read into memory: its sample is refused (a 64 px PNG is ~12 kB, a
+# 256 px 5-band float32 cutout 1.3 MB).
+MAX_MEMBER_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -42,22 +45,29 @@ class ItemMaker:
     views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
     strong_view: str = "sky"  # augment.strong's kind: "sky" or "evidence"
     stretch: bands.Stretch | None = None  # N-band (npy) shards: the manifest's asinh stretch
+    image_size: int = 0  # every image must be image_size x image_size (0: not checked)
+    num_classes: int = 0  # labels must lie in [-1, num_classes) (0: not checked)
 
     @classmethod
     def for_shards(cls, use: str, manifest: dict, grayscale: bool = False, **options) -> "ItemMaker":
         """`manifest`: a shards manifest, or a model's description (it carries the same encoding and stretch)."""
         stretch = bands.Stretch(manifest["stretch"]) if manifest.get("stretch") else None
-        return cls(use, manifest["encoding"], grayscale, stretch=stretch, **options)
+        return cls(use, manifest["encoding"], grayscale, stretch=stretch, image_size=manifest["image_size"],
+                   num_classes=len(manifest["classes"]), **options)
 
     def decode(self, raw: dict) -> torch.Tensor:
         """8-bit images: pixels / 255. N-band arrays: sky-subtracted flux in noise units (see bands.py)."""
+        if "too_large" in raw:
+            raise ValueError(raw["too_large"].decode())
         if self.encoding == "npy":
             array = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
-            if array.ndim != 3 or array.shape[0] != self.stretch.channels or array.dtype.kind != "f":
+            size = self.image_size or array.shape[-1]
+            if array.shape != (self.stretch.channels, size, size) or array.dtype.kind != "f":
                 raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not "
-                                 f"{self.stretch.channels} float bands")
+                                 f"{self.stretch.channels} float bands of {size} x {size}")
             return self.stretch.to_noise_units(array)
-        tensor = torch.from_numpy(rgb_array(raw, self.encoding).copy()).permute(2, 0, 1).float().div_(255.0)
+        array = rgb_array(raw, self.encoding, self.image_size or None)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         if self.grayscale:
             tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
         return tensor
@@ -65,14 +75,16 @@ class ItemMaker:
     def __call__(self, raw: dict, generator: torch.Generator, seed: int = 0) -> dict:
         try:
             record = json.loads(raw["json"])
+            label = self.check_label(record)
             if self.use == "raw":
                 return self.raw_item(raw, record, seed)
             image = self.decode(raw)
-        except (KeyError, ValueError, OSError, SyntaxError) as error:
+        except (KeyError, ValueError, TypeError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+            if self.use == "plain" and isinstance(locals().get("record"), dict) and "id" in record:
+                return self.refused_item(raw, record)  # evaluation goes on without it and lists it
             raise UserError(f"sample {raw.get('__key__')} of shard {raw.get('__url__')} cannot be decoded "
                             f"({type(error).__name__}: {error}): run `stellar-dist pack --verify` on the shards "
                             "folder and re-pack") from None
-        label = record.get("label", -1)
         true_label = record.get("true_label", label)
         item = {"id": record["id"], "label": label, "true_label": true_label}
         if self.use == "labeled":
@@ -86,7 +98,23 @@ class ItemMaker:
         else:
             item["image"] = self.finish(image)
             item["shard"] = shard_number(raw["__url__"])  # where to fetch it again without a pass over the split
+            item["valid"] = True
         return item
+
+    def check_label(self, record: dict) -> int:
+        label = record.get("label", -1)
+        for value in (label, record.get("true_label", -1)):
+            if not isinstance(value, int) or not -1 <= value < (self.num_classes or value + 1):
+                raise ValueError(f"label {value!r} is not one of the {self.num_classes} classes' indices")
+        return label
+
+    def refused_item(self, raw: dict, record: dict) -> dict:
+        """A sample that cannot be read (wrong size, too large, undecodable, bad label): a blank image marked
+        invalid, so that evaluation counts it, lists its id and leaves it out of every metric."""
+        channels = self.stretch.channels if self.stretch is not None else 3
+        size = self.image_size or 8
+        return {"id": int(record["id"]), "label": -1, "true_label": -1, "image": torch.zeros(channels, size, size),
+                "shard": shard_number(raw["__url__"]), "valid": False}
 
     def raw_item(self, raw: dict, record: dict, seed: int) -> dict:
         """Decode only: the uint8 CHW image, its labels and the seed its views will be drawn from."""
@@ -100,14 +128,19 @@ class ItemMaker:
         return image if self.stretch is None else self.stretch.apply_asinh(image)
 
 
-def rgb_array(raw: dict, encoding: str) -> np.ndarray:
-    """An 8-bit sample's H x W x 3 uint8 pixels: PNG/JPEG decoded with Pillow, u8 arrays read as they are."""
+def rgb_array(raw: dict, encoding: str, size: int | None = None) -> np.ndarray:
+    """An 8-bit sample's H x W x 3 uint8 pixels: PNG/JPEG decoded with Pillow, u8 arrays read as they are. With
+    `size`, an image of any other size is refused from its header, before it is decoded."""
     if encoding == "u8":
         array = np.load(io.BytesIO(raw["u8"]), allow_pickle=False)
-        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not H x W x 3 uint8")
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or \
+                (size is not None and array.shape[:2] != (size, size)):
+            raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not {size or 'H'} x "
+                             f"{size or 'W'} x 3 uint8")
         return array
     with Image.open(io.BytesIO(raw[encoding])) as image:
+        if size is not None and image.size != (size, size):
+            raise ValueError(f"image is {image.size[0]} x {image.size[1]} pixels, the shards hold {size} x {size}")
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
@@ -147,10 +180,24 @@ def iter_samples(paths: list[str]):
     for path in paths:
         try:
             with open(path, "rb") as stream:
-                yield from group_by_keys(tar_file_expander([{"url": path, "stream": stream}]))
+                yield from group_by_keys(_members(path, stream))
         except (OSError, tarfile.TarError, ValueError) as error:
             raise UserError(f"shard {path} can no longer be read ({type(error).__name__}: {error}): restore it "
                             "(`stellar-dist pack --verify` checks the folder), then resume=auto") from None
+
+
+def _members(path: str, stream):
+    """The regular files of a tar stream as WebDataset's {fname, data, __url__} records. A member over
+    MAX_MEMBER_BYTES is not read: its sample gets a `too_large` member saying so, and is refused on its own."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            if member.size > MAX_MEMBER_BYTES:
+                note = f"shard member {member.name} is {member.size} bytes, over the {MAX_MEMBER_BYTES} byte cap"
+                yield {"fname": member.name.split(".", 1)[0] + ".too_large", "data": note.encode(), "__url__": path}
+                continue
+            yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": path}
 
 
 def objids(shards_dir: str, splits: tuple[str, ...]) -> dict:
@@ -245,6 +292,15 @@ def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
     return [str(Path(shards_dir) / entry["name"]) for entry in manifest["shards"][split] if entry["num_samples"]]
 
 
+def _leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: a worker would exit and the run could not finish
+    its step and checkpoint. The main process decides (preemption.py)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None,
+                      worker_init_fn=_leave_interrupts_to_the_main_process if num_workers else None)

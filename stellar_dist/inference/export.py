@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .model_folder import find_model_folder, load_model
+from ..outputs import OutputLock, atomic_file, check_paths, claim, require_replaceable
+from .model_folder import DESCRIPTION, WEIGHTS, find_model_folder, load_model
 
 TOLERANCE = 1e-4
 
@@ -40,48 +41,60 @@ def _check(name: str, expected: torch.Tensor, got: np.ndarray) -> float:
     return difference
 
 
-def export(model_path: str | Path, fmt: str, out: str | Path | None = None) -> tuple[Path, float]:
-    """Write the export (atomically, after the check); returns its path and the largest difference seen."""
+def export(model_path: str | Path, fmt: str, out: str | Path | None = None, overwrite: bool = False
+           ) -> tuple[Path, float]:
+    """Write the export (atomically, after the check); returns its path and the largest difference seen. An
+    existing file is replaced only when export wrote it (or with `overwrite`); the model's own files never."""
+    if fmt not in ("torchscript", "onnx"):
+        raise UserError(f"--format {fmt!r} must be torchscript or onnx")
     folder = find_model_folder(model_path)
-    model, description = load_model(folder)
+    out = Path(out) if out else folder / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    check_paths({"--out": out}, {"the model's weights": folder / WEIGHTS, "the model's config": folder / DESCRIPTION})
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    model, description = load_model(folder)  # refuses non-finite weights, and config.json that does not match
+    with OutputLock(out, f"stellar-dist export --format {fmt}"):
+        require_replaceable(out, "export", overwrite)
+        with atomic_file(out) as temporary:
+            difference = _write(model, description, fmt, temporary)
+        claim(out, "export")
+    return out, difference
+
+
+def _write(model, description: dict, fmt: str, temporary: Path) -> float:
     wrapper = Probabilities(model).eval()
     size, channels = description["image_size"], description.get("channels", 3)
     generator = torch.Generator().manual_seed(0)
     example, check = (torch.rand(n, channels, size, size, generator=generator) for n in (2, 5))
     with torch.no_grad():
         expected = wrapper(check)
-    out = Path(out) if out else folder / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
-    temporary = out.with_name(f".{out.name}.tmp")
     if fmt == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, example)
         traced.save(str(temporary))
-        difference = _check("TorchScript", expected, torch.jit.load(str(temporary))(check).detach().numpy())
-    elif fmt == "onnx":
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UserError("ONNX export needs onnx and onnxruntime: pip install 'stellar-dist[onnx]'") from None
-        torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
-                          output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                          dynamo=True, verbose=False)
-        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-        difference = _check("ONNX", expected, session.run(None, {"images": check.numpy()})[0])
-    else:
-        raise UserError(f"--format {fmt!r} must be torchscript or onnx")
-    temporary.replace(out)
-    return out, difference
+        return _check("TorchScript", expected, torch.jit.load(str(temporary))(check).detach().numpy())
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("ONNX export needs onnx and onnxruntime: pip install 'stellar-dist[onnx]'") from None
+    torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
+                      output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                      dynamo=True, verbose=False, external_data=False)
+    session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+    return _check("ONNX", expected, session.run(None, {"images": check.numpy()})[0])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a run folder, its model/ folder or a checkpoints/step_*")
     parser.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     parser.add_argument("--out", help="file to write (default: model.onnx / model.torchscript.pt in the model folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that export did not "
+                        "write (its own earlier exports are replaced without it)")
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    path, difference = export(args.model, args.format, args.out)
+    path, difference = export(args.model, args.format, args.out, args.overwrite)
     print(f"wrote {path} ({args.format}; largest difference from PyTorch {difference:.1e})")
 
 

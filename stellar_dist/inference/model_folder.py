@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..outputs import follow_umask
 
 FORMAT = "stellar-dist-model/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "config.json"
@@ -83,20 +84,27 @@ def write_model(folder: Path, tensors: dict, description: dict) -> None:
     tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
     save_file(tensors, str(folder / f".{WEIGHTS}.tmp"), metadata={"format": FORMAT})
     (folder / f".{DESCRIPTION}.tmp").write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(folder / f".{WEIGHTS}.tmp", folder / WEIGHTS)
-    os.replace(folder / f".{DESCRIPTION}.tmp", folder / DESCRIPTION)
+    for name in (WEIGHTS, DESCRIPTION):
+        follow_umask(folder / f".{name}.tmp")  # safetensors writes 0600 whatever the umask
+        os.replace(folder / f".{name}.tmp", folder / name)
 
 
-def publish(model_folder: Path, output_dir: Path) -> Path:
-    """Copy a checkpoint's model folder to OUTPUT_DIR/model, replacing the previous one atomically."""
-    target, staging = output_dir / "model", output_dir / f".model.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(model_folder, staging)
-    old = output_dir / f".model.old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def publish(model_folder: Path, output_dir: Path, quiet: bool = False) -> Path:
+    """Copy a checkpoint's model files to OUTPUT_DIR/model, each replaced atomically. Only the files a model
+    folder consists of are replaced: an export or a note the user keeps there stays (and is named, since it was
+    made from earlier weights)."""
+    target = output_dir / "model"
+    target.mkdir(exist_ok=True)
+    for name in (WEIGHTS, DESCRIPTION):
+        temporary = target / f".{name}.tmp-{os.getpid()}"
+        shutil.copyfile(model_folder / name, temporary)
+        follow_umask(temporary)
+        os.replace(temporary, target / name)
+    others = sorted(child.name for child in target.iterdir() if child.name not in (WEIGHTS, DESCRIPTION)
+                    and not child.name.startswith("."))
+    if others and not quiet:
+        print(f"note: {target} also holds {', '.join(others)}, kept as they are; an export made from earlier "
+              "weights must be made again (stellar-dist export)")
     return target
 
 
@@ -116,6 +124,27 @@ def find_model_folder(path: str | Path) -> Path:
                     "folder or a checkpoints/step_* folder written by this version of stellar-dist")
 
 
+# What a config.json may say: anything outside these bounds would build an unusable or enormous network.
+LIMITS = {"image_size": (8, 1024), "channels": (1, 64)}
+
+
+def check_description(folder: Path, description: dict) -> None:
+    """config.json's fields, type and range, before anything is built from them."""
+    for key, (low, high) in LIMITS.items():
+        value = description.get(key, 3 if key == "channels" else None)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise UserError(f"model folder {folder}: config.json's {key} is {value!r}, not an integer in "
+                            f"[{low}, {high}]: copy the folder again from the run")
+    classes = description.get("classes")
+    if not isinstance(classes, list) or not 2 <= len(classes) <= 10000 or \
+            not all(isinstance(name, str) for name in classes):
+        raise UserError(f"model folder {folder}: config.json's classes must list 2 or more names")
+    if description.get("encoding") not in ("png", "jpg", "u8", "npy") or \
+            description.get("preprocess") not in ("resize", "crop") or not isinstance(description.get("arch"), str):
+        raise UserError(f"model folder {folder}: config.json's encoding, preprocess or arch is not one this version "
+                        "knows: copy the folder again from the run")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """(the EMA network in eval mode, its description) from a model, checkpoint or run folder."""
     from ..models import StellarNet
@@ -127,12 +156,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     except Exception as error:  # noqa: BLE001  (safetensors' SafetensorError is not an OSError)
         raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}: {error}): copy it "
                         "again") from None
-    if description.get("format") != FORMAT:
-        raise UserError(f"model folder {folder} has format {description.get('format')!r}, this version reads {FORMAT}")
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise UserError(f"model folder {folder} has format {description.get('format') if isinstance(description, dict) else None!r}, this version reads {FORMAT}")
+    check_description(folder, description)
+    bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise UserError(f"model folder {folder} holds non-finite weights ({bad[0]}{' ...' if len(bad) > 1 else ''}): "
+                        "the training diverged; use an earlier checkpoint's model/ folder (checkpoints/step_*)")
     num_clusters = tensors["cluster_head.weight"].shape[0] if "cluster_head.weight" in tensors else 0
-    model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters,
-                       in_channels=description.get("channels", 3))
-    model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
+    try:
+        model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters,
+                           in_channels=description.get("channels", 3))
+        model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"model folder {folder}: its config.json does not match its weights ("
+                        f"{' '.join(str(error).split())[:200]}): copy the folder again from the run") from None
     description["cluster_tensors"] = {key.removeprefix("cluster."): value.to(device) for key, value in tensors.items()
                                       if key.startswith("cluster.")}
     return model.to(device).eval(), description

@@ -3,10 +3,13 @@ or none (written under a temporary name, renamed when complete)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..outputs import follow_umask
 
 
 class Writer:
@@ -24,7 +27,7 @@ class Writer:
             raise UserError(f"--out {out} needs {needed}: pip install {needed} (or write .csv)") from None
         self.columns = ["row", "objid", "image_path", "predicted_class", *(f"p_{name}" for name in classes),
                         "max_probability", *(("cluster", "cluster_distance") if clusters else ()), "unusual"]
-        self.temporary = out.with_name(f".{out.name}.tmp")
+        self.temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # unique to this process
         self.handle, self.parquet, self.held = None, None, []
 
     def write(self, rows: list[dict]) -> None:
@@ -66,4 +69,13 @@ class Writer:
             self.write([])
             self.close()
             return
+        follow_umask(self.temporary)
         self.temporary.replace(self.out)  # a finished file or none
+
+    def discard(self) -> None:
+        """Nothing of an unfinished or refused output stays behind."""
+        for handle in (self.handle, self.parquet):
+            with contextlib.suppress(Exception):
+                handle.close() if handle is not None else None
+        with contextlib.suppress(OSError):
+            self.temporary.unlink()

@@ -1,0 +1,261 @@
+"""Where results go, for every command: outputs checked against inputs, one writer per output, files written
+atomically with the user's umask, and an existing file replaced only when stellar-dist wrote it.
+
+    check_paths({"--out": out}, {"--input": catalog, "--model": model})   # no output equals or lies in an input
+    with OutputLock(out, "stellar-dist predict"):                           # a second writer exits at once
+        require_replaceable(out, "predict", overwrite)                       # a user's file is never replaced
+        with atomic_file(out) as temporary: ...                              # a finished file or none
+        claim(out, "predict")                                                # recorded as ours (size, mtime)
+
+Ownership: each folder that receives outputs keeps a small hidden record, `.stellar-dist-outputs.json`, of the
+files stellar-dist wrote there (command, size, modification time). A file is replaced without `--overwrite` only
+when the record lists it for the same command, unchanged since; a file the user made, edited or copied in is
+refused. Locks are `fcntl.flock` on a hidden `.NAME.lock` beside the output: the kernel releases them when the
+holder exits, is killed or its node's job is requeued, so a stale lock never blocks anyone (a lock file is
+removed when its holder finishes; one left by a killed process is simply locked again).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+RECORD = ".stellar-dist-outputs.json"
+_HELD: list = []  # lock files held for the life of this process (a run holds its folder until it exits)
+
+
+@atexit.register
+def _release_held() -> None:
+    for lock in list(_HELD):
+        with contextlib.suppress(Exception):
+            lock.release()
+
+
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give a file or folder made with private modes (mkstemp 0600, mkdtemp 0700, safetensors' 0600) the
+    permissions the user's umask asks for, as `open()` and `mkdir()` would: a cluster group can read results."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_paths(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output that is, or lies inside, one of the inputs, or two outputs that are one file."""
+    real_inputs = {name: _real(path) for name, path in inputs.items() if path}
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        if not path:
+            continue
+        real = _real(path)
+        for input_name, input_path in real_inputs.items():
+            if _inside(real, input_path):
+                where = "is" if real == input_path else "lies inside"
+                raise UserError(f"{name} {path} {where} {input_name} {inputs[input_name]}: writing it would destroy "
+                                "an input; choose an output path outside the inputs")
+        if real in seen:
+            raise UserError(f"{name} and {seen[real]} are both {path}: give each output its own path")
+        seen[real] = name
+
+
+def _stat_key(path: Path) -> dict:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _flock(path: Path, blocking: bool):
+    """An open, exclusively locked `path` (created if needed), or None when another process holds it. The lock
+    file is removed on release, so after locking we check that `path` is still the file we locked (a holder may
+    have removed it meanwhile) and try again if not."""
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            _holder(handle)
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
+
+
+def _holder(handle) -> None:
+    handle.seek(0)
+    text = handle.read().strip()
+    handle.close()
+    raise _Held(text or "another process")
+
+
+class _Held(Exception):
+    pass
+
+
+def _unlock(handle, path: Path) -> None:
+    if not handle.closed:
+        with contextlib.suppress(OSError):
+            path.unlink()  # before unlocking: a waiting writer then re-checks and makes a new one
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@contextlib.contextmanager
+def _record(folder: Path):
+    """The folder's ownership record, read and rewritten under a lock (several writers may share a folder)."""
+    path, lock_path = folder / RECORD, folder / f"{RECORD}.lock"
+    lock = _flock(lock_path, blocking=True)
+    try:
+        entries = json.loads(path.read_text()) if path.is_file() else {}
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    try:
+        before = dict(entries)
+        yield entries
+        if entries != before:
+            with atomic_file(path) as temporary:
+                temporary.write_text(json.dumps(entries, indent=1) + "\n")
+    finally:
+        _unlock(lock, lock_path)
+
+
+def owned(path: str | Path, command: str) -> bool:
+    """Did `command` write this file, and is it unchanged since?"""
+    path = Path(path)
+    record = path.parent / RECORD
+    if not path.is_file() or not record.is_file():
+        return False
+    try:
+        entry = json.loads(record.read_text()).get(path.name)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(entry, dict) and entry.get("command") == command and \
+        {key: entry.get(key) for key in ("size", "mtime_ns")} == _stat_key(path)
+
+
+def claim(path: str | Path, command: str) -> None:
+    """Record a file this command has just written (the next run of it may replace it)."""
+    path = Path(path)
+    with _record(path.parent) as entries:
+        entries[path.name] = {"command": command, **_stat_key(path)}
+
+
+def release(path: str | Path) -> None:
+    """Delete a file this command wrote earlier (and only then), and forget it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with _record(path.parent) as entries:
+        entry = entries.get(path.name)
+        if path.is_file() and isinstance(entry, dict) and \
+                {key: entry.get(key) for key in ("size", "mtime_ns")} == _stat_key(path):
+            path.unlink()
+            entries.pop(path.name, None)
+
+
+def require_replaceable(path: str | Path, command: str, overwrite: bool = False, option: str = "--out") -> None:
+    """An existing output may be replaced only when `command` wrote it (unchanged), or with --overwrite."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UserError(f"{option} {path} is a folder or a link, not a file: choose a file path")
+    if not path.exists() or owned(path, command) or overwrite:
+        return
+    raise UserError(f"{option} {path} already exists and was not written by `stellar-dist {command}` (or was "
+                    "changed since): choose another path, or pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temporary path beside `path` (unique to this process); rename it to `path` when the block ends
+    without an error, else delete it. The file gets the umask's permissions."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}")
+    try:
+        yield temporary
+        follow_umask(temporary)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
+class OutputLock:
+    """One writer per output: an exclusive advisory lock on `.NAME.lock` beside `target`, held until `release()`
+    or the process ends. A second writer gets one line naming the holder (host, PID, start time)."""
+
+    def __init__(self, target: str | Path, what: str):
+        target = _real(target)
+        self.path, self.what = target.parent / f".{target.name}.lock", what
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = _flock(self.path, blocking=False)
+        except OSError as error:
+            raise UserError(f"cannot write beside {target} ({error.strerror}): choose a writable folder, or fix "
+                            "its permissions") from None
+        except _Held as held:
+            raise UserError(f"{target} is being written by {held}: wait for it to finish (or stop it), or "
+                            "choose another output") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        self.handle.write(f"{what} (host {socket.gethostname()}, PID {os.getpid()}, started {started})\n")
+        self.handle.flush()
+        _HELD.append(self)
+
+    def release(self) -> None:
+        _unlock(self.handle, self.path)
+        if self in _HELD:
+            _HELD.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def take_folder(folder: str | Path, names: tuple[str, ...], command: str, inputs: dict) -> OutputLock:
+    """For a command that writes `names` into `folder`: the folder is no input, is locked, and holds none of the
+    names unless `command` wrote them; returns the lock (release it, or let the process end)."""
+    folder = Path(folder)
+    check_paths({"--out": folder}, inputs)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file: choose a folder")
+    for name in names:  # before the lock: a refused command leaves nothing behind
+        require_replaceable(folder / name, command, option=f"--out {folder}:")
+    lock = OutputLock(folder, f"stellar-dist {command}")
+    try:
+        for name in names:  # and again under it: another writer may have finished meanwhile
+            require_replaceable(folder / name, command, option=f"--out {folder}:")
+    except UserError:
+        lock.release()
+        raise
+    return lock
+
+
+def claim_all(folder: str | Path, names: tuple[str, ...], command: str) -> None:
+    for name in names:
+        if (Path(folder) / name).is_file():
+            claim(Path(folder) / name, command)

@@ -1,0 +1,170 @@
+"""Outputs never destroy inputs or the user's files, one writer per output, nothing silently wrong (issue 16):
+predict, export, evaluate and cluster, with real processes and files."""
+
+import json
+import os
+import shutil
+import sys
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO_ROOT, run_cli
+from test_data_safety import one_line_error, tree
+
+
+@pytest.fixture(scope="module")
+def model(plain_run, tmp_path_factory):
+    """A copy of the trained run's portable model folder (tests change copies of it, never the run)."""
+    folder = tmp_path_factory.mktemp("model") / "model"
+    shutil.copytree(plain_run / "model", folder)
+    return folder
+
+
+@pytest.fixture
+def catalog(sim_catalog, tmp_path):
+    """The user's catalog in their own folder: 30 rows, relative image paths, extra columns."""
+    frame = pd.read_csv(sim_catalog, dtype=str).head(30)
+    frame["image_path"] = [str(sim_catalog.parent / path) for path in frame["image_path"]]
+    path = tmp_path / "cat.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def predict(model, source, out, *extra, check=False):
+    return run_cli("predict", "--model", str(model), "--input", str(source), "--out", str(out), *extra, check=check)
+
+
+def test_predict_never_writes_over_its_inputs_or_the_users_files(model, catalog, tmp_path):
+    before = tree(tmp_path)
+    # The catalog as --out, as --embeddings, and the model folder's own file: refused, nothing changed.
+    assert "would destroy an input" in one_line_error(predict(model, catalog, catalog))
+    assert "would destroy an input" in one_line_error(
+        predict(model, catalog, tmp_path / "p.csv", "--embeddings", str(model / "x.npy")))
+    side = tmp_path / "p.rejected.csv"
+    side.write_text("row,reason\nmy own notes\n")  # a file of the user's under the rejected list's name
+    assert "not written by `stellar-dist predict`" in one_line_error(predict(model, catalog, tmp_path / "p.csv"))
+    assert side.read_text() == "row,reason\nmy own notes\n"
+    side.unlink()
+    assert tree(tmp_path) == before
+    # Its own output is replaced by a second run; once the user edits it, it is theirs.
+    out = tmp_path / "p.csv"
+    predict(model, catalog, out, check=True)
+    predict(model, catalog, out, "--embeddings", str(tmp_path / "e.npy"), check=True)
+    assert len(pd.read_csv(out)) == 30
+    out.write_text(out.read_text() + "my,extra,row\n")
+    line = one_line_error(predict(model, catalog, out))
+    assert "--overwrite" in line and out.read_text().endswith("my,extra,row\n")
+    predict(model, catalog, out, "--overwrite", check=True)
+    assert len(pd.read_csv(out)) == 30
+    # The input named like another run's rejected list is never deleted.
+    renamed = tmp_path / "x.rejected.csv"
+    shutil.copy(catalog, renamed)
+    predict(model, renamed, tmp_path / "x.csv")
+    assert renamed.read_bytes() == catalog.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp-*")), "temporary files left behind"
+
+
+def test_predict_that_classifies_nothing_fails_and_mismatches_are_named(model, sim_catalog, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):
+        (images / f"{index}.jpg").write_bytes(b"not an image")
+    line = one_line_error(predict(model, images, tmp_path / "p.csv"))
+    assert "none of the 3 input(s) could be classified" in line and "UnidentifiedImageError" in line
+    assert not (tmp_path / "p.csv").exists() and (tmp_path / "p.rejected.csv").exists()
+    # Shards of another size than the model's: one line naming both, before any row is read.
+    other = tmp_path / "other"
+    run_cli("pack", "--catalog", str(sim_catalog), "--out", str(other), "--image-size", "16", "--workers", "1")
+    line = one_line_error(predict(model, other, tmp_path / "q.csv"))
+    assert "16 px" in line and "32 px" in line
+    # Malformed, non-UTF-8 and empty CSVs, and a batch size of 0: one line each.
+    (tmp_path / "bad.csv").write_bytes(b"image_path\n\xff\xfe\x00bad\n")
+    assert "not a readable CSV" in one_line_error(predict(model, tmp_path / "bad.csv", tmp_path / "r.csv"))
+    (tmp_path / "empty.csv").write_text("")
+    assert "is empty" in one_line_error(predict(model, tmp_path / "empty.csv", tmp_path / "r.csv"))
+    result = predict(model, images, tmp_path / "r.csv", "--batch-size", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "between 1 and 65536" in result.stderr
+
+
+def test_non_finite_or_inconsistent_models_are_refused_everywhere(model, sim_shards, catalog, tmp_path):
+    broken = tmp_path / "nan_model"
+    shutil.copytree(model, broken)
+    tensors = load_file(broken / "model.safetensors")
+    tensors["classifier.weight"][0, 0] = float("nan")
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "stellar-dist-model/1"})
+    for command in (["predict", "--model", str(broken), "--input", str(catalog), "--out", str(tmp_path / "n.csv")],
+                    ["export", "--model", str(broken), "--format", "torchscript"]):
+        assert "non-finite weights" in one_line_error(run_cli(*command, check=False))
+    assert not (tmp_path / "n.csv").exists()
+    assert sorted(path.name for path in broken.iterdir() if not path.name.startswith(".")) == [
+        "config.json", "model.safetensors"], "an export or temporary file was left"
+    assert not [path for path in broken.iterdir() if ".tmp" in path.name]
+    # config.json that does not match the weights, or with an absurd size: one line, nothing built.
+    for change, expected in (({"arch": "mobilenet_v2"}, "does not match its weights"),
+                             ({"image_size": 100000}, "not an integer in [8, 1024]")):
+        odd = tmp_path / f"odd_{len(expected)}"
+        shutil.copytree(model, odd)
+        description = json.loads((odd / "config.json").read_text()) | change
+        (odd / "config.json").write_text(json.dumps(description))
+        assert expected in one_line_error(run_cli("predict", "--model", str(odd), "--input", str(catalog),
+                                                  "--out", str(tmp_path / "o.csv"), check=False))
+
+
+def test_export_never_overwrites_the_model_and_survives_a_rerun(trained_run, sim_shards, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    weights = (run / "model" / "model.safetensors").read_bytes()
+    line = one_line_error(run_cli("export", "--model", str(run), "--format", "torchscript", "--out",
+                                  str(run / "model" / "model.safetensors"), check=False))
+    assert "would destroy an input" in line and (run / "model" / "model.safetensors").read_bytes() == weights
+    (tmp_path / "mine.pt").write_text("my own file")
+    assert "--overwrite" in one_line_error(run_cli("export", "--model", str(run), "--format", "torchscript",
+                                                   "--out", str(tmp_path / "mine.pt"), check=False))
+    assert (tmp_path / "mine.pt").read_text() == "my own file"
+    run_cli("export", "--model", str(run), "--format", "torchscript")
+    run_cli("export", "--model", str(run), "--format", "torchscript")  # its own export: replaced
+    (run / "model" / "notes.txt").write_text("mine")
+    (run / "notes.txt").write_text("mine too")
+    # Running the finished run's command again re-reports it: the export and the user's notes stay.
+    from test_train import train
+
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb", "resume=auto")
+    assert (run / "model" / "model.torchscript.pt").is_file() and (run / "model" / "notes.txt").read_text() == "mine"
+    assert (run / "notes.txt").read_text() == "mine too"
+    assert oct((run / "model" / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def test_evaluate_refuses_an_out_holding_other_files_under_its_names(trained_run, sim_shards, tmp_path):
+    run = trained_run[0]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text("{}")
+    args = ["evaluate", "--checkpoint", str(run), "--shards", str(sim_shards), "--workers", "0"]
+    assert "not written by `stellar-dist evaluate`" in one_line_error(run_cli(*args, "--out", str(mine), check=False))
+    assert (mine / "metrics.json").read_text() == "{}"
+    line = one_line_error(run_cli(*args, "--out", str(sim_shards / "eval"), check=False))
+    assert "would destroy an input" in line and not (sim_shards / "eval").exists()
+    run_cli(*args, "--out", str(tmp_path / "e"))
+    run_cli(*args, "--out", str(tmp_path / "e"))  # its own files: replaced
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["test"]["refused_ids"] == []
+
+
+def test_two_writers_of_one_output_the_second_exits_at_once(model, catalog, tmp_path):
+    """A real first writer holds the lock (frozen there): the second names it in one line and changes nothing."""
+    from test_trust import finish, hold_when_locked
+
+    out = tmp_path / "p.csv"
+    first = hold_when_locked([sys.executable, "-m", "stellar_dist.cli", "predict", "--model", str(model), "--input",
+                              str(catalog), "--out", str(out)], tmp_path / ".p.csv.lock")
+    line = one_line_error(predict(model, catalog, out))
+    assert "is being written by stellar-dist predict" in line and f"PID {first.pid}" in line
+    finish(first)
+    assert len(pd.read_csv(out)) == 30 and not (tmp_path / ".p.csv.lock").exists()
