@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO_ROOT, run_cli
+from conftest import run_cli
 from test_data_safety import one_line_error, tree
 
 

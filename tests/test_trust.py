@@ -150,7 +150,7 @@ def test_a_run_owns_its_names_and_one_run_writes_a_folder(sim_shards, tmp_path):
                               "checkpoint.every_steps=6"], lock)
     (run / "notes.txt").write_text("the user's own file")
     second = train(f"data.shards={sim_shards}", f"output_dir={run}", "resume=auto", "train.steps=12", check=False)
-    assert f"is being written by stellar-dist train (host" in one_line_error(second)
+    assert "is being written by stellar-dist train (host" in one_line_error(second)
     assert f"PID {first.pid}" in second.stderr
     finish(first)
     assert (run / "notes.txt").read_text() == "the user's own file" and not lock.exists()

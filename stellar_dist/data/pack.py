@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import bands as fits_bands
 from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
+from .images import encode, preprocess_image
 from ..errors import UserError, sigterm_as_exit
 from ..outputs import OutputLock, follow_umask
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
@@ -34,7 +35,6 @@ from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 ENCODINGS = ("png", "jpg", "u8")
 PREPROCESS_MODES = ("resize", "crop")
 MAX_IMAGE_SIZE = 1024  # --image-size: a shard sample of 1024 x 1024 x 5 float32 is 20 MB
-MAX_INPUT_PIXELS = 8192 * 8192  # an input image larger than this is skipped and listed, never decoded
 
 
 @dataclass(frozen=True)
@@ -49,48 +49,6 @@ class PackOptions:
     workers: int = 0  # 0 = all CPU cores
     strict: bool = False  # an unreadable image aborts the pack instead of being skipped and listed
     bands: str = ""  # FITS input: comma-separated band names in channel order ("": the first file's EXTNAMEs)
-
-
-# Pillow modes holding more than 8 bits per channel: convert("RGB") clips them to white without a word.
-HIGH_BIT_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;32", "I;32B", "I;32L")
-
-
-class UnsupportedImage(UserError):
-    """An image pack cannot convert faithfully: the whole pack stops (skipping would drop the whole catalog)."""
-
-
-def preprocess_image(path: str, image_size: int, mode: str) -> Image.Image:
-    """Load an image as RGB at `image_size` x `image_size` (raises OSError/ValueError for unusable files)."""
-    with Image.open(path) as image:
-        if image.mode in HIGH_BIT_DEPTH_MODES:
-            raise UnsupportedImage(
-                f"image {path} has {image.mode} pixels (16/32-bit or float): pack reads 8-bit images only and would "
-                "clip it; convert it to 8 bits with your own stretch (for example asinh) first")
-        if image.size[0] * image.size[1] > MAX_INPUT_PIXELS:
-            raise ValueError(f"image is {image.size[0]} x {image.size[1]} pixels, over the {MAX_INPUT_PIXELS} pixel cap")
-        image.load()
-        image = image.convert("RGB")
-    width, height = image.size
-    if mode == "crop":
-        if min(width, height) < image_size:
-            raise ValueError(f"image is {width}x{height}, smaller than --image-size {image_size}")
-        left, top = (width - image_size) // 2, (height - image_size) // 2
-        return image.crop((left, top, left + image_size, top + image_size))
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = image.crop((left, top, left + side, top + side))
-    return square if side == image_size else square.resize((image_size, image_size), Image.Resampling.BOX)
-
-
-def _encode(image: Image.Image, encoding: str) -> bytes:
-    buffer = io.BytesIO()
-    if encoding == "png":
-        image.save(buffer, format="PNG", compress_level=1)
-    elif encoding == "u8":  # H x W x 3 uint8 in NumPy's format: reading it is a copy, not a decode
-        np.save(buffer, np.asarray(image, dtype=np.uint8), allow_pickle=False)
-    else:
-        image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 def _json_safe(value):
@@ -120,7 +78,7 @@ def _sample_record(row: dict, sample_id: int, split: str, class_index: dict[str,
 def _pixels(path: str, options: PackOptions, pixels: dict) -> bytes:
     """The shard member of one image: PNG/JPEG bytes, or a FITS cutout's float32 (bands, size, size) array."""
     if pixels["encoding"] != "npy":
-        return _encode(preprocess_image(path, options.image_size, options.preprocess), pixels["encoding"])
+        return encode(preprocess_image(path, options.image_size, options.preprocess), pixels["encoding"])
     cube = fits_bands.resize_cutout(fits_bands.read_cutout(path, tuple(pixels["bands"])), options.image_size,
                                     options.preprocess)
     buffer = io.BytesIO()

@@ -24,138 +24,24 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from .. import dist
-from ..data.bands import Stretch, is_fits, read_cutout, resize_cutout
-from ..data.catalog import IMAGE_SUFFIXES
-from ..data.streams import rgb_array
+from ..data.bands import Stretch
 from ..errors import UserError
-from ..outputs import OutputLock, atomic_file, check_paths, claim, follow_umask, release, require_replaceable
+from .inputs import check_input_matches, input_rows, prepare
 from .model_folder import find_model_folder, load_model
-from .writer import Writer
+from .writer import (Writer, claim_outputs, drop_embeddings, finish_outputs, gather_rejected, output_paths,
+                     rejected_path)
+
 
 CHUNK_ROWS = 2048
-
-
-def check_input_matches(source: Path, description: dict) -> None:
-    """A model/input mismatch is one line before any row is read: shards of another size, bands or kind, or
-    8-bit images for a FITS model (and FITS cutouts for an 8-bit one)."""
-    from ..data.manifest import load_manifest
-
-    fits_model = description["encoding"] == "npy"
-    if (source / "manifest.json").is_file():
-        manifest = load_manifest(source)
-
-        def kind(fits: bool, size: int, channels: int, bands) -> str:
-            return f"{'FITS' if fits else '8-bit'} cutouts of {size} px in {channels} band(s)" + \
-                (f" ({','.join(bands)})" if bands else "")
-
-        theirs = kind(manifest["encoding"] == "npy", manifest["image_size"], manifest.get("channels", 3),
-                      manifest.get("bands") if manifest["encoding"] == "npy" else None)
-        mine = kind(fits_model, description["image_size"], description.get("channels", 3),
-                    description.get("bands") if fits_model else None)
-        if theirs != mine:
-            raise UserError(f"--input {source} holds {theirs}; the model takes {mine}: use shards packed like the "
-                            "model's training shards, or the catalog itself")
-
-
-def input_rows(source: Path, fits: bool = False):
-    """(number of rows, generator of (objid or None, image path or shard member name, payload or None), the image
-    paths read (outputs must not be one of them)).
-    A folder is searched for the files the model reads: FITS cutouts (`fits`) or 8-bit images. A shard member's
-    payload is its bytes (N-band) or (encoding, bytes) for 8-bit shards."""
-    if (source / "manifest.json").is_file():
-        from ..data.streams import iter_samples, shard_paths
-        from ..data.manifest import load_manifest
-
-        manifest = load_manifest(source)
-        paths = [path for split in ("labeled", "unlabeled", "test") for path in shard_paths(source, split)]
-        encoding = manifest["encoding"]
-
-        def from_shards():
-            import json
-
-            for raw in iter_samples(paths):
-                record = json.loads(raw["json"])
-                objid = record.get("meta", {}).get("objid")
-                payload = raw.get(encoding) if encoding == "npy" else (encoding, raw.get(encoding))
-                yield (None if objid is None else str(objid)), record.get("source", raw["__key__"]), payload
-
-        return sum(manifest["num_samples"].values()), from_shards(), []
-    if source.is_dir():
-        wanted = is_fits if fits else (lambda path: path.suffix.lower() in IMAGE_SUFFIXES)
-        images = sorted(path for path in source.rglob("*") if wanted(path)
-                        and not any(part.startswith(".") for part in path.relative_to(source).parts))
-        if not images:
-            kind = "FITS cutouts" if fits else f"8-bit images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-            raise UserError(f"--input {source} holds no {kind}, the kind of image this model reads: pass a folder "
-                            "of them, a CSV or shards")
-        return len(images), ((None, str(path), None) for path in images), [str(path) for path in images]
-    if source.suffix.lower() != ".csv":
-        raise UserError(f"--input {source} is neither a CSV, a folder of images nor a shards folder")
-    from ..data.catalog import _read_csv
-
-    frame = _read_csv(source)  # every cell as text: an empty, malformed or non-UTF-8 file is one line
-    if "image_path" not in frame.columns:
-        raise UserError(f"--input {source} has no image_path column (has: {', '.join(frame.columns)})")
-    if frame.empty:
-        raise UserError(f"--input {source} has no rows: add the objects to classify")
-    ids = frame["objid"] if "objid" in frame.columns else [None] * len(frame)
-    paths = [str(Path(path) if Path(path).is_absolute() else source.parent / path) for path in frame["image_path"]]
-    first = paths[0]
-    if is_fits(first) != fits:
-        raise UserError(f"--input {source} lists {'FITS cutouts' if is_fits(first) else '8-bit images'} "
-                        f"(first {first}), but the model was trained on {'FITS cutouts' if fits else '8-bit images'}"
-                        ": classify them with a model trained on the same kind of image")
-    return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths
-
-
-def prepare(row: tuple, description: dict, stretch: Stretch | None = None) -> tuple[torch.Tensor | None, str | None]:
-    """The image as the model saw it in training, or (None, the reason it cannot be read)."""
-    from ..data.pack import _encode, preprocess_image
-
-    _, path, payload = row
-    if description["encoding"] == "npy":
-        return _prepare_bands(path, payload, description, stretch or Stretch(description["stretch"]))
-    try:
-        if payload is None:
-            image = preprocess_image(path, description["image_size"], description["preprocess"])
-            if description["encoding"] == "jpg":  # the shards held JPEGs: the same compression
-                image = Image.open(io.BytesIO(_encode(image, "jpg")))
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        else:  # a shard member, in the shards' own 8-bit encoding (png, jpg or u8: any of them reads alike)
-            encoding, payload = payload
-            array = rgb_array({encoding: payload}, encoding, description["image_size"])
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, UserError) as error:
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-    if description.get("grayscale"):
-        tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
-    return tensor, None
-
-
-def _prepare_bands(path: str, payload: bytes | None, description: dict, stretch: Stretch):
-    """An N-band cutout (a FITS file, or an array from N-band shards) stretched as in training."""
-    size, channels = description["image_size"], description["channels"]
-    try:
-        if payload is None:
-            cube = resize_cutout(read_cutout(path, tuple(description["bands"])), size, description["preprocess"])
-        else:
-            cube = np.load(io.BytesIO(payload), allow_pickle=False)
-        if cube.shape != (channels, size, size):
-            raise ValueError(f"cutout has shape {cube.shape}, the model takes {(channels, size, size)}")
-    except (OSError, ValueError, TypeError, EOFError) as error:
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    return stretch.apply_asinh(stretch.to_noise_units(cube)), None
 
 
 @torch.no_grad()
@@ -210,38 +96,6 @@ def _chunks(rows, size: int):
         yield chunk
 
 
-def _outputs(out: Path, embeddings: str | None) -> dict:
-    return {"--out": out, "--embeddings": Path(embeddings) if embeddings else None, "the rejected list": rejected_path(out)}
-
-
-def rejected_path(out: Path) -> Path:
-    return out.with_name(f"{out.stem}.rejected.csv")
-
-
-def _claim_outputs(outputs: dict, model_folder: Path, source: Path, image_paths: list[str], overwrite: bool):
-    """Rank 0, before anything is written: no output is an input (the catalog, its images, the model folder, the
-    shards), one writer per output, and an existing file is replaced only when predict wrote it."""
-    check_paths(outputs, {"--input": source, "--model": model_folder})
-    targets = {os.path.realpath(path) for path in outputs.values() if path}
-    clash = next((path for path in image_paths if os.path.realpath(path) in targets), None) if targets else None
-    if clash:
-        raise UserError(f"{clash} is both an input image and an output: choose an output path outside the inputs")
-    for name, path in outputs.items():  # before the locks (a refusal leaves nothing) and again under them
-        if path:
-            require_replaceable(path, "predict", overwrite, name)
-    locks = []
-    try:
-        locks += [OutputLock(path, "stellar-dist predict") for path in outputs.values() if path]
-        for name, path in outputs.items():
-            if path:
-                require_replaceable(path, "predict", overwrite, name)
-    except UserError:
-        for lock in locks:
-            lock.release()
-        raise
-    return locks
-
-
 def predict(model_path: str, source: str, out: str, embeddings: str | None = None, batch_size: int = 256,
             unusual_below: float = 0.6, overwrite: bool = False) -> dict:
     """Classify every row of `source` into `out` (rank 0 writes); returns counts on rank 0."""
@@ -260,10 +114,10 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     model, description = load_model(model_folder, device)
     check_input_matches(source_path, description)
     total, rows, image_paths = input_rows(source_path, fits=description["encoding"] == "npy")
-    outputs, locks, refusal = _outputs(out_path, embeddings), [], None
+    outputs, locks, refusal = output_paths(out_path, embeddings), [], None
     if rank == 0:
         try:
-            locks = _claim_outputs(outputs, model_folder, source_path, image_paths, overwrite)
+            locks = claim_outputs(outputs, model_folder, source_path, image_paths, overwrite)
             writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"])
         except UserError as error:
             refusal = str(error)
@@ -273,15 +127,15 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
         counts = _predict_rows(model, description, rows, total, writer if rank == 0 else None, embeddings,
                                (device, rank, world), batch_size, unusual_below)
         features_file = counts.pop("features_file")
-        rejected = _gather_rejected(counts.pop("rejected_rows"), rank, world, out_path)
+        rejected = gather_rejected(counts.pop("rejected_rows"), rank, world, out_path)
         if rank == 0 and total and not counts["predicted"]:
             raise NothingPredicted(total)
         if rank == 0:
-            _finish(writer, features_file, embeddings)
+            finish_outputs(writer, features_file, embeddings)
     except BaseException:
         if rank == 0:
             writer.discard()
-            _drop(features_file)
+            drop_embeddings(features_file)
         raise
     finally:
         for lock in locks:
@@ -324,26 +178,10 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
                 progress.set_postfix(images_per_s=f"{progress.n / max(time.perf_counter() - started, 1e-9):.0f}")
         progress.close()
     except BaseException:
-        _drop(features_file)
+        drop_embeddings(features_file)
         raise
     return {"rows": total, "predicted": predicted, "seconds": time.perf_counter() - started,
             "rejected_rows": rejected_all, "features_file": features_file}
-
-
-def _drop(features_file) -> None:
-    if features_file is not None and Path(features_file.filename).exists():
-        Path(features_file.filename).unlink()
-
-
-def _finish(writer, features_file, embeddings: str | None) -> None:
-    """Rank 0: the finished output (and embeddings) renamed into place and recorded as predict's own."""
-    writer.close()
-    claim(writer.out, "predict")
-    if features_file is not None:
-        features_file.flush()
-        follow_umask(features_file.filename)
-        Path(features_file.filename).replace(embeddings)
-        claim(embeddings, "predict")
 
 
 class NothingPredicted(Exception):
@@ -366,28 +204,6 @@ def _output_rows(chunk, kept, values, classes, unusual_below, assignment, distan
             unusual = unusual or distance[position] > far
         output.append(row | {"unusual": bool(unusual)})
     return output
-
-
-def _gather_rejected(rejected: list, rank: int, world: int, out: Path) -> list:
-    """Every rank's rejected rows, written by rank 0 to OUT.rejected.csv (input order); an earlier list of
-    predict's own is removed (a stale list would misreport this run), a file of the user's never."""
-    if world > 1:
-        import torch.distributed as torch_dist
-
-        everyone = [None] * world
-        torch_dist.all_gather_object(everyone, rejected)  # small: (row, reason) pairs, our own objects
-        rejected = [item for part in everyone for item in part]
-    side = rejected_path(out)
-    if rank == 0:
-        if rejected:
-            with atomic_file(side) as temporary, open(temporary, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["row", "reason"])
-                writer.writerows(sorted(rejected))
-            claim(side, "predict")
-        else:
-            release(side)
-    return rejected
 
 
 def _positive_int(text: str) -> int:

@@ -1,5 +1,6 @@
-"""predict's output table, on rank 0: CSV or parquet written chunk by chunk, FITS at the end; a finished file
-or none (written under a temporary name, renamed when complete)."""
+"""predict's outputs, on rank 0: the table (CSV or parquet written chunk by chunk, FITS at the end; a finished file
+or none, written under a temporary name and renamed when complete), the embeddings and the rejected list; which
+paths they may take (no input, one writer, only files predict wrote replaced without --overwrite)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from ..outputs import follow_umask
+from ..outputs import OutputLock, atomic_file, check_paths, claim, follow_umask, release, require_replaceable
 
 
 class Writer:
@@ -79,3 +80,73 @@ class Writer:
                 handle.close() if handle is not None else None
         with contextlib.suppress(OSError):
             self.temporary.unlink()
+
+
+def output_paths(out: Path, embeddings: str | None) -> dict:
+    return {"--out": out, "--embeddings": Path(embeddings) if embeddings else None, "the rejected list": rejected_path(out)}
+
+
+def rejected_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.rejected.csv")
+
+
+def claim_outputs(outputs: dict, model_folder: Path, source: Path, image_paths: list[str], overwrite: bool):
+    """Rank 0, before anything is written: no output is an input (the catalog, its images, the model folder, the
+    shards), one writer per output, and an existing file is replaced only when predict wrote it."""
+    check_paths(outputs, {"--input": source, "--model": model_folder})
+    targets = {os.path.realpath(path) for path in outputs.values() if path}
+    clash = next((path for path in image_paths if os.path.realpath(path) in targets), None) if targets else None
+    if clash:
+        raise UserError(f"{clash} is both an input image and an output: choose an output path outside the inputs")
+    for name, path in outputs.items():  # before the locks (a refusal leaves nothing) and again under them
+        if path:
+            require_replaceable(path, "predict", overwrite, name)
+    locks = []
+    try:
+        locks += [OutputLock(path, "stellar-dist predict") for path in outputs.values() if path]
+        for name, path in outputs.items():
+            if path:
+                require_replaceable(path, "predict", overwrite, name)
+    except UserError:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
+
+
+def drop_embeddings(features_file) -> None:
+    if features_file is not None and Path(features_file.filename).exists():
+        Path(features_file.filename).unlink()
+
+
+def finish_outputs(writer, features_file, embeddings: str | None) -> None:
+    """Rank 0: the finished output (and embeddings) renamed into place and recorded as predict's own."""
+    writer.close()
+    claim(writer.out, "predict")
+    if features_file is not None:
+        features_file.flush()
+        follow_umask(features_file.filename)
+        Path(features_file.filename).replace(embeddings)
+        claim(embeddings, "predict")
+
+
+def gather_rejected(rejected: list, rank: int, world: int, out: Path) -> list:
+    """Every rank's rejected rows, written by rank 0 to OUT.rejected.csv (input order); an earlier list of
+    predict's own is removed (a stale list would misreport this run), a file of the user's never."""
+    if world > 1:
+        import torch.distributed as torch_dist
+
+        everyone = [None] * world
+        torch_dist.all_gather_object(everyone, rejected)  # small: (row, reason) pairs, our own objects
+        rejected = [item for part in everyone for item in part]
+    side = rejected_path(out)
+    if rank == 0:
+        if rejected:
+            with atomic_file(side) as temporary, open(temporary, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["row", "reason"])
+                writer.writerows(sorted(rejected))
+            claim(side, "predict")
+        else:
+            release(side)
+    return rejected
