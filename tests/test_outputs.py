@@ -36,15 +36,25 @@ def predict(model, source, out, *extra, check=False):
     return run_cli("predict", "--model", str(model), "--input", str(source), "--out", str(out), *extra, check=check)
 
 
+def refused(*args, **options) -> str:
+    """predict() in this process (the command's own code, without a new interpreter): its one-line refusal."""
+    from stellar_dist.errors import UserError
+    from stellar_dist.inference.predict import predict as predict_rows
+
+    with pytest.raises(UserError) as error:
+        predict_rows(*map(str, args), **options)
+    return str(error.value)
+
+
 def test_predict_never_writes_over_its_inputs_or_the_users_files(model, catalog, tmp_path):
     before = tree(tmp_path)
     # The catalog as --out, as --embeddings, and the model folder's own file: refused, nothing changed.
     assert "would destroy an input" in one_line_error(predict(model, catalog, catalog))
-    assert "would destroy an input" in one_line_error(
-        predict(model, catalog, tmp_path / "p.csv", "--embeddings", str(model / "x.npy")))
+    assert "would destroy an input" in refused(model, catalog, tmp_path / "p.csv", embeddings=str(model / "x.npy"))
+    assert "must end in .npy" in refused(model, catalog, tmp_path / "p.csv", embeddings=str(catalog))
     side = tmp_path / "p.rejected.csv"
     side.write_text("row,reason\nmy own notes\n")  # a file of the user's under the rejected list's name
-    assert "not written by `stellar-dist predict`" in one_line_error(predict(model, catalog, tmp_path / "p.csv"))
+    assert "not written by `stellar-dist predict`" in refused(model, catalog, tmp_path / "p.csv")
     assert side.read_text() == "row,reason\nmy own notes\n"
     side.unlink()
     assert tree(tmp_path) == before
@@ -54,14 +64,13 @@ def test_predict_never_writes_over_its_inputs_or_the_users_files(model, catalog,
     predict(model, catalog, out, "--embeddings", str(tmp_path / "e.npy"), check=True)
     assert len(pd.read_csv(out)) == 30
     out.write_text(out.read_text() + "my,extra,row\n")
-    line = one_line_error(predict(model, catalog, out))
-    assert "--overwrite" in line and out.read_text().endswith("my,extra,row\n")
+    assert "--overwrite" in refused(model, catalog, out) and out.read_text().endswith("my,extra,row\n")
     predict(model, catalog, out, "--overwrite", check=True)
     assert len(pd.read_csv(out)) == 30
     # The input named like another run's rejected list is never deleted.
     renamed = tmp_path / "x.rejected.csv"
     shutil.copy(catalog, renamed)
-    predict(model, renamed, tmp_path / "x.csv")
+    assert "would destroy an input" in refused(model, renamed, tmp_path / "x.csv")
     assert renamed.read_bytes() == catalog.read_bytes()
     assert not list(tmp_path.glob(".*.tmp-*")), "temporary files left behind"
 
@@ -81,9 +90,9 @@ def test_predict_that_classifies_nothing_fails_and_mismatches_are_named(model, s
     assert "16 px" in line and "32 px" in line
     # Malformed, non-UTF-8 and empty CSVs, and a batch size of 0: one line each.
     (tmp_path / "bad.csv").write_bytes(b"image_path\n\xff\xfe\x00bad\n")
-    assert "not a readable CSV" in one_line_error(predict(model, tmp_path / "bad.csv", tmp_path / "r.csv"))
+    assert "not a readable CSV" in refused(model, tmp_path / "bad.csv", tmp_path / "r.csv")
     (tmp_path / "empty.csv").write_text("")
-    assert "is empty" in one_line_error(predict(model, tmp_path / "empty.csv", tmp_path / "r.csv"))
+    assert "is empty" in refused(model, tmp_path / "empty.csv", tmp_path / "r.csv")
     result = predict(model, images, tmp_path / "r.csv", "--batch-size", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "between 1 and 65536" in result.stderr
 
@@ -112,9 +121,9 @@ def test_non_finite_or_inconsistent_models_are_refused_everywhere(model, sim_sha
                                                   "--out", str(tmp_path / "o.csv"), check=False))
 
 
-def test_export_never_overwrites_the_model_and_survives_a_rerun(trained_run, sim_shards, tmp_path):
+def test_export_never_overwrites_the_model_and_survives_a_rerun(plain_run, sim_shards, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(trained_run[0], run)
+    shutil.copytree(plain_run, run)
     weights = (run / "model" / "model.safetensors").read_bytes()
     line = one_line_error(run_cli("export", "--model", str(run), "--format", "torchscript", "--out",
                                   str(run / "model" / "model.safetensors"), check=False))
@@ -130,7 +139,7 @@ def test_export_never_overwrites_the_model_and_survives_a_rerun(trained_run, sim
     # Running the finished run's command again re-reports it: the export and the user's notes stay.
     from test_train import train
 
-    train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb", "resume=auto")
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false", "resume=auto")
     assert (run / "model" / "model.torchscript.pt").is_file() and (run / "model" / "notes.txt").read_text() == "mine"
     assert (run / "notes.txt").read_text() == "mine too"
     assert oct((run / "model" / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
