@@ -179,34 +179,35 @@ def _restore(run: Run, point: ResumePoint) -> None:
 
 
 def _load_checkpoint(run: Run, folder: Path) -> str | None:
-    """Restore every part of the run from `folder`; None, or why it could not be read."""
+    """Restore every part of the run from `folder`; None, or which part could not be read, and why."""
+    from accelerate.utils import load as accelerate_load
+
+    part = f"random_states_{run.accelerator.process_index}.pkl"
     try:
         # Accelerate only logs an unreadable RNG file and goes on (the run would silently leave its exact
         # continuation): this rank's file is read first, and must hold the states.
-        from accelerate.utils import load as accelerate_load
-
-        name = f"random_states_{run.accelerator.process_index}.pkl"
-        try:
-            rng = accelerate_load(folder / name)
-        except Exception as error:  # noqa: BLE001  (an unpickling error can be anything)
-            raise ValueError(f"{name}: {type(error).__name__}: {error}") from None
+        rng = accelerate_load(folder / part)
         if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
-            raise ValueError(f"{name} holds no random states")
+            raise ValueError("it holds no random states")
+        part = "model.safetensors / optimizer.bin (Accelerate's state)"
         run.accelerator.load_state(str(folder))
+        part = checkpoint.TRAINER_STATE
         state = checkpoint.load_trainer_state(folder)
         if "ema" in state:  # written before the EMA weights were kept once, in ema.pt
             run.ema.load_state_dict(state["ema"])
         else:
+            part = checkpoint.EMA_WEIGHTS
             weights = checkpoint.load_ema_weights(folder)
             run.ema.load_state_dict({f"module.{key}": value for key, value in weights.items()}
                                     | {"n_averaged": state["ema_n_averaged"]})
+        part = f"{checkpoint.TRAINER_STATE} (scheduler, algorithm or cluster state)"
         run.scheduler.load_state_dict(state["scheduler"])
         run.algorithm.load_state_dict(state.get("algorithm", {}))
         run.start_step, run.resumed_from = int(state["step"]), folder
         run.cluster_state = (ClusterState.from_state_dict(state["cluster"], run.accelerator.device)
                              if "cluster" in state else None)
     except Exception as error:  # noqa: BLE001  (any unreadable part makes the checkpoint unusable)
-        return f"is unreadable ({type(error).__name__}: {' '.join(str(error).split())[:160]})"
+        return f"is unreadable ({part}: {type(error).__name__}: {' '.join(str(error).split())[:120]})"
     return None
 
 
