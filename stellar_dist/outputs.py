@@ -85,9 +85,9 @@ def _stat_key(path: Path) -> dict:
 
 
 def _flock(path: Path, blocking: bool):
-    """An open, exclusively locked `path` (created if needed), or None when another process holds it. The lock
-    file is removed on release, so after locking we check that `path` is still the file we locked (a holder may
-    have removed it meanwhile) and try again if not."""
+    """An open, exclusively locked `path` (created if needed); raises _Held, with the holder's line, when another
+    process holds it and `blocking` is false. Lock files are removed on release, so after locking we check that
+    `path` is still the file we locked (its holder may have removed it meanwhile) and try again if not."""
     while True:
         handle = open(path, "a+")
         try:
