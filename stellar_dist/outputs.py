@@ -1,11 +1,10 @@
 """Where results go, for every command: outputs checked against inputs, one writer per output, files written
 atomically with the user's umask, and an existing file replaced only when stellar-dist wrote it.
 
-    check_paths({"--out": out}, {"--input": catalog, "--model": model})   # no output equals or lies in an input
-    with OutputLock(out, "stellar-dist predict"):                           # a second writer exits at once
-        require_replaceable(out, "predict", overwrite)                       # a user's file is never replaced
-        with atomic_file(out) as temporary: ...                              # a finished file or none
-        claim(out, "predict")                                                # recorded as ours (size, mtime)
+    check_paths({"--out": out}, {"--input": catalog, "--model": model})  # no output equals or lies in an input
+    locks = take_files({"--out": out}, "predict", overwrite)  # a second writer exits at once; a user's file stays
+    with atomic_file(out) as temporary: ...                    # a finished file or none
+    claim(out, "predict")                                      # recorded as ours (size, mtime); release the locks
 
 Ownership: each folder that receives outputs keeps a small hidden record, `.stellar-dist-outputs.json`, of the
 files stellar-dist wrote there (command, size, modification time). A file is replaced without `--overwrite` only
@@ -57,7 +56,7 @@ def _real(path: str | Path) -> Path:
     return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
@@ -70,7 +69,7 @@ def check_paths(outputs: dict[str, str | Path | None], inputs: dict[str, str | P
             continue
         real = _real(path)
         for input_name, input_path in real_inputs.items():
-            if _inside(real, input_path):
+            if inside(real, input_path):
                 where = "is" if real == input_path else "lies inside"
                 raise UserError(f"{name} {path} {where} {input_name} {inputs[input_name]}: writing it would destroy "
                                 "an input; choose an output path outside the inputs")
@@ -234,6 +233,25 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def take_files(files: dict[str, Path | None], command: str, overwrite: bool = False) -> list[OutputLock]:
+    """For a command that writes `files` ({option: path}): each existing one replaceable (checked before the locks,
+    so a refusal leaves nothing, and again under them, since another writer may have finished meanwhile) and
+    locked; returns the locks."""
+    files = {name: Path(path) for name, path in files.items() if path}
+    for name, path in files.items():
+        require_replaceable(path, command, overwrite, name)
+    locks = []
+    try:
+        locks += [OutputLock(path, f"stellar-dist {command}") for path in files.values()]
+        for name, path in files.items():
+            require_replaceable(path, command, overwrite, name)
+    except UserError:
+        for lock in locks:
+            lock.release()
+        raise
+    return locks
 
 
 def take_folder(folder: str | Path, names: tuple[str, ...], command: str, inputs: dict) -> OutputLock:

@@ -67,18 +67,15 @@ class StopRequest:
 
 def resume_command() -> str:
     """The command that continues this run: the one that started it, with resume=auto."""
-    args = [arg for arg in sys.argv[1:] if not arg.startswith("resume=")] + ["resume=auto"]
+    args = shlex.join([arg for arg in sys.argv[1:] if not arg.startswith("resume=")] + ["resume=auto"])
     program = sys.argv[0]
-    if Path(program).name == "stellar-dist":
-        head = ["stellar-dist"]
-    elif program.endswith(os.path.join("stellar_dist", "train.py")):
-        head = ["python", "-m", "stellar_dist.train"]
-    else:
-        head = ["python", program]
+    module = program.endswith(os.path.join("stellar_dist", "train.py"))
     if "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ:  # started by accelerate launch
-        head = ["accelerate", "launch", "<the same launch options>", *head[1:]] if head[0] == "python" else \
-            ["accelerate", "launch", "<the same launch options>", "-m", "stellar_dist.train"]
-    return shlex.join(head + args).replace("'<the same launch options>'", "<the same launch options>")
+        target = "-m stellar_dist.train" if module or Path(program).name == "stellar-dist" else shlex.quote(program)
+        return f"accelerate launch <the same launch options> {target} {args}"
+    if Path(program).name == "stellar-dist":
+        return f"stellar-dist {args}"
+    return f"python {'-m stellar_dist.train' if module else shlex.quote(program)} {args}"
 
 
 class Stopped(Exception):

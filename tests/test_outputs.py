@@ -2,7 +2,6 @@
 predict, export, evaluate and cluster, with real processes and files."""
 
 import json
-import os
 import shutil
 import sys
 
@@ -10,6 +9,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file, save_file
 
+from stellar_dist.outputs import umask
 from conftest import run_cli
 from test_data_safety import one_line_error, tree
 
@@ -142,13 +142,8 @@ def test_export_never_overwrites_the_model_and_survives_a_rerun(plain_run, sim_s
     train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false", "resume=auto")
     assert (run / "model" / "model.torchscript.pt").is_file() and (run / "model" / "notes.txt").read_text() == "mine"
     assert (run / "notes.txt").read_text() == "mine too"
-    assert oct((run / "model" / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert oct((run / "model" / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~umask())
 
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def test_evaluate_refuses_an_out_holding_other_files_under_its_names(trained_run, sim_shards, tmp_path):

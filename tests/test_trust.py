@@ -5,7 +5,6 @@ Real processes and files throughout."""
 import hashlib
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from stellar_dist.outputs import umask
 from conftest import REPO_ROOT, run_cli
 from test_bad_input import pack_fails
 from test_data_safety import one_line_error, tree
@@ -121,15 +121,10 @@ def test_a_second_pack_into_the_same_out_exits_at_once(sim_catalog, tmp_path):
     finish(first)
     assert "OK: " in run_cli("pack", "--verify", str(out)).stdout
     assert not (tmp_path / ".out.lock").exists(), "the lock file outlived its holder"
-    mode = 0o777 & ~_umask()
+    mode = 0o777 & ~umask()
     assert oct(out.stat().st_mode & 0o777) == oct(mode), "the shards folder ignores the umask"
     assert all(oct(path.stat().st_mode & 0o777) == oct(mode & 0o666) for path in out.iterdir())
 
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def test_a_run_owns_its_names_and_one_run_writes_a_folder(sim_shards, tmp_path):
@@ -163,7 +158,8 @@ def test_a_run_owns_its_names_and_one_run_writes_a_folder(sim_shards, tmp_path):
     assert "kept as unreadable-step_0000012, resuming from step_0000004" in resumed.stdout
     assert "step_0000008 is unreadable" in resumed.stdout and "random_states_0.pkl" in resumed.stdout
     assert "train.steps 12 -> 14" in resumed.stdout and "learning-rate schedule" in resumed.stdout
-    assert {"unreadable-step_0000012", "unreadable-step_0000008"} <= {path.name for path in (run / "checkpoints").iterdir()}
+    kept_aside = {path.name for path in (run / "checkpoints").iterdir()}
+    assert {"unreadable-step_0000012", "unreadable-step_0000008"} <= kept_aside
     assert json.loads((run / "metrics.json").read_text())["steps"] == 14
 
 
@@ -244,7 +240,8 @@ def test_sizes_and_overrides_are_bounded_one_line_each(sim_shards, tmp_path):
     from stellar_dist.config import load_config
     from stellar_dist.errors import UserError
 
-    for override, expected in (("data.shuffle_buffer=100000000", "[1, 100000]"), ("train.batch_size=10000000", "[1, 65536]"),
+    for override, expected in (("data.shuffle_buffer=100000000", "[1, 100000]"),
+                               ("train.batch_size=10000000", "[1, 65536]"),
                                ("ssl.threshold=[0.9", "not a valid value")):
         with pytest.raises(UserError, match=expected.replace("[", r"\[").replace("]", r"\]")):
             load_config(None, [override])

@@ -29,7 +29,8 @@ def preprocess_image(path: str, image_size: int, mode: str) -> Image.Image:
                 f"image {path} has {image.mode} pixels (16/32-bit or float): pack reads 8-bit images only and would "
                 "clip it; convert it to 8 bits with your own stretch (for example asinh) first")
         if image.size[0] * image.size[1] > MAX_INPUT_PIXELS:
-            raise ValueError(f"image is {image.size[0]} x {image.size[1]} pixels, over the {MAX_INPUT_PIXELS} pixel cap")
+            raise ValueError(f"image is {image.size[0]} x {image.size[1]} pixels, over the {MAX_INPUT_PIXELS} "
+                             "pixel cap")
         image.load()
         image = image.convert("RGB")
     width, height = image.size

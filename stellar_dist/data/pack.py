@@ -29,7 +29,7 @@ from . import bands as fits_bands
 from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
 from .images import encode, preprocess_image
 from ..errors import UserError, sigterm_as_exit
-from ..outputs import OutputLock, follow_umask
+from ..outputs import OutputLock, follow_umask, inside
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 
 ENCODINGS = ("png", "jpg", "u8")
@@ -113,16 +113,12 @@ def _write_shard(task: dict) -> dict:
             "input": len(task["rows"])}
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def check_out_dir(out: Path, overwrite: bool, catalog: Path) -> None:
     """Refuse an --out that holds anything pack did not write, or that holds the input itself."""
     real = out.resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: choose a folder path")
-    if _inside(catalog.resolve(), real) or _inside(real, catalog.resolve()):
+    if inside(catalog.resolve(), real) or inside(real, catalog.resolve()):
         raise UserError(f"--out {out} would hold or overlap the catalog {catalog}: choose a folder outside it")
     if not out.is_dir() or not any(out.iterdir()):
         return
@@ -136,9 +132,9 @@ def check_out_dir(out: Path, overwrite: bool, catalog: Path) -> None:
 
 def _check_images_outside(frame: pd.DataFrame, out: Path) -> None:
     real = out.resolve()
-    inside = [path for path in frame["image_path"] if _inside(Path(path).resolve(), real)]
-    if inside:
-        raise UserError(f"{len(inside)} catalog image(s) lie inside --out {out}, first {inside[0]}: "
+    within = [path for path in frame["image_path"] if inside(Path(path).resolve(), real)]
+    if within:
+        raise UserError(f"{len(within)} catalog image(s) lie inside --out {out}, first {within[0]}: "
                         "choose an --out outside the images")
 
 

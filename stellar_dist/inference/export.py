@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..outputs import OutputLock, atomic_file, check_paths, claim, require_replaceable
+from ..outputs import atomic_file, check_paths, claim, take_files
 from .model_folder import DESCRIPTION, WEIGHTS, find_model_folder, load_model
 
 TOLERANCE = 1e-4
@@ -53,11 +53,13 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, over
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     model, description = load_model(folder)  # refuses non-finite weights, and config.json that does not match
-    with OutputLock(out, f"stellar-dist export --format {fmt}"):
-        require_replaceable(out, "export", overwrite)
+    (lock,) = take_files({"--out": out}, "export", overwrite)
+    try:
         with atomic_file(out) as temporary:
             difference = _write(model, description, fmt, temporary)
         claim(out, "export")
+    finally:
+        lock.release()
     return out, difference
 
 

@@ -156,8 +156,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     except Exception as error:  # noqa: BLE001  (safetensors' SafetensorError is not an OSError)
         raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}: {error}): copy it "
                         "again") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise UserError(f"model folder {folder} has format {description.get('format') if isinstance(description, dict) else None!r}, this version reads {FORMAT}")
+    found = description.get("format") if isinstance(description, dict) else None
+    if found != FORMAT:
+        raise UserError(f"model folder {folder} has format {found!r}, this version reads {FORMAT}")
     check_description(folder, description)
     bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
     if bad:

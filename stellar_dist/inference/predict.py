@@ -151,8 +151,9 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
     far = (description.get("cluster") or {}).get("far_distance", float("inf"))
     features_file = None
     if embeddings and rank == 0:
-        features_file = np.lib.format.open_memmap(Path(embeddings).with_name(f".{Path(embeddings).name}.tmp-{os.getpid()}.npy"),
-                                                  mode="w+", dtype=np.float32, shape=(total, model.feature_dim))
+        temporary = Path(embeddings).with_name(f".{Path(embeddings).name}.tmp-{os.getpid()}.npy")
+        features_file = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
+                                                  shape=(total, model.feature_dim))
         features_file[:] = np.nan  # rejected rows stay NaN
     rejected_all, started, predicted = [], time.perf_counter(), 0
     progress = tqdm(total=total, desc="predict", unit="img", disable=rank != 0)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from ..outputs import OutputLock, atomic_file, check_paths, claim, follow_umask, release, require_replaceable
+from ..outputs import atomic_file, check_paths, claim, follow_umask, release, take_files
 
 
 class Writer:
@@ -83,7 +83,8 @@ class Writer:
 
 
 def output_paths(out: Path, embeddings: str | None) -> dict:
-    return {"--out": out, "--embeddings": Path(embeddings) if embeddings else None, "the rejected list": rejected_path(out)}
+    return {"--out": out, "--embeddings": Path(embeddings) if embeddings else None,
+            "the rejected list": rejected_path(out)}
 
 
 def rejected_path(out: Path) -> Path:
@@ -94,24 +95,13 @@ def claim_outputs(outputs: dict, model_folder: Path, source: Path, image_paths: 
     """Rank 0, before anything is written: no output is an input (the catalog, its images, the model folder, the
     shards), one writer per output, and an existing file is replaced only when predict wrote it."""
     check_paths(outputs, {"--input": source, "--model": model_folder})
-    targets = {os.path.realpath(path) for path in outputs.values() if path}
-    clash = next((path for path in image_paths if os.path.realpath(path) in targets), None) if targets else None
+    names = {path.name for path in outputs.values() if path}  # only an image of the same name can be an output:
+    targets = {os.path.realpath(path) for path in outputs.values() if path}  # no real path of every image needed
+    clash = next((path for path in image_paths if os.path.basename(path) in names
+                  and os.path.realpath(path) in targets), None)
     if clash:
         raise UserError(f"{clash} is both an input image and an output: choose an output path outside the inputs")
-    for name, path in outputs.items():  # before the locks (a refusal leaves nothing) and again under them
-        if path:
-            require_replaceable(path, "predict", overwrite, name)
-    locks = []
-    try:
-        locks += [OutputLock(path, "stellar-dist predict") for path in outputs.values() if path]
-        for name, path in outputs.items():
-            if path:
-                require_replaceable(path, "predict", overwrite, name)
-    except UserError:
-        for lock in locks:
-            lock.release()
-        raise
-    return locks
+    return take_files(outputs, "predict", overwrite)
 
 
 def drop_embeddings(features_file) -> None:
