@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stellar_dist.algorithms.fixmatch import fixmatch_loss  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from stellar_dist.algorithms.fixmatch import masked_cross_entropy  # noqa: E402
 from stellar_dist.models import StellarNet  # noqa: E402
 
 
@@ -36,7 +38,9 @@ def make_step(variant: str, model, optimizer, device):
                 logits = [model(labeled), model(weak), model(strong)]
             else:
                 logits = model(torch.cat([labeled, weak, strong])).split([len(labeled), len(weak), len(strong)])
-            loss, _ = fixmatch_loss(logits[0].float(), labels, logits[1].float(), logits[2].float(), 0.95, 1.0)
+            confidence, pseudo_labels = logits[1].detach().float().softmax(-1).max(-1)  # FixMatch's terms
+            loss = F.cross_entropy(logits[0].float(), labels) + masked_cross_entropy(
+                logits[2].float(), pseudo_labels, (confidence >= 0.95).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -50,41 +50,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class PseudoLabelConfig:
-    rampup_fraction: float = 0.4  # ssl.lambda_u ramps up linearly over this fraction of train.steps
-
-
-@dataclass(frozen=True)
-class FlexMatchConfig:
-    warmup: bool = True  # threshold warm-up: never-confident samples count in the normaliser while they dominate
-
-
-@dataclass(frozen=True)
-class FreeMatchConfig:
-    ema_momentum: float = 0.999  # EMA of the global confidence and class distribution (paper: 0.999)
-    lambda_fairness: float = 0.01  # weight of the self-adaptive fairness term (0: off)
-
-
-@dataclass(frozen=True)
-class MixMatchConfig:
-    views: int = 2  # K weak views per unlabeled image for the label guess (paper: 2)
-    temperature: float = 0.5  # sharpening of the guessed distribution
-    alpha: float = 0.75  # MixUp Beta(alpha, alpha)
-    lambda_u: float = 75.0  # weight of the L2 loss on mixed unlabeled images (paper: 75 on CIFAR-10)
-    rampup_fraction: float = 0.4  # lambda_u ramps up linearly over this fraction of train.steps
-
-
-@dataclass(frozen=True)
 class SSLConfig:
     algorithm: str = "fixmatch"  # a key of stellar_dist.algorithms.ALGORITHMS ("supervised" is the baseline)
     mu: int = 3  # unlabeled:labeled batch ratio (FixMatch paper: 7)
     threshold: float = 0.95  # confidence above which a weak-view prediction becomes a pseudo-label
     lambda_u: float = 1.0  # weight of the unsupervised loss
     distribution_alignment: bool = False  # align pseudo-label probabilities to the labeled class mix (ReMixMatch)
-    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
-    flexmatch: FlexMatchConfig = field(default_factory=FlexMatchConfig)
-    freematch: FreeMatchConfig = field(default_factory=FreeMatchConfig)
-    mixmatch: MixMatchConfig = field(default_factory=MixMatchConfig)
+    # ssl.<algorithm>: each algorithm's own options, declared in its file (`Options`), e.g. ssl.mixmatch.views.
+    # Built for every algorithm in ALGORITHMS, written into the YAML as ssl.<name> sections.
+    sections: dict = field(default_factory=lambda: _default_sections())
 
 
 @dataclass(frozen=True)
@@ -145,7 +119,7 @@ CHOICES = {
     "data.augment_on": ("auto", "workers", "device"),
     "train.optimizer": ("sgd", "adamw"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-    "ssl.algorithm": tuple(ALGORITHMS),
+    "ssl.algorithm": ALGORITHMS,  # the registry itself: an algorithm added to it is a valid choice
     "cluster.backend": ("faiss", "torch"),
     "tracking": ("none", "wandb"),
 }
@@ -158,10 +132,7 @@ RANGES = {
     "train.steps": "[1, 1e9]", "train.batch_size": "[1, 65536]", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
     "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
     "train.log_every_steps": "[1, 1e9]", "train.cpu_threads": "[0, 1024]", "train.logit_adjustment": "[0, 10]",
-    "ssl.mu": "[1, 64]", "ssl.threshold": "(0, 1)", "ssl.lambda_u": "[0, inf)",
-    "ssl.pseudolabel.rampup_fraction": "[0, 1]", "ssl.freematch.ema_momentum": "[0, 1)",
-    "ssl.freematch.lambda_fairness": "[0, inf)", "ssl.mixmatch.views": "[1, 8]", "ssl.mixmatch.temperature": "(0, 1]",
-    "ssl.mixmatch.alpha": "(0, inf)", "ssl.mixmatch.lambda_u": "[0, inf)", "ssl.mixmatch.rampup_fraction": "[0, 1]",
+    "ssl.mu": "[1, 64]", "ssl.threshold": "(0, 1)", "ssl.lambda_u": "[0, inf)",  # ssl.<name>.*: in Options.RANGES
     "eval.every_steps": "[0, inf)", "eval.batch_size": "[1, 65536]",
     "checkpoint.every_steps": "[0, inf)", "checkpoint.keep_last": "[0, inf)",
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, 100000]", "cluster.pca_dim": "[0, 4096]",
@@ -171,8 +142,11 @@ RANGES = {
 }
 
 
-def _check_range(dotted: str, value) -> None:
-    spec = RANGES.get(dotted)
+def _default_sections() -> dict:
+    return {name: algorithm.Options() for name, algorithm in ALGORITHMS.items() if algorithm.Options is not None}
+
+
+def _check_range(dotted: str, value, spec: str | None) -> None:
     if spec is None:
         return
     low, high = (float(bound) for bound in spec[1:-1].split(","))
@@ -209,11 +183,23 @@ def _check_type(dotted: str, value, expected):
     return value
 
 
+def _build_sections(values: dict, prefix: str) -> dict:
+    """The ssl.<algorithm> sections, each built with its algorithm's Options (defaults where the YAML is silent)."""
+    sections = _default_sections()
+    for name, section in values.items():
+        sections[name] = _build(type(sections[name]), section, f"{prefix}{name}.")
+    return sections
+
+
 def _build(cls, values: dict, prefix: str):
     if not isinstance(values, dict):
         raise UserError(f"config section {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [item.name for item in dataclasses.fields(cls)]
+    names = [item.name for item in dataclasses.fields(cls) if item.name != "sections"]
+    if cls is SSLConfig:  # the algorithms' own sections, ssl.<name>
+        sections = {name: values[name] for name in _default_sections() if name in values}
+        values = {key: value for key, value in values.items() if key not in sections}
+        names += list(_default_sections())
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(prefix + key for key in unknown)}; "
@@ -226,10 +212,13 @@ def _build(cls, values: dict, prefix: str):
         else:
             kwargs[name] = _check_type(prefix + name, value, expected)
             if expected in (int, float):
-                _check_range(prefix + name, kwargs[name])
+                _check_range(prefix + name, kwargs[name], RANGES.get(prefix + name) or
+                             getattr(cls, "RANGES", {}).get(name))
             allowed = CHOICES.get(prefix + name)
             if allowed and kwargs[name] not in allowed:
                 raise UserError(f"config key {prefix}{name}={value!r} is not one of {', '.join(allowed)}")
+    if cls is SSLConfig:
+        kwargs["sections"] = _build_sections(sections, prefix)
     return cls(**kwargs)
 
 
@@ -266,8 +255,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _check_combinations(_build(Config, tree, ""))
 
 
+def config_from_dict(tree: dict) -> Config:
+    """A config from nested dicts (a run's config as its model folder keeps it), checked like a YAML file."""
+    return _check_combinations(_build(Config, tree, ""))
+
+
 def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    """The config as nested dicts, each algorithm's section under ssl.<name> (as the YAML is written)."""
+    tree = dataclasses.asdict(config)
+    tree["ssl"] |= tree["ssl"].pop("sections")
+    return tree
 
 
 def save_config(config: Config, path: str | Path) -> None:

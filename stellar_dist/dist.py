@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,14 @@ def rank() -> int:
     if _LOCAL_ONLY[0]:
         return 0
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """The one answer to "am I the main process" (global rank 0): it alone writes shared files, logs and prints.
+    Before the process group starts (or after it ends), the launcher's RANK says."""
+    if _LOCAL_ONLY[0] or (dist.is_available() and dist.is_initialized()):
+        return rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -99,6 +108,15 @@ def broadcast_object(value, src: int = 0):
     holder = [value]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def gather_objects(values: list) -> list:
+    """Every rank's list of small Python objects (our own values), concatenated in rank order, on every rank."""
+    if world_size() == 1:
+        return list(values)
+    everyone = [None] * world_size()
+    dist.all_gather_object(everyone, values)
+    return [item for part in everyone for item in part]
 
 
 def raise_if_any(message: str | None) -> None:

@@ -1,13 +1,16 @@
-"""The training engine: FixMatch (or the supervised baseline) under Accelerate, on 1..N processes.
+"""The training loop under Accelerate, on 1..N processes; it names no algorithm.
 
-Orchestration lives here (rank-0 work, logging, checkpoints); the loss is a pure function of tensors (ssl.py) and
-collectives live in dist.py.
+    train(config)   = setup (session.py) -> train_loop -> final reports -> one final save -> metrics.json
+
+Each step reads: batches -> the cluster head's targets (clustering/head.py) -> the algorithm's loss
+(algorithms/) -> optimizer and EMA step -> cadences (log, evaluate, re-cluster, save, stop). Orchestration lives
+here (what the main process writes and prints); losses are in the algorithms, collectives in dist.py, saving in
+session.save.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -15,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
-from .clustering.cluster_stage import format_cluster_report, run_clustering
+from . import dist
+from .clustering.cluster_stage import format_cluster_report
 from .config import Config
 from .data.batch_augment import make_views
 from .data.streams import ItemMaker, TrainStream, make_loader, shard_paths
@@ -24,10 +27,10 @@ from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
 from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
                        write_predictions)
-from .inference.model_folder import publish, write_model
+from .optim import update_ema
 from .preemption import Stopped, StopRequest, resume_command
-from .session import (Run, portable_model, save_run, setup, stop_if_non_finite, trainer_state, update_ema,
-                      uses_cluster_head)
+from .saving import checkpoint
+from .session import Run, publish_model, save, setup, stop_if_non_finite
 
 
 def _balanced_acceptance(manifest: dict) -> list[float]:
@@ -68,18 +71,18 @@ def _to_device(batch: dict | None, device: torch.device) -> dict | None:
 
 
 def augment_on_device(config: Config, manifest: dict, device: torch.device) -> bool:
-    """Where the views are made (data.augment_on). The device path covers 8-bit RGB shards and the "sky" strong
-    view; anything else is refused when asked for explicitly, and made in the workers under "auto"."""
-    supported = manifest["encoding"] != "npy" and not config.data.grayscale and config.data.strong_view == "sky"
+    """Where the views are made (data.augment_on). The device path covers 8-bit RGB shards (either strong view);
+    anything else is refused when asked for explicitly, and made in the workers under "auto"."""
+    supported = manifest["encoding"] != "npy" and not config.data.grayscale
     if config.data.augment_on == "device" and not supported:
-        raise UserError("data.augment_on=device makes views of 8-bit RGB shards with data.strong_view=sky and "
-                        "without data.grayscale: use data.augment_on=workers for these shards and options")
+        raise UserError("data.augment_on=device makes views of 8-bit RGB shards without data.grayscale: use "
+                        "data.augment_on=workers for these shards and options")
     if config.data.augment_on == "auto":
         return supported and device.type == "cuda"
     return config.data.augment_on == "device"
 
 
-def _next_batch(iterator, device: torch.device, views: tuple[str, ...]) -> dict | None:
+def _next_batch(iterator, device: torch.device, views: tuple[str, ...], kind: str = "sky") -> dict | None:
     """The stream's next batch on the device; a raw batch (uint8 images + seeds) gets its views made there."""
     if iterator is None:
         return None
@@ -87,7 +90,7 @@ def _next_batch(iterator, device: torch.device, views: tuple[str, ...]) -> dict 
     if "seed" not in batch:
         return batch
     images, seeds = batch.pop("image"), batch.pop("seed")
-    return batch | make_views(images, seeds, views)
+    return batch | make_views(images, seeds, views, kind)
 
 
 def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> None:
@@ -108,7 +111,7 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
     report["refused_ids"] = gathered["refused"].tolist()  # unreadable test samples, left out
     run.tracker.log({"test/accuracy": report["accuracy"], "test/balanced_accuracy": report["balanced_accuracy"],
                      "test/macro_f1": report["macro_f1"]}, step)
-    if run.accelerator.is_main_process:
+    if dist.is_main():
         image = plot_confusion(report, run.output_dir / "plots" / "confusion_matrix.png")
         run.tracker.log_images({"test/confusion_matrix": image}, step)
         if final:
@@ -118,7 +121,7 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
 
 
 def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clusters: dict | None) -> None:
-    if not run.accelerator.is_main_process:
+    if not dist.is_main():
         return
     # Without a class head (DeepCluster alone) there is no test report: its linear probe is under "cluster".
     metrics = {"steps": step, "world_size": run.accelerator.num_processes, "algorithm": run.config.ssl.algorithm,
@@ -137,57 +140,13 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
                              "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})
 
 
-def cluster_every_steps(run: Run) -> int:
-    """Re-clustering period; an algorithm without a class head (DeepCluster alone) re-clusters once per
-    epoch-equivalent of unlabeled data unless cluster.every_steps says otherwise."""
-    config, manifest, world_size = run.config, run.manifest, run.accelerator.num_processes
-    if config.cluster.every_steps or run.algorithm.trains_classifier:
-        return config.cluster.every_steps
-    per_step = config.train.batch_size * config.ssl.mu * world_size
-    return max(1, math.ceil(manifest["num_samples"]["unlabeled"] / per_step))
-
-
-def recluster_run(run: Run, step: int, final: bool = False) -> dict | None:
-    """Cluster the EMA features on all ranks; reset the cluster head; log the cluster metrics (main process)."""
-    config, accelerator = run.config, run.accelerator
-    model = accelerator.unwrap_model(run.model)
-    # Without a cluster head the only clustering is the final report, seeded alike when a finished run is
-    # re-reported (its checkpoint then already holds that clustering).
-    has_head = model.cluster_head is not None
-    previous = run.cluster_state.num_reclusterings if run.cluster_state is not None and has_head else 0
-    state, metrics = run_clustering(
-        run.ema.module, config.cluster, shards_dir=config.data.shards, manifest=run.manifest, seed=config.seed,
-        device=accelerator.device, batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
-        grayscale=config.data.grayscale, num_reclusterings=previous, is_main=accelerator.is_main_process,
-        plots_dir=run.output_dir / "plots" if final else None,
-        assignments=run.output_dir / "assignments.csv" if final else None)
-    run.model.train()
-    if model.cluster_head is None or not final:  # the final report must not replace the head's targets
-        run.cluster_state = state
-    if model.cluster_head is not None and not final:
-        seed = config.seed * 1000 + run.cluster_state.num_reclusterings
-        model.reset_cluster_head(torch.Generator().manual_seed(seed))
-        for parameter in model.cluster_head.parameters():
-            run.optimizer.state.pop(parameter, None)  # stale momentum for a head that means something new
-        run.ema.module.cluster_head.load_state_dict(model.cluster_head.state_dict())
-    if metrics is not None:
-        run.tracker.log({"cluster/accuracy": metrics["accuracy"], "cluster/nmi": metrics["nmi"],
-                         "cluster/ari": metrics["ari"], "cluster/inertia": metrics["inertia"],
-                         "cluster/linear_probe_accuracy": metrics["linear_probe"]["accuracy"]}, step)
-        if final:
-            run.tracker.log_images({f"cluster/{name}": Path(path) for name, path in metrics["plots"].items()}, step)
-    return metrics
-
-
 def train_loop(run: Run) -> int:
     config, accelerator = run.config, run.accelerator
     labeled_iter, unlabeled_iter = _loaders(run)
-    every = cluster_every_steps(run)
-    if uses_cluster_head(config) and run.cluster_state is None:
-        recluster_run(run, run.start_step)
+    run.head.start(run.start_step)
     stats = IntervalStats(len(run.manifest["classes"]), accelerator.device)
     progress = tqdm(range(run.start_step, config.train.steps), initial=run.start_step, total=config.train.steps,
-                    desc="train", disable=not accelerator.is_main_process, dynamic_ncols=True)
+                    desc="train", disable=not dist.is_main(), dynamic_ncols=True)
     interval_start, data_wait_s = time.perf_counter(), 0.0
     non_finite_steps = torch.zeros((), device=accelerator.device)
     stop_requested = StopRequest(accelerator.device, every=config.train.log_every_steps)
@@ -196,13 +155,10 @@ def train_loop(run: Run) -> int:
         run.step = step + 1
         waiting_since = time.perf_counter()
         labeled = _next_batch(labeled_iter, accelerator.device, ("image",))
-        unlabeled = _next_batch(unlabeled_iter, accelerator.device, run.algorithm.unlabeled_views)
+        unlabeled = _next_batch(unlabeled_iter, accelerator.device, run.algorithm.unlabeled_views,
+                                config.data.strong_view)
         data_wait_s += time.perf_counter() - waiting_since
-        targets = weights = None
-        if uses_cluster_head(config):  # the state lives on the device: no per-step copy of the table
-            targets = run.cluster_state.assignments[unlabeled["id"]].long()
-            weights = run.cluster_state.cluster_weights
-        cluster = (targets, weights) if targets is not None else None
+        cluster = run.head.targets(unlabeled)
         loss, step_stats = run.algorithm.loss(run.model, labeled, unlabeled, step, cluster)
         non_finite_steps += (~torch.isfinite(loss.detach())).float()
         run.optimizer.zero_grad(set_to_none=True)
@@ -215,7 +171,7 @@ def train_loop(run: Run) -> int:
         evaluate_now = (config.eval.every_steps and done % config.eval.every_steps == 0
                         and run.algorithm.trains_classifier)
         log_now = done % config.train.log_every_steps == 0 or done == config.train.steps
-        recluster_now = every and done % every == 0 and done != config.train.steps
+        recluster_now = run.head.due(done, config.train.steps)
         save_now = (config.checkpoint.every_steps and done % config.checkpoint.every_steps == 0
                     and done != config.train.steps)
         if log_now or evaluate_now or recluster_now or save_now:
@@ -233,50 +189,48 @@ def train_loop(run: Run) -> int:
             postfix = {"sup": f"{metrics['train/sup_loss']:.3f}"}
             if "train/mask_ratio" in metrics:
                 postfix["mask"] = f"{metrics['train/mask_ratio']:.2f}"
-            if uses_cluster_head(config):
+            if run.head.active:
                 postfix["cluster"] = f"{metrics['train/cluster_loss']:.3f}"
             progress.set_postfix(postfix)
             interval_start = time.perf_counter()
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)
         if recluster_now:
-            recluster_run(run, done)
-        saved = save_run(run, done) if save_now else None
+            run.head.recluster(done)
+        saved = save(run, done) if save_now else None
         if done != config.train.steps and stop_requested(done):
             _stop_non_finite(run, done, non_finite_steps)
-            saved = saved or save_run(run, done)
-            if accelerator.is_main_process:
+            saved = saved or save(run, done)
+            if dist.is_main():
                 stop_requested.confirm(done, saved)
             raise Stopped(done, saved, by_user=stop_requested.interrupted)
     stop_requested.close()
     return config.train.steps
 
 
-def _final_checkpoint(run: Run, steps: int) -> Path:
-    """Saved before the final reports, so that a failure there loses no training. A run resumed at its last step
-    (the command run again) keeps the checkpoint it has."""
-    final = run.resumed_from if run.resumed_from is not None and run.start_step == steps else save_run(run, steps)
-    if run.accelerator.is_main_process and (final / "model").is_dir():
-        publish(final / "model", run.output_dir)  # OUTPUT_DIR/model: the portable model of the finished run
-    return final
-
-
-def _final_reports(run: Run, steps: int, final: Path) -> tuple[dict | None, dict | None]:
+def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
+    """Final evaluation and clustering, then the one final save, which carries that clustering (predict's
+    clusters). If a report fails, the training is saved first, so that nothing trained is lost. A finished run
+    run again keeps its checkpoint unless the reports gave it a clustering it did not have."""
     config, classifier = run.config, run.algorithm.trains_classifier
+    had_clustering = run.head.state is not None
+    resumed_at_end = run.resumed_from is not None and run.start_step == steps
     try:
         report = evaluate_run(run, steps, final=True) if classifier else None
-        clusters = recluster_run(run, steps, final=True) if config.cluster.at_end or not classifier else None
-    except UserError as error:
-        raise UserError(f"{user_message(error)} (the trained model is saved in {final}; after the fix, "
-                        f"`stellar-dist evaluate --checkpoint {run.output_dir}` or resume=auto re-reports)") from None
-    except Exception:
+        clusters = run.head.final_report(steps, run.output_dir) if config.cluster.at_end or not classifier else None
+    except Exception as error:
+        final = run.resumed_from if resumed_at_end else save(run, steps, final=True)
+        if isinstance(error, UserError):
+            raise UserError(f"{user_message(error)} (the trained model is saved in {final}; after the fix, "
+                            f"`stellar-dist evaluate --checkpoint {run.output_dir}` or resume=auto re-reports)"
+                            ) from None
         run.accelerator.print(f"the trained model is saved in {final}", file=sys.stderr)
         raise
-    if clusters is not None and run.accelerator.is_main_process:  # the final clustering joins the checkpoint
-        checkpoint.update_trainer_state(final, trainer_state(run, steps))
-        write_model(final / "model", *portable_model(run, steps))  # and the model folder (predict's clusters)
-        publish(final / "model", run.output_dir, quiet=True)
-    return report, clusters
+    keep = resumed_at_end and (had_clustering or run.head.state is None)
+    final = run.resumed_from if keep else save(run, steps, final=True)
+    if keep:
+        publish_model(run, final)
+    return report, clusters, final
 
 
 def train(config: Config) -> dict | None:
@@ -287,8 +241,7 @@ def train(config: Config) -> dict | None:
     try:
         try:
             steps = train_loop(run)
-            final = _final_checkpoint(run, steps)
-            report, clusters = _final_reports(run, steps, final)
+            report, clusters, final = _finish(run, steps)
         except Stopped as stopped:
             if stopped.by_user:
                 raise UserError(f"{stopped}; continue with: {resume_command()}") from None
@@ -308,7 +261,7 @@ def train(config: Config) -> dict | None:
                             f"{latest or 'none (no checkpoint yet)'}: run the same command with resume=auto to "
                             "continue from it") from None
         _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
-        if run.accelerator.is_main_process:
+        if dist.is_main():
             if report:
                 print(format_report(report))
             if clusters is not None:

@@ -106,8 +106,9 @@ def exit_on_user_error(func):
             if error.errno not in STORAGE_ERRNOS:
                 raise
             message = storage_message(error)
-        rank = os.environ.get("RANK", "0")
-        prefix = "" if rank == "0" else f"rank {rank}: "
+        from . import dist
+
+        prefix = "" if dist.is_main() else f"rank {os.environ.get('RANK', '?')}: "
         print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
         _tell_launcher(f"error: {message}")
         raise SystemExit(2)

@@ -16,7 +16,7 @@ from .data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader, device: torch.device) -> dict[str, torch.Tensor]:
+def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dict[str, torch.Tensor]:
     """This rank's predictions: ids, labels, predicted classes, class probabilities (on `device`)."""
     was_training = model.training
     model.eval()
@@ -49,7 +49,7 @@ def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: in
     """Predictions for the whole test split on every rank, sorted by id; checks the count against the manifest."""
     stream = OnceStream(shard_paths(shards_dir, "test"), ItemMaker.for_shards("plain", manifest, grayscale),
                         batch_size, rank=dist.rank(), world_size=dist.world_size())
-    local = predict(model, make_loader(stream, num_workers), device)
+    local = predict_batches(model, make_loader(stream, num_workers), device)
     gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in local.items()}
     refused = np.sort(gathered.pop("refused"))
     order = np.argsort(gathered["id"])
@@ -63,7 +63,7 @@ def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: in
     if len(refused) == expected:
         raise UserError(f"none of the {expected} test samples of {shards_dir} could be read (first id "
                         f"{refused[0]}): run `stellar-dist pack --verify {shards_dir}` and re-pack")
-    if len(refused) and dist.rank() == 0:
+    if len(refused) and dist.is_main():
         print(f"warning: {len(refused)} test sample(s) could not be read and are left out of the metrics (ids "
               f"{', '.join(map(str, refused[:10].tolist()))}{' ...' if len(refused) > 10 else ''}; listed in "
               "metrics.json under 'refused_ids')")
@@ -177,31 +177,31 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
     return path
 
 
-def load_trained_model(checkpoint_path: str | Path, manifest: dict):
-    """The EMA model of a checkpoint (a checkpoints/step_* folder or a run folder) and its run config; refuses
-    shards whose classes are not the ones the model was trained on."""
-    from . import checkpoint
-    from .config import load_config
-    from .models import StellarNet
+def load_trained_model(path: str | Path, manifest: dict):
+    """(the EMA model in its run's layout, the run's config, the folder outputs are named after) from a checkpoint,
+    a run folder (its newest complete checkpoint) or a model folder, wherever it was moved; refuses shards whose
+    classes are not the ones the model was trained on."""
+    from .config import config_from_dict, load_config
+    from .inference.model_folder import load_model
+    from .saving import checkpoint
 
-    folder = checkpoint.resolve(checkpoint_path)
-    if not (folder.parent.parent / "config.yaml").is_file():
-        raise UserError(f"checkpoint {folder} has no config.yaml two folders up: pass a checkpoint inside its run "
+    path = Path(path)
+    if not (path / "config.json").is_file() and not checkpoint.is_checkpoint(path):
+        path = checkpoint.resolve(path)  # a run or checkpoints folder: its newest complete checkpoint
+    model, description = load_model(path)
+    folder = Path(description["folder"])
+    named = folder.parent if checkpoint.is_checkpoint(folder.parent) else folder
+    if description.get("run_config") is not None:
+        config = config_from_dict(description["run_config"])
+    elif (named.parent.parent / "config.yaml").is_file():  # a model folder written before run_config existed
+        config = load_config(named.parent.parent / "config.yaml")
+    else:
+        raise UserError(f"{folder} does not say how its run was configured: pass the checkpoint inside its run "
                         "folder (RUN/checkpoints/step_*)")
-    config = load_config(folder.parent.parent / "config.yaml")
-    trained = checkpoint.load_trainer_state(folder).get("classes")
-    ema_state = checkpoint.load_ema_weights(folder)
-    num_classes = ema_state["classifier.weight"].shape[0]
-    if (trained is not None and list(trained) != manifest["classes"]) or num_classes != len(manifest["classes"]):
-        raise UserError(f"checkpoint {folder} was trained on classes {list(trained or []) or num_classes}, the "
+    if list(description["classes"]) != list(manifest["classes"]):
+        raise UserError(f"checkpoint {named} was trained on classes {list(description['classes'])}, the "
                         f"shards have {manifest['classes']}: pass the shards the model was trained on")
-    num_clusters = ema_state["cluster_head.weight"].shape[0] if "cluster_head.weight" in ema_state else 0
-    model = StellarNet(config.model.arch, num_classes, "none", num_clusters=num_clusters,
-                       in_channels=manifest.get("channels", 3))
-    model.load_state_dict(ema_state)
-    if config.train.channels_last:  # the layout the run evaluated with: the same numbers to the last digit
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval(), config, folder
+    return model, config, named
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out_dir: str | Path | None = None,
@@ -213,7 +213,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out
 
     manifest = load_manifest(shards_dir)
     model, config, folder = load_trained_model(checkpoint_path, manifest)
-    out_dir = Path(out_dir) if out_dir else folder.parent.parent / f"eval_{folder.name}"
+    out_dir = Path(out_dir) if out_dir else default_out(folder, "eval")
     lock = take_folder(out_dir, EVALUATE_FILES, "evaluate", {"--checkpoint": folder, "--shards": shards_dir})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gathered = gather_predictions(model.to(device), str(shards_dir), manifest, batch_size=config.eval.batch_size,
@@ -228,6 +228,15 @@ def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out
     claim_all(out_dir, EVALUATE_FILES, "evaluate")
     lock.release()
     return report | {"out_dir": str(out_dir)}
+
+
+def default_out(folder: Path, command: str) -> Path:
+    """RUN/eval_step_* for a checkpoint in its run, else eval_NAME beside the folder."""
+    from .saving import checkpoint
+
+    if checkpoint.is_checkpoint(folder) and folder.parent.name == "checkpoints":
+        return folder.parent.parent / f"{command}_{folder.name}"
+    return folder.parent / f"{command}_{folder.name}"
 
 
 EVALUATE_FILES = ("metrics.json", "confusion_matrix.png", "predictions.csv")

@@ -109,3 +109,12 @@ class StellarNet(nn.Module):
         self.cluster_head.weight.copy_(torch.rand(self.cluster_head.weight.shape, generator=generator) * 2 * bound
                                        - bound)
         self.cluster_head.bias.zero_()
+
+
+def build_model(arch: str, num_classes: int, *, weights: str = "none", num_clusters: int = 0, in_channels: int = 3,
+                channels_last: bool = False) -> StellarNet:
+    """The one way a network is made: for training (session), and for every command that loads one (the model
+    folder reader), in the run's layout (channels_last: the convolutions run NHWC whatever the input's layout,
+    and a loaded model evaluates to the same numbers as in its run)."""
+    model = StellarNet(arch, num_classes, weights, num_clusters=num_clusters, in_channels=in_channels)
+    return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -6,9 +6,9 @@ that file; STOP_FILE.stopped then tells the batch script to requeue the job. A f
 signals do not pass through srun, `bash -c` and the launcher to the training processes, and a file works on every
 node of a shared filesystem. Ctrl-C (SIGINT) sets a flag; a second Ctrl-C quits at once.
 
-Cost per step: nothing. One process checks its flag (and the file) after every step; several processes agree with
-one all-reduce every `every` steps (train.log_every_steps, where the loop synchronises anyway), so that all of
-them stop after the same step.
+Cost per step: nothing. One process reads its Ctrl-C flag after every step and looks for the file every `every`
+steps (train.log_every_steps); several processes agree with one all-reduce every `every` steps (where the loop
+synchronises anyway), so that all of them stop after the same step.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class StopRequest:
         if self.interrupted:  # the second Ctrl-C: quit now
             raise KeyboardInterrupt
         self.interrupted = True
-        if dist.rank() == 0:
+        if dist.is_main():
             print("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again to quit at once)",
                   file=sys.stderr, flush=True)
 
@@ -51,11 +51,12 @@ class StopRequest:
 
     def __call__(self, step: int) -> bool:
         """True on every rank, after the same step, once any rank was asked to stop."""
-        if dist.world_size() > 1 and step % self.every:
+        boundary = step % self.every == 0
+        if dist.world_size() == 1:  # its own flag: free to read after every step; the file at the boundary
+            return self.interrupted or (boundary and self.path is not None and self.path.exists())
+        if not boundary:
             return False
         local = self.interrupted or (self.path is not None and self.path.exists())
-        if dist.world_size() == 1:
-            return local
         return dist.all_reduce_max(torch.tensor([float(local)], device=self.device)).item() > 0
 
     def confirm(self, step: int, checkpoint: Path) -> None:

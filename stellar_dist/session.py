@@ -1,8 +1,8 @@
-"""A training run's objects, built once: Accelerator, model, EMA, optimizer, scheduler; resume and save."""
+"""A training run's objects, built once: Accelerator, model, EMA, optimizer, scheduler, algorithm, cluster head,
+tracker; resuming them from a checkpoint, and `save`, the only writer of checkpoints and of the model folder."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,51 +13,21 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 from torch.optim.swa_utils import AveragedModel
 
-from . import checkpoint
-from .clustering.cluster_stage import num_clusters
-from .config import Config, save_config, to_dict
 from . import dist
 from .algorithms import ALGORITHMS, Algorithm
-from .errors import UserError
+from .clustering.cluster_stage import num_clusters
+from .clustering.head import ClusterHead, head_size, wanted
+from .config import Config, save_config, to_dict
+from .data.eval_data import EvalData
 from .data.manifest import check_shards, load_manifest
-from .models import StellarNet
-from .clustering.recluster import ClusterState
+from .errors import UserError
+from .models import build_model
+from .optim import build_optimizer, ema_with_warmup, warmup_cosine
 from .outputs import OutputLock, check_paths
+from .saving import checkpoint
+from .saving.model_folder import describe, model_tensors, publish
 from .resume import RUN_MARKER, ResumePoint, find_resume_point
 from .tracking import RunTracker, prepare_wandb_environment
-
-
-def ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates (as TensorFlow's
-    ExponentialMovingAverage with num_updates): without it, a short run's EMA is mostly its random init."""
-
-    @torch.no_grad()
-    def update(ema_parameters, parameters, num_averaged):
-        step = float(num_averaged)
-        weight = 1.0 - min(decay, (1.0 + step) / (10.0 + step))
-        for ema_parameter, parameter in zip(ema_parameters, parameters):
-            ema_parameter.lerp_(parameter, weight)
-
-    return update
-
-
-@torch.no_grad()
-def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
-    """EMA of the parameters; batch-norm statistics copied as they are. Averaging them too would mix in their
-    initial values (variance 1) for thousands of steps, while sky images have tiny pixel variance."""
-    ema.update_parameters(model)
-    for ema_buffer, buffer in zip(ema.module.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 @dataclass
@@ -72,33 +42,18 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     algorithm: Algorithm
+    head: ClusterHead
     tracker: RunTracker
     output_dir: Path
     start_step: int = 0
     step: int = 0  # the step being trained now (named when another rank is lost)
-    cluster_state: ClusterState | None = None
     resumed_from: Path | None = None
-
-
-def uses_cluster_head(config: Config) -> bool:
-    head = ALGORITHMS[config.ssl.algorithm].cluster_head
-    return head == "always" or (head == "optional" and config.cluster.lambda_c > 0)
 
 
 def _mixed_precision(config: Config) -> str:
     if config.train.mixed_precision != "auto":
         return config.train.mixed_precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def _build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    # No weight decay on biases and normalisation parameters (as in the FixMatch reference).
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.train.lr, momentum=config.train.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.train.lr)
 
 
 def _check_before_writing(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
@@ -111,7 +66,7 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
     if config.data.grayscale and manifest["encoding"] == "npy":
         raise UserError(f"data.grayscale=true applies to RGB images, but {config.data.shards} holds "
                         f"{manifest['channels']}-band FITS cutouts: drop data.grayscale")
-    if uses_cluster_head(config) or config.cluster.at_end:
+    if wanted(config) or config.cluster.at_end:
         fit = manifest["num_samples"]["labeled"] + manifest["num_samples"]["unlabeled"]
         k = num_clusters(config.cluster, len(manifest["classes"]))
         if k > fit:
@@ -134,7 +89,7 @@ def take_run_folder(accelerator: Accelerator, output_dir: Path) -> None:
     """One run per folder: the main process locks it for the life of the run (the kernel releases the lock when
     the run ends, is killed or its job requeued) and marks it as a run; every rank refuses alike otherwise."""
     refusal = None
-    if accelerator.is_main_process:
+    if dist.is_main():
         try:
             OutputLock(output_dir, "stellar-dist train")
             marker = output_dir / RUN_MARKER
@@ -171,7 +126,7 @@ def _restore(run: Run, point: ResumePoint) -> None:
         accelerator.print(f"warning: checkpoint {bad.name} {reason}; kept as unreadable-{bad.name}, "
                           f"resuming from {folder.name}")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if dist.is_main():
         checkpoint.set_aside(skipped)
     for warning in point.warnings:
         accelerator.print(f"warning: {warning}")
@@ -198,17 +153,29 @@ def _load_checkpoint(run: Run, folder: Path) -> str | None:
         else:
             part = checkpoint.EMA_WEIGHTS
             weights = checkpoint.load_ema_weights(folder)
+            if not checkpoint.all_finite(weights):  # completeness is decided without reading weights
+                raise ValueError("it holds non-finite weights")
             run.ema.load_state_dict({f"module.{key}": value for key, value in weights.items()}
                                     | {"n_averaged": state["ema_n_averaged"]})
         part = f"{checkpoint.TRAINER_STATE} (scheduler, algorithm or cluster state)"
         run.scheduler.load_state_dict(state["scheduler"])
         run.algorithm.load_state_dict(state.get("algorithm", {}))
         run.start_step, run.resumed_from = int(state["step"]), folder
-        run.cluster_state = (ClusterState.from_state_dict(state["cluster"], run.accelerator.device)
-                             if "cluster" in state else None)
+        run.head.load_state_dict(state.get("cluster"))
     except Exception as error:  # noqa: BLE001  (any unreadable part makes the checkpoint unusable)
         return f"is unreadable ({part}: {type(error).__name__}: {' '.join(str(error).split())[:120]})"
     return None
+
+
+def _accelerator(config: Config) -> Accelerator:
+    # An algorithm that never trains the class head (DeepCluster alone): DDP must expect parameters without a
+    # gradient.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=not ALGORITHMS[config.ssl.algorithm].trains_classifier)
+    # Every collective gives up after dist.timeout_s: a frozen rank (a hung node, a stuck filesystem) would
+    # otherwise hold the others for torch's default 30 minutes.
+    group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist.timeout_s))
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
+                       log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp, group])
 
 
 def setup(config: Config) -> Run:
@@ -217,29 +184,20 @@ def setup(config: Config) -> Run:
     point = _check_before_writing(config, manifest, int(os.environ.get("WORLD_SIZE", "1")))
     if config.tracking == "wandb":
         prepare_wandb_environment(output_dir)
-    # An algorithm that never trains the class head (DeepCluster alone): DDP must expect parameters without a
-    # gradient.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=not ALGORITHMS[config.ssl.algorithm].trains_classifier)
-    # Every collective gives up after dist.timeout_s: a frozen rank (a hung node, a stuck filesystem) would
-    # otherwise hold the others for torch's default 30 minutes.
-    group = InitProcessGroupKwargs(timeout=timedelta(seconds=config.dist.timeout_s))
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(config),
-                              log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp, group])
+    accelerator = _accelerator(config)
     take_run_folder(accelerator, output_dir)
-    if accelerator.is_main_process:
+    if dist.is_main():
         save_config(config, output_dir / "config.yaml")
     accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate/torchrun launchers
         torch.set_num_threads(config.train.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     set_seed(config.seed)  # same initial weights on every rank
-    heads = num_clusters(config.cluster, len(manifest["classes"])) if uses_cluster_head(config) else 0
-    model = StellarNet(config.model.arch, len(manifest["classes"]), config.model.weights, num_clusters=heads,
-                       in_channels=manifest.get("channels", 3))
-    if config.train.channels_last:  # the convolutions then run NHWC whatever the layout of the input batch
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config.model.arch, len(manifest["classes"]), weights=config.model.weights,
+                        num_clusters=head_size(config, len(manifest["classes"])),
+                        in_channels=manifest.get("channels", 3), channels_last=config.train.channels_last)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(config.train.ema_decay), use_buffers=False)
-    optimizer = _build_optimizer(model, config)
+    optimizer = build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
                                                                            config.train.steps))
@@ -247,7 +205,10 @@ def setup(config: Config) -> Run:
     ema.to(accelerator.device)
     algorithm = ALGORITHMS[config.ssl.algorithm](config, manifest, accelerator.device)
     tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
-    run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, algorithm, tracker, output_dir)
+    head = ClusterHead(accelerator.unwrap_model(model), ema, optimizer, config,
+                       EvalData.from_config(config, manifest, accelerator.device), tracker,
+                       trains_classifier=algorithm.trains_classifier, world_size=accelerator.num_processes)
+    run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, algorithm, head, tracker, output_dir)
     if point is not None:
         _restore(run, point)
     return run
@@ -275,23 +236,25 @@ def trainer_state(run: Run, step: int) -> dict:
     state = {"step": step, "ema_n_averaged": run.ema.n_averaged, "scheduler": run.scheduler.state_dict(),
              "classes": list(run.manifest["classes"]), "world_size": run.accelerator.num_processes,
              "algorithm": run.algorithm.state_dict()}
-    if run.cluster_state is not None:
-        state["cluster"] = run.cluster_state.state_dict()
+    if run.head.state is not None:
+        state["cluster"] = run.head.state_dict()
     return state
 
 
-def save_run(run: Run, step: int) -> Path:
+def save(run: Run, step: int, final: bool = False) -> Path:
+    """The one writer of the run's weights: a checkpoint with its portable model folder, and, at the end of the
+    run (`final`), that model folder published as OUTPUT_DIR/model. Finite weights only."""
     _check_finite(run, step)
-    state = trainer_state(run, step)
     ema_state = run.ema.module.state_dict()
-    return checkpoint.save(run.accelerator, run.output_dir, step, state, ema_state, run.config.checkpoint.keep_last,
-                           portable_model(run, step, ema_state))
+    model_folder = (model_tensors(ema_state, run.head.state),
+                    describe(run.config, run.manifest, step, run.head.state))
+    folder = checkpoint.save(run.accelerator, run.output_dir, step, trainer_state(run, step), ema_state,
+                             run.config.checkpoint.keep_last, model_folder)
+    if final:
+        publish_model(run, folder)
+    return folder
 
 
-def portable_model(run: Run, step: int, ema_state: dict | None = None) -> tuple[dict, dict]:
-    """(tensors, description) of the run's portable model folder at `step`."""
-    from .inference.model_folder import describe, model_tensors
-
-    ema_state = run.ema.module.state_dict() if ema_state is None else ema_state
-    return (model_tensors(ema_state, run.cluster_state),
-            describe(run.config, run.manifest, step, run.cluster_state))
+def publish_model(run: Run, folder: Path) -> None:
+    if dist.is_main() and (folder / "model").is_dir():
+        publish(folder / "model", run.output_dir)  # OUTPUT_DIR/model: the portable model of the finished run

@@ -14,6 +14,8 @@ import string
 import time
 from pathlib import Path
 
+from . import dist
+
 
 def prepare_wandb_environment(output_dir: Path) -> None:
     """Called before the Accelerator is built: offline unless a key is configured, quiet, files under the run."""
@@ -29,7 +31,7 @@ def prepare_wandb_environment(output_dir: Path) -> None:
 class RunTracker:
     def __init__(self, accelerator, config_dict: dict, output_dir: Path, use_wandb: bool, project: str):
         self.accelerator, self.output_dir, self.use_wandb = accelerator, output_dir, use_wandb
-        self.is_main = accelerator.is_main_process
+        self.is_main = dist.is_main()  # only the main process logs
         if use_wandb:
             accelerator.init_trackers(project, config=config_dict, init_kwargs={"wandb": {
                 "dir": str(output_dir), "name": output_dir.name, "id": self._run_id(), "resume": "allow"}})

@@ -15,7 +15,7 @@ import torch
 
 from stellar_dist import dist
 from stellar_dist.config import load_config
-from stellar_dist.engine import recluster_run, setup, train_loop
+from stellar_dist.engine import setup, train_loop
 from stellar_dist.evaluate import gather_predictions
 
 TINY = ["cluster.k=6", "cluster.pca_dim=16", "model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "eval.every_steps=1000",
@@ -67,7 +67,7 @@ def main() -> None:
         steps = train_loop(run)
         predictions = gather_predictions(run.ema.module, shards, run.manifest, batch_size=8, num_workers=1,
                                          grayscale=False, device=run.accelerator.device)
-        clusters = recluster_run(run, steps, final=True)  # the final cluster report, made on rank 0
+        clusters = run.head.final_report(steps, out_dir / "run")  # the final cluster report, made on rank 0
         parameters = torch.cat([p.detach().flatten() for p in run.accelerator.unwrap_model(run.model).parameters()])
         torch.save({"steps": steps, "parameters": parameters, "test_ids": torch.as_tensor(predictions["id"]),
                     "cluster_scored": torch.tensor(clusters["num_scored"] if clusters else -1),

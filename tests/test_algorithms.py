@@ -132,3 +132,34 @@ def test_class_statistics_are_identical_on_two_ranks_and_equal_one_process(sim_s
             got1 = rank1[name][key] if torch.is_tensor(rank1[name][key]) else rank1[name][key]["running_mean"]
             assert torch.equal(got0, got1), (name, key)  # every rank holds the same state
             assert torch.allclose(got0.float(), value.float(), atol=1e-5), (name, key)  # == one process
+
+
+def test_a_new_algorithm_is_one_file(monkeypatch):
+    """Everything an algorithm needs lives in its class (as it would in algorithms/toymatch.py plus one line in
+    ALGORITHMS): its options section with ranges, its state, its loss. Config, engine and checkpoints need no
+    change."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from stellar_dist.algorithms.fixmatch import FixMatch
+    from stellar_dist.errors import UserError
+
+    @dataclass(frozen=True)
+    class ToyOptions:
+        scale: float = 0.5  # multiplies the unsupervised weight
+        RANGES: ClassVar[dict] = {"scale": "[0, 1]"}
+
+    class ToyMatch(FixMatch):
+        Options = ToyOptions
+
+        def unsup_weight(self, step):
+            return self.ssl.lambda_u * self.options.scale
+
+    monkeypatch.setitem(ALGORITHMS, "toymatch", ToyMatch)
+    algorithm = make("toymatch", "ssl.toymatch.scale=0.25", "ssl.lambda_u=2")
+    assert algorithm.options == ToyOptions(scale=0.25) and algorithm.unsup_weight(0) == 0.5
+    with pytest.raises(UserError, match=r"ssl.toymatch.scale=2.0 is out of range"):
+        make("toymatch", "ssl.toymatch.scale=2")
+    from stellar_dist.config import to_dict
+
+    assert to_dict(load_config(None, ["ssl.algorithm=toymatch"]))["ssl"]["toymatch"] == {"scale": 0.5}

@@ -73,3 +73,47 @@ def test_device_views_come_from_each_sample_seed_alone():
     assert not torch.equal(views["strong"], other["strong"]) and not torch.equal(views["weak"], views["strong"])
     # the weak view only moves pixels (flips, turns, reflect-padded shifts): every value comes from the image
     assert set(views["weak"][0].flatten().tolist()) <= set((images[0].float() / 255).flatten().tolist())
+
+
+def test_both_view_makers_draw_the_same_distribution_of_parameters():
+    """One table of ops and ranges (augment.PARAMETERS / STRONG_OPS) makes both paths: for the same seeds, the
+    per-sample path (workers) and the batched path (device) choose each op equally often and draw each op's
+    parameter and Cutout's size from the same distribution (two-sample Kolmogorov-Smirnov), for both strong
+    views."""
+    from scipy.stats import ks_2samp
+
+    from stellar_dist.data import batch_augment
+
+    count, image = 1500, torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    seeds = torch.arange(count) * 7919 + 11
+    for kind in ("sky", "evidence"):
+        per_sample: dict[str, list] = {}
+        for seed in seeds.tolist():
+            trace: list = []
+            augment.strong(image, torch.Generator().manual_seed(seed), kind=kind, trace=trace)
+            for name, value in trace:
+                per_sample.setdefault(name, []).append(value)
+        batched: dict = {}
+        batch_augment.strong(image.expand(count, -1, -1, -1).contiguous(), seeds, kind=kind, trace=batched)
+        assert set(per_sample) == set(batched) == {*augment.STRONG_OPS[kind, False], "cutout"}, kind
+        ops = augment.STRONG_OPS[kind, False]
+        for name in ops:  # each op is one of 2 drawn from len(ops): chosen with probability 2 / len(ops)
+            expected = count * 2 / len(ops)
+            for drawn in (len(per_sample[name]), len(batched[name])):
+                assert abs(drawn - expected) < 5 * (expected * (1 - 2 / len(ops))) ** 0.5, (kind, name, drawn)
+        for name, values in per_sample.items():
+            low, high = augment.PARAMETERS.get(name, augment.CUTOUT_FRACTION)
+            other = batched[name].tolist()
+            assert low <= min(values + other) and max(values + other) <= high, (kind, name)
+            assert ks_2samp(values, other).pvalue > 1e-3, (kind, name)
+
+
+def test_device_path_makes_the_evidence_view():
+    """data.strong_view=evidence on the device: Cutout never touches the central box, as in the workers."""
+    from stellar_dist.data.batch_augment import make_views
+
+    images = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    views = make_views(images, torch.arange(64) * 31 + 3, ("strong",), kind="evidence")["strong"]
+    centre = views[:, :, 12:20, 12:20]
+    assert torch.all(centre > 0)  # rotation, noise and brightness only dim it; nothing blanks it
+    assert (views == 0).flatten(1).any(1).float().mean() > 0.5  # Cutout blanked a square elsewhere in most

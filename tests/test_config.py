@@ -53,6 +53,8 @@ def test_alignment_is_off_where_nothing_is_pseudo_labelled():
 
 
 def test_every_numeric_key_has_a_range():
+    """Core keys in config.RANGES; each algorithm's own keys (ssl.<name>.*) in its Options.RANGES."""
+    from stellar_dist.algorithms import ALGORITHMS
     from stellar_dist.config import RANGES, Config
 
     def numeric_keys(cls, prefix=""):
@@ -63,6 +65,9 @@ def test_every_numeric_key_has_a_range():
                 yield prefix + name
 
     assert set(numeric_keys(Config)) == set(RANGES)
+    for name, algorithm in ALGORITHMS.items():
+        if algorithm.Options is not None:
+            assert set(numeric_keys(algorithm.Options)) == set(algorithm.Options.RANGES), name
 
 
 def test_shipped_configs_load():

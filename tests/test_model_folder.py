@@ -5,7 +5,7 @@ import shutil
 
 import torch
 
-from stellar_dist import checkpoint
+from stellar_dist.saving import checkpoint
 from stellar_dist.errors import UserError
 from stellar_dist.inference.model_folder import load_model
 

@@ -1,8 +1,41 @@
-import torch
+"""FixMatch's loss as training computes it (FixMatch.loss, one forward pass over labeled + weak + strong)."""
 
+import torch
 import torch.nn.functional as F
 
-from stellar_dist.algorithms.fixmatch import fixmatch_loss
+from stellar_dist.algorithms.fixmatch import FixMatch
+from stellar_dist.config import load_config
+
+MANIFEST = {"classes": ["GALAXY", "QSO", "STAR"], "num_input": 12, "num_samples": {"unlabeled": 10},
+            "counts": {"labeled": {"GALAXY": 1, "QSO": 1, "STAR": 1}}}
+
+
+class TableModel(torch.nn.Module):
+    """A 'network' whose input is a row number into a logits table: the logits of every part are chosen by hand,
+    and the gradient reaches exactly the rows that were used."""
+
+    def __init__(self, *parts: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.cat(parts).clone())
+        self.sizes = [len(part) for part in parts]
+
+    def inputs(self) -> list[torch.Tensor]:
+        rows = torch.arange(sum(self.sizes)).split(self.sizes)
+        return [part.float()[:, None] for part in rows]
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.table[rows[:, 0].long()]
+
+
+def fixmatch_loss(logits_labeled, labels, logits_weak, logits_strong, threshold: float, lambda_u: float):
+    """FixMatch.loss on these logits; returns the loss, its stats and the table model (for gradients)."""
+    config = load_config(None, [f"ssl.threshold={threshold}", f"ssl.lambda_u={lambda_u}", "train.steps=10"])
+    algorithm = FixMatch(config, MANIFEST, torch.device("cpu"))
+    model = TableModel(logits_labeled, logits_weak, logits_strong)
+    labeled_rows, weak_rows, strong_rows = model.inputs()
+    loss, stats = algorithm.loss(model, {"image": labeled_rows, "label": labels},
+                                 {"weak": weak_rows, "strong": strong_rows, "id": torch.arange(len(weak_rows))}, 0)
+    return loss, stats, model
 
 
 def logits_with_confidence(confidences):
@@ -15,25 +48,27 @@ def logits_with_confidence(confidences):
 
 
 def test_mask_follows_threshold_and_pseudo_labels_carry_no_gradient():
-    logits_labeled = torch.randn(4, 3, requires_grad=True)
+    logits_labeled = torch.randn(4, 3)
     labels = torch.tensor([0, 1, 2, 0])
-    logits_weak = logits_with_confidence([0.99, 0.96, 0.90, 0.50]).requires_grad_(True)
-    logits_strong = torch.randn(4, 3, requires_grad=True)
-    loss, stats = fixmatch_loss(logits_labeled, labels, logits_weak, logits_strong, threshold=0.95, lambda_u=1.0)
+    logits_weak = logits_with_confidence([0.99, 0.96, 0.90, 0.50])
+    logits_strong = torch.randn(4, 3)
+    loss, stats, model = fixmatch_loss(logits_labeled, labels, logits_weak, logits_strong, threshold=0.95,
+                                       lambda_u=1.0)
     assert stats["mask"].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert stats["pseudo_labels"].tolist() == [0, 0, 0, 0]
-    expected_unsup = torch.nn.functional.cross_entropy(logits_strong[:2], torch.tensor([0, 0]), reduction="sum") / 4
+    expected_unsup = F.cross_entropy(logits_strong[:2], torch.tensor([0, 0]), reduction="sum") / 4
     assert torch.allclose(stats["unsup_loss"], expected_unsup)
     loss.backward()
-    assert logits_weak.grad is None or torch.count_nonzero(logits_weak.grad) == 0
-    assert torch.count_nonzero(logits_strong.grad[2:]) == 0 and torch.count_nonzero(logits_strong.grad[:2]) > 0
+    weak_grad, strong_grad = model.table.grad[4:8], model.table.grad[8:]
+    assert torch.count_nonzero(weak_grad) == 0
+    assert torch.count_nonzero(strong_grad[2:]) == 0 and torch.count_nonzero(strong_grad[:2]) > 0
 
 
 def test_lambda_zero_equals_supervised():
     torch.manual_seed(0)
     logits_labeled, labels = torch.randn(6, 3), torch.randint(3, (6,))
     weak, strong = torch.randn(12, 3) * 10, torch.randn(12, 3)
-    loss, _ = fixmatch_loss(logits_labeled, labels, weak, strong, threshold=0.5, lambda_u=0.0)
+    loss, _, _ = fixmatch_loss(logits_labeled, labels, weak, strong, threshold=0.5, lambda_u=0.0)
     assert torch.equal(loss, F.cross_entropy(logits_labeled, labels))
-    loss_on, stats = fixmatch_loss(logits_labeled, labels, weak, strong, threshold=0.5, lambda_u=2.0)
+    loss_on, stats, _ = fixmatch_loss(logits_labeled, labels, weak, strong, threshold=0.5, lambda_u=2.0)
     assert stats["mask"].sum() > 0 and loss_on > loss

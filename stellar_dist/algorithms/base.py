@@ -1,7 +1,8 @@
 """What every algorithm shares: its declaration of streams and views, one forward pass, the supervised term.
 
 An algorithm declares what it needs as data (`needs_labeled`, `unlabeled_views`), so the data code computes no
-view that is never used; `loss(model, labeled, unlabeled, step, cluster)` does its forward pass and returns the
+view that is never used, and its own options (`Options`: a frozen dataclass in its file, the `ssl.<name>` config
+section, with its `RANGES`); `loss(model, labeled, unlabeled, step, cluster)` does its forward pass and returns the
 loss and detached diagnostics; its state (class statistics, running means) is a plain dict of tensors,
 identical on every rank (all statistics are all-reduced before they update it), saved with every checkpoint.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ssl import deepcluster_loss
 
 
 def labeled_prior(manifest: dict) -> torch.Tensor:
@@ -20,7 +20,17 @@ def labeled_prior(manifest: dict) -> torch.Tensor:
     return counts / counts.sum().clamp(min=1)
 
 
+def deepcluster_loss(cluster_logits: torch.Tensor, targets: torch.Tensor, cluster_weights: torch.Tensor
+                     ) -> tuple[torch.Tensor, dict]:
+    """DeepCluster (Caron et al. 2018): CE against the current cluster assignments, weighted uniformly over clusters
+    (each cluster's weight is inversely proportional to its size) so that big clusters do not dominate. Shared by
+    DeepCluster and the cluster head beside any algorithm (cluster.lambda_c)."""
+    loss = F.cross_entropy(cluster_logits, targets, weight=cluster_weights.to(cluster_logits.dtype))
+    return loss, {"cluster_loss": loss.detach()}
+
+
 class Algorithm:
+    Options: type | None = None  # a frozen dataclass: the `ssl.<name>` section (ClassVar RANGES: its numeric ranges)
     needs_labeled: bool = True  # reads the labeled stream
     unlabeled_views: tuple[str, ...] = ()  # views of each unlabeled image: "weak", "strong", "weak1", ...
     trains_classifier: bool = True  # False: judged by its clusters and a linear probe, never by the class head
@@ -29,6 +39,7 @@ class Algorithm:
 
     def __init__(self, config, manifest: dict, device: torch.device):
         self.config, self.ssl, self.device = config, config.ssl, device
+        self.options = config.ssl.sections.get(config.ssl.algorithm)  # this algorithm's own section, if it has one
         self.total_steps, self.num_classes = config.train.steps, len(manifest["classes"])
         self.labeled_prior = labeled_prior(manifest).to(device)
         self.log_prior = self.labeled_prior.clamp(min=1e-12).log()

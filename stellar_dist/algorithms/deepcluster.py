@@ -3,8 +3,7 @@ unlabeled weak views, re-clustered once per epoch-equivalent. Judged by cluster 
 
 from __future__ import annotations
 
-from ..ssl import deepcluster_loss
-from .base import Algorithm
+from .base import Algorithm, deepcluster_loss
 
 
 class DeepCluster(Algorithm):

@@ -19,20 +19,6 @@ def masked_cross_entropy(logits: torch.Tensor, pseudo_labels: torch.Tensor, mask
     return (F.cross_entropy(logits, pseudo_labels, reduction="none") * mask).mean()
 
 
-def fixmatch_loss(logits_labeled: torch.Tensor, labels: torch.Tensor, logits_weak: torch.Tensor,
-                  logits_strong: torch.Tensor, threshold: float, lambda_u: float) -> tuple[torch.Tensor, dict]:
-    """Supervised CE + lambda_u x CE(strong, pseudo-label) where the weak view's confidence reaches `threshold`.
-    Pseudo-labels carry no gradient. Returns the loss and detached tensors: sup_loss, unsup_loss, mask (per
-    unlabeled sample, float), pseudo_labels, confidence."""
-    sup_loss = F.cross_entropy(logits_labeled, labels)
-    confidence, pseudo_labels = torch.softmax(logits_weak.detach().float(), dim=-1).max(dim=-1)
-    mask = (confidence >= threshold).float()
-    unsup_loss = masked_cross_entropy(logits_strong, pseudo_labels, mask)
-    stats = {"sup_loss": sup_loss.detach(), "unsup_loss": unsup_loss.detach(), "mask": mask,
-             "pseudo_labels": pseudo_labels, "confidence": confidence}
-    return sup_loss + lambda_u * unsup_loss, stats
-
-
 class FixMatch(Algorithm):
     unlabeled_views = ("weak", "strong")
     aligns_distribution = True

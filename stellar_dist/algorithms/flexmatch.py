@@ -10,10 +10,21 @@ rank holds the same statistics (per-rank tables are a known bug of other impleme
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from .. import dist
 from .fixmatch import FixMatch
+
+
+@dataclass(frozen=True)
+class FlexMatchOptions:
+    """The `ssl.flexmatch` config section."""
+
+    warmup: bool = True  # threshold warm-up: never-confident samples count in the normaliser while they dominate
+    RANGES: ClassVar[dict] = {}
 
 
 def learning_effect(selected: torch.Tensor, num_classes: int, num_unlabeled: int, warmup: bool) -> torch.Tensor:
@@ -30,6 +41,8 @@ def class_thresholds(effect: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 class FlexMatch(FixMatch):
+    Options = FlexMatchOptions
+
     def __init__(self, config, manifest, device):
         super().__init__(config, manifest, device)
         self.num_unlabeled = manifest["num_samples"]["unlabeled"]
@@ -37,7 +50,7 @@ class FlexMatch(FixMatch):
 
     def threshold_mask(self, probabilities, ids):
         confidence, pseudo_labels = probabilities.max(-1)
-        effect = learning_effect(self.selected, self.num_classes, self.num_unlabeled, self.ssl.flexmatch.warmup)
+        effect = learning_effect(self.selected, self.num_classes, self.num_unlabeled, self.options.warmup)
         mask = (confidence >= class_thresholds(effect, self.ssl.threshold)[pseudo_labels]).float()
         confident = confidence >= self.ssl.threshold
         all_ids, all_labels = dist.gather_variable(ids[confident]), dist.gather_variable(pseudo_labels[confident])

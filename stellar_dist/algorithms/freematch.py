@@ -9,11 +9,23 @@ before they update the EMAs, so every rank holds the same state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from .. import dist
 from .fixmatch import FixMatch
+
+
+@dataclass(frozen=True)
+class FreeMatchOptions:
+    """The `ssl.freematch` config section."""
+
+    ema_momentum: float = 0.999  # EMA of the global confidence and class distribution (paper: 0.999)
+    lambda_fairness: float = 0.01  # weight of the self-adaptive fairness term (0: off)
+    RANGES: ClassVar[dict] = {"ema_momentum": "[0, 1)", "lambda_fairness": "[0, inf)"}
 
 
 def sum_normalise(values: torch.Tensor) -> torch.Tensor:
@@ -35,13 +47,15 @@ def fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor, p_model: torc
 
 
 class FreeMatch(FixMatch):
+    Options = FreeMatchOptions
+
     def __init__(self, config, manifest, device):
         super().__init__(config, manifest, device)
         uniform = torch.full((self.num_classes,), 1.0 / self.num_classes, device=device)
         self.tau, self.p_model, self.histogram = uniform.mean().clone(), uniform.clone(), uniform.clone()
 
     def threshold_mask(self, probabilities, ids):
-        m = self.ssl.freematch.ema_momentum
+        m = self.options.ema_momentum
         confidence, pseudo_labels = probabilities.max(-1)
         counts = F.one_hot(pseudo_labels, self.num_classes).float().sum(0)
         total = dist.all_reduce_sum(torch.cat([confidence.sum().reshape(1), probabilities.sum(0), counts,
@@ -55,7 +69,7 @@ class FreeMatch(FixMatch):
         return (confidence >= class_threshold[pseudo_labels]).float()
 
     def extra_loss(self, logits_strong, mask):
-        weight = self.ssl.freematch.lambda_fairness
+        weight = self.options.lambda_fairness
         if weight == 0:
             return 0.0, {}
         loss = fairness_loss(logits_strong, mask, self.p_model, self.histogram)

@@ -7,12 +7,28 @@ The MixUp draw (lambda and partner permutation) is seeded by (seed, step, rank):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import dist
 from .base import Algorithm
+
+
+@dataclass(frozen=True)
+class MixMatchOptions:
+    """The `ssl.mixmatch` config section."""
+
+    views: int = 2  # K weak views per unlabeled image for the label guess (paper: 2)
+    temperature: float = 0.5  # sharpening of the guessed distribution
+    alpha: float = 0.75  # MixUp Beta(alpha, alpha)
+    lambda_u: float = 75.0  # weight of the L2 loss on mixed unlabeled images (paper: 75 on CIFAR-10)
+    rampup_fraction: float = 0.4  # lambda_u ramps up linearly over this fraction of train.steps
+    RANGES: ClassVar[dict] = {"views": "[1, 8]", "temperature": "(0, 1]", "alpha": "(0, inf)",
+                              "lambda_u": "[0, inf)", "rampup_fraction": "[0, 1]"}
 
 
 def sharpen(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -35,19 +51,20 @@ def mixmatch_loss(logits_labeled: torch.Tensor, targets_labeled: torch.Tensor, l
 
 
 class MixMatch(Algorithm):
+    Options = MixMatchOptions
     cluster_head = "never"  # mixed images have no single cluster
 
     def __init__(self, config, manifest, device):
         super().__init__(config, manifest, device)
-        self.unlabeled_views = tuple(f"weak{k}" for k in range(self.ssl.mixmatch.views))
+        self.unlabeled_views = tuple(f"weak{k}" for k in range(self.options.views))
 
     def _guess(self, model, views: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             probabilities = torch.stack([model(view).float().softmax(-1) for view in views]).mean(0)
-        return sharpen(probabilities, self.ssl.mixmatch.temperature)
+        return sharpen(probabilities, self.options.temperature)
 
     def loss(self, model, labeled, unlabeled, step, cluster=None):
-        options = self.ssl.mixmatch
+        options = self.options
         views = [unlabeled[view] for view in self.unlabeled_views]
         guess = self._guess(model, views)
         num_labeled = labeled["image"].shape[0]

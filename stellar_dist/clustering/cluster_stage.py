@@ -9,7 +9,9 @@ import torch
 
 from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid, plot_cluster_table,
                              write_assignments)
+from .. import dist
 from ..config import ClusterConfig
+from ..data.eval_data import EvalData
 from .recluster import ClusterState, extract_features, recluster
 
 
@@ -17,14 +19,14 @@ def num_clusters(cluster: ClusterConfig, num_classes: int) -> int:
     return cluster.k or 5 * num_classes
 
 
-def run_clustering(model, cluster: ClusterConfig, *, shards_dir: str, manifest: dict, seed: int, device,
-                   batch_size: int, num_workers: int, grayscale: bool, num_reclusterings: int = 0,
-                   report: bool = True, is_main: bool = True, plots_dir: Path | None = None,
+def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, num_reclusterings: int = 0,
+                   report: bool = True, plots_dir: Path | None = None,
                    assignments: Path | None = None) -> tuple[ClusterState, dict | None]:
     """Cluster the features of `model` (all ranks take part); metrics on the main process when `report` (and
     the per-sample `assignments` CSV when given)."""
-    local = extract_features(model, shards_dir, manifest, batch_size=batch_size, num_workers=num_workers,
-                             grayscale=grayscale, device=device)
+    shards_dir, manifest = data.shards, data.manifest
+    local = extract_features(model, shards_dir, manifest, batch_size=data.batch_size, num_workers=data.num_workers,
+                             grayscale=data.grayscale, device=data.device)
     state, reduced, assignment = recluster(
         local, k=num_clusters(cluster, len(manifest["classes"])), num_ids=manifest["num_input"],
         backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed, iterations=cluster.iterations,
@@ -32,7 +34,7 @@ def run_clustering(model, cluster: ClusterConfig, *, shards_dir: str, manifest: 
     if not report:
         return state, None
     samples = gather_local(local, reduced, assignment, state.centroids)
-    if samples is None or not is_main:
+    if samples is None or not dist.is_main():
         return state, None
     classes = manifest["classes"]
     metrics = cluster_metrics(samples, state, classes)
@@ -61,7 +63,7 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     from dataclasses import replace
 
     from ..errors import UserError
-    from ..evaluate import load_trained_model
+    from ..evaluate import default_out, load_trained_model
     from ..data.manifest import load_manifest
     from ..outputs import claim_all, take_folder
 
@@ -73,13 +75,11 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     if not 2 <= num_clusters(cluster, len(manifest["classes"])) <= fit:
         raise UserError(f"--k {num_clusters(cluster, len(manifest['classes']))} is not between 2 and the {fit} "
                         "labeled + unlabeled samples of the shards: choose a k in that range")
-    out = Path(out_dir) if out_dir else folder.parent.parent / f"cluster_{folder.name}"
+    out = Path(out_dir) if out_dir else default_out(folder, "cluster")
     lock = take_folder(out, CLUSTER_FILES, "cluster", {"--checkpoint": folder, "--shards": shards_dir})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _, metrics = run_clustering(model.to(device), cluster, shards_dir=str(shards_dir),
-                                manifest=manifest, seed=config.seed, device=device,
-                                batch_size=config.eval.batch_size, num_workers=num_workers,
-                                grayscale=config.data.grayscale, plots_dir=out,
+    data = EvalData(str(shards_dir), manifest, config.eval.batch_size, num_workers, config.data.grayscale, device)
+    _, metrics = run_clustering(model.to(device), cluster, data, seed=config.seed, plots_dir=out,
                                 assignments=out / "assignments.csv")
     (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
     claim_all(out, CLUSTER_FILES, "cluster")

@@ -117,7 +117,7 @@ def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, s
         return centroids
     gathered, gathered_ids = dist.gather_to_main(reduced), dist.gather_to_main(ids)
     centroids = torch.zeros(k, reduced.shape[1], device=reduced.device)
-    if dist.rank() == 0:
+    if dist.is_main():
         order = torch.argsort(gathered_ids)
         found, _, _ = kmeans_faiss(gathered[order].cpu().numpy(), k, seed, iterations, ids=gathered_ids[order].cpu())
         centroids = found.to(reduced.device)

@@ -33,40 +33,63 @@ def weak(image: torch.Tensor, generator: torch.Generator, max_shift_fraction: fl
     return padded[:, top : top + size, left : left + size]
 
 
-def _rotate(image, generator):
-    return TF.rotate(image, _uniform(generator, 0, 360), interpolation=TF.InterpolationMode.BILINEAR)
+# The one definition of the strong ops, shared with the batched device path (batch_augment.py): each op's one
+# random parameter is value = low + (high - low) * u, u uniform in [0, 1).
+PARAMETERS = {
+    "rotate": (0.0, 360.0),  # degrees
+    "psf_blur": (0.3, 1.5),  # Gaussian sigma in pixels: a seeing change of up to ~1.4 arcsec FWHM at 0.4"/px
+    "noise": (0.0, 0.06),  # std of added Gaussian noise, pixels in [0, 1]
+    "sky_noise": (0.0, 0.02),  # the same at sky level: 0.06 buries a faint source's colour
+    "flux_noise": (0.0, 0.5),  # N-band flux: std in units of each band's sky noise (up to half the sky's own)
+    "brightness": (0.6, 1.4),  # flux scale, every band alike (colour ratios kept)
+    "contrast": (0.6, 1.4),  # scale of the deviations from the image mean
+    "gamma": (0.6, 1.6),  # exponent on [0, 1] pixels
+}
+CUTOUT_FRACTION = (0.1, 0.5)  # side of Cutout's blank square, as a fraction of the image side
+# The ops a strong view draws from, by (data.strong_view, N-band flux). "evidence" keeps what separates the
+# classes: the colour ratios between bands (gamma and contrast change them) and the light profile against the
+# PSF (blur changes it); on N-band flux only photometric ops apply, without clamping.
+STRONG_OPS = {
+    ("sky", False): ("rotate", "psf_blur", "noise", "brightness", "contrast", "gamma"),
+    ("evidence", False): ("rotate", "sky_noise", "brightness"),
+    ("sky", True): ("rotate", "psf_blur", "flux_noise", "brightness"),
+    ("evidence", True): ("rotate", "flux_noise", "brightness"),
+}
 
 
-def _psf_blur(image, generator):
-    sigma = _uniform(generator, 0.3, 1.5)  # pixels: a seeing change of up to ~1.4 arcsec FWHM at 0.4"/px
+def _blur(image, sigma):
     kernel = 2 * math.ceil(3 * sigma) + 1
     return TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
-def _noise(image, generator):
-    return image + _uniform(generator, 0.0, 0.06) * torch.randn(image.shape, generator=generator)
+def _add_noise(image, std, generator):
+    return image + std * torch.randn(image.shape, generator=generator)
 
 
-def _brightness(image, generator):
-    return image * _uniform(generator, 0.6, 1.4)
-
-
-def _contrast(image, generator):
+def _contrast(image, factor):
     mean = image.mean()
-    return (image - mean) * _uniform(generator, 0.6, 1.4) + mean
+    return (image - mean) * factor + mean
 
 
-def _gamma(image, generator):
-    return image.clamp(0, 1) ** _uniform(generator, 0.6, 1.6)
+APPLY = {  # name -> op(image, value, generator)
+    "rotate": lambda image, value, generator: TF.rotate(image, value, interpolation=TF.InterpolationMode.BILINEAR),
+    "psf_blur": lambda image, value, generator: _blur(image, value),
+    "noise": _add_noise,
+    "sky_noise": _add_noise,
+    "flux_noise": _add_noise,
+    "brightness": lambda image, value, generator: image * value,
+    "contrast": lambda image, value, generator: _contrast(image, value),
+    "gamma": lambda image, value, generator: image.clamp(0, 1) ** value,
+}
 
 
-STRONG_OPS = (_rotate, _psf_blur, _noise, _brightness, _contrast, _gamma)
-
-
-def cutout(image: torch.Tensor, generator: torch.Generator, max_fraction: float = 0.5) -> torch.Tensor:
+def cutout(image: torch.Tensor, generator: torch.Generator, trace: list | None = None) -> torch.Tensor:
     """Blank a square of up to half the side (FixMatch's Cutout), centred anywhere."""
     size = image.shape[-1]
-    side = max(1, int(size * _uniform(generator, 0.1, max_fraction)))
+    fraction = _uniform(generator, *CUTOUT_FRACTION)
+    if trace is not None:
+        trace.append(("cutout", fraction))
+    side = max(1, int(size * fraction))
     centre_y, centre_x = (int(value) for value in torch.randint(size, (2,), generator=generator))
     image = image.clone()
     image[:, max(0, centre_y - side // 2) : centre_y + side // 2 + 1,
@@ -74,23 +97,17 @@ def cutout(image: torch.Tensor, generator: torch.Generator, max_fraction: float 
     return image
 
 
-# Ops that keep what separates the classes: the colour ratios between bands (a flux scale multiplies every band
-# alike; gamma and contrast do not) and the light profile against the PSF (blur changes it).
-def _sky_noise(image, generator):
-    return image + _uniform(generator, 0.0, 0.02) * torch.randn(image.shape, generator=generator)
-
-
-EVIDENCE_OPS = (_rotate, _sky_noise, _brightness)  # noise at sky level: 0.06 buries a faint source's colour
-
-
-def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, max_fraction: float = 0.5,
+def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, trace: list | None = None,
                       keep_fraction: float = 0.25) -> torch.Tensor:
     """Cutout that never touches the central `keep_fraction` x side box, where the target object is.
 
     The square is placed uniformly among the positions that miss the box (a few seeded tries, else no cutout)."""
     size = image.shape[-1]
     keep_low, keep_high = (size - size * keep_fraction) / 2, (size + size * keep_fraction) / 2
-    side = min(max(1, int(size * _uniform(generator, 0.1, max_fraction))), int(keep_low))  # fits beside the box
+    fraction = _uniform(generator, *CUTOUT_FRACTION)
+    if trace is not None:
+        trace.append(("cutout", fraction))
+    side = min(max(1, int(size * fraction)), int(keep_low))  # fits beside the box
     for _ in range(8):
         top, left = (int(value) for value in torch.randint(size - side + 1, (2,), generator=generator))
         misses = top + side <= keep_low or top >= keep_high or left + side <= keep_low or left >= keep_high
@@ -101,29 +118,20 @@ def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, max_fract
     return image
 
 
-# N-band images, in flux units of each band's sky noise, before the asinh stretch (bands.py): a flux scale
-# multiplies every band alike (colours kept), noise is added sky noise (up to half the sky's own), blur is seeing.
-def _flux_noise(image, generator):
-    return image + _uniform(generator, 0.0, 0.5) * torch.randn(image.shape, generator=generator)
-
-
-FLUX_OPS = (_rotate, _psf_blur, _flux_noise, _brightness)
-EVIDENCE_FLUX_OPS = (_rotate, _flux_noise, _brightness)
-
-
 def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, kind: str = "sky",
-           flux: bool = False) -> torch.Tensor:
-    """Weak view, then `num_ops` random ops (RandAugment-style), then Cutout.
+           flux: bool = False, trace: list | None = None) -> torch.Tensor:
+    """Weak view, then `num_ops` random ops of STRONG_OPS[kind, flux] (RandAugment-style), then Cutout.
 
     kind "sky": all astronomy-aware ops, Cutout anywhere (FixMatch's recipe; it can erase the target or change
     its colours). kind "evidence": only ops that keep colour ratios and the profile, Cutout off the centre.
     `flux`: the image is N-band flux in noise units (not [0, 1]): photometric ops only, no clamping; Cutout
-    sets the sky level (0)."""
-    if flux:
-        ops = FLUX_OPS if kind == "sky" else EVIDENCE_FLUX_OPS
-    else:
-        ops = STRONG_OPS if kind == "sky" else EVIDENCE_OPS
+    sets the sky level (0). `trace`: a list that receives (op, parameter) as drawn (for tests)."""
+    ops = STRONG_OPS[kind, flux]
     image = weak(image, generator)
     for index in torch.randperm(len(ops), generator=generator)[:num_ops].tolist():
-        image = ops[index](image, generator)
-    return (cutout if kind == "sky" else cutout_off_centre)(image if flux else image.clamp(0, 1), generator)
+        name = ops[index]
+        value = _uniform(generator, *PARAMETERS[name])
+        if trace is not None:
+            trace.append((name, value))
+        image = APPLY[name](image, value, generator)
+    return (cutout if kind == "sky" else cutout_off_centre)(image if flux else image.clamp(0, 1), generator, trace)

@@ -3,9 +3,10 @@ batched ops (`data.augment_on=device`), so dataloader workers only read and deco
 
 Every random parameter comes from a counter-based hash of (the sample's seed, the view, the parameter's number):
 a sample's views depend on its own seed only, as on the CPU path, so exact resume survives (the stream hands each
-sample the seed of its position). The ops are those of `augment.py` (flips, 90-degree turns, shifts; then two of
-rotation, PSF blur, noise, brightness, contrast, gamma; then Cutout), drawn differently: the two paths give
-different (equally distributed) views of the same sample.
+sample the seed of its position). The ops, their parameter ranges and the op lists of each strong view come from
+the one table in `augment.py` (PARAMETERS, CUTOUT_FRACTION, STRONG_OPS), the "evidence" view included; only the
+random numbers are drawn differently: the two paths give different, equally distributed views of a sample
+(tests/test_augment.py compares the distributions).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .augment import CUTOUT_FRACTION, PARAMETERS, STRONG_OPS
 
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # splitmix64 constants as signed 64-bit integers
 _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
@@ -70,8 +73,8 @@ def weak(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, max_shift_fra
     return padded.permute(0, 2, 3, 1)[samples, rows, columns].permute(0, 3, 1, 2)
 
 
-def _rotate(images, draw, seeds, salt):
-    angle = draw * 2 * math.pi
+def _rotate(images, degrees, seeds, salt):
+    angle = degrees * (math.pi / 180)
     cos, sin = torch.cos(angle), torch.sin(angle)
     zero = torch.zeros_like(cos)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
@@ -79,8 +82,7 @@ def _rotate(images, draw, seeds, salt):
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _psf_blur(images, draw, seeds, salt):
-    sigma = 0.3 + 1.2 * draw  # pixels, as augment._psf_blur
+def _psf_blur(images, sigma, seeds, salt):
     radius = 5
     offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
@@ -93,30 +95,36 @@ def _psf_blur(images, draw, seeds, salt):
     return flat.reshape(batch, channels, height, width)
 
 
-def _noise(images, draw, seeds, salt):
-    return images + (0.06 * draw)[:, None, None, None] * normal(seeds, salt, tuple(images.shape[1:]))
+def _noise(images, std, seeds, salt):
+    return images + std[:, None, None, None] * normal(seeds, salt, tuple(images.shape[1:]))
 
 
-def _brightness(images, draw, seeds, salt):
-    return images * (0.6 + 0.8 * draw)[:, None, None, None]
-
-
-def _contrast(images, draw, seeds, salt):
+def _contrast(images, factor, seeds, salt):
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    return (images - mean) * (0.6 + 0.8 * draw)[:, None, None, None] + mean
+    return (images - mean) * factor[:, None, None, None] + mean
 
 
-def _gamma(images, draw, seeds, salt):
-    return images.clamp(0, 1) ** (0.6 + 1.0 * draw)[:, None, None, None]
+APPLY = {  # name (augment.PARAMETERS) -> op(images, values, seeds, salt), one value per sample
+    "rotate": _rotate,
+    "psf_blur": _psf_blur,
+    "noise": _noise,
+    "sky_noise": _noise,
+    "flux_noise": _noise,
+    "brightness": lambda images, factor, seeds, salt: images * factor[:, None, None, None],
+    "contrast": _contrast,
+    "gamma": lambda images, exponent, seeds, salt: images.clamp(0, 1) ** exponent[:, None, None, None],
+}
 
 
-STRONG_OPS = (_rotate, _psf_blur, _noise, _brightness, _contrast, _gamma)
+def _cutout_side(images, draw):
+    low, high = CUTOUT_FRACTION
+    return (images.shape[-1] * (low + (high - low) * draw)).long().clamp(min=1)
 
 
-def _cutout(images, seeds, salt, max_fraction: float = 0.5):
+def _cutout(images, seeds, salt, trace: dict | None = None):
     draws = uniform(seeds, salt, (3,))
     size = images.shape[-1]
-    side = (size * (0.1 + (max_fraction - 0.1) * draws[:, 0])).long().clamp(min=1)
+    side = _cutout_side(images, draws[:, 0])
     centre_y, centre_x = (draws[:, 1] * size).long(), (draws[:, 2] * size).long()
     position = torch.arange(size, device=images.device)
     inside_y = (position[None] >= centre_y[:, None] - side[:, None] // 2) & (position[None] <= centre_y[:, None]
@@ -124,26 +132,57 @@ def _cutout(images, seeds, salt, max_fraction: float = 0.5):
     inside_x = (position[None] >= centre_x[:, None] - side[:, None] // 2) & (position[None] <= centre_x[:, None]
                                                                              + side[:, None] // 2)
     hole = inside_y[:, :, None] & inside_x[:, None, :]
+    if trace is not None:
+        trace["cutout"] = CUTOUT_FRACTION[0] + (CUTOUT_FRACTION[1] - CUTOUT_FRACTION[0]) * draws[:, 0]
     return images.masked_fill(hole[:, None], 0.0)
 
 
-def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: int = 2) -> torch.Tensor:
-    """Weak view, then `num_ops` of STRONG_OPS per sample (each op runs only on the samples that drew it), then
-    Cutout; clamped to [0, 1] before Cutout, as augment.strong (kind "sky")."""
+def _cutout_off_centre(images, seeds, salt, trace: dict | None = None, keep_fraction: float = 0.25, tries: int = 8):
+    """augment.cutout_off_centre, batched: the first of `tries` seeded positions that misses the central box."""
+    size = images.shape[-1]
+    keep_low, keep_high = (size - size * keep_fraction) / 2, (size + size * keep_fraction) / 2
+    draws = uniform(seeds, salt, (1 + 2 * tries,))
+    side = _cutout_side(images, draws[:, 0]).clamp(max=int(keep_low))[:, None]
+    top, left = ((draws[:, 1 + axis * tries : 1 + (axis + 1) * tries] * (size - side + 1)).long() for axis in (0, 1))
+    misses = (top + side <= keep_low) | (top >= keep_high) | (left + side <= keep_low) | (left >= keep_high)
+    first = misses.float().argmax(1, keepdim=True)
+    top, left, found = top.gather(1, first), left.gather(1, first), misses.any(1)
+    position = torch.arange(size, device=images.device)[None]
+    inside_y = (position >= top) & (position < top + side)
+    inside_x = (position >= left) & (position < left + side)
+    hole = inside_y[:, :, None] & inside_x[:, None, :] & found[:, None, None]
+    if trace is not None:
+        trace["cutout"] = CUTOUT_FRACTION[0] + (CUTOUT_FRACTION[1] - CUTOUT_FRACTION[0]) * draws[:, 0]
+    return images.masked_fill(hole[:, None], 0.0)
+
+
+def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: int = 2, kind: str = "sky",
+           trace: dict | None = None) -> torch.Tensor:
+    """Weak view, then `num_ops` of STRONG_OPS[kind] per sample (each op runs only on the samples that drew it),
+    then Cutout (anywhere for "sky", off the centre for "evidence"); clamped to [0, 1] before Cutout, as
+    augment.strong. `trace`: a dict that receives {op: the values drawn} (for tests)."""
+    ops = STRONG_OPS[kind, False]
     images = weak(images, seeds, salt)
-    scores = uniform(seeds, salt + 10, (len(STRONG_OPS),))
+    scores = uniform(seeds, salt + 10, (len(ops),))
     chosen = scores.argsort(dim=1)[:, :num_ops]
-    draws = uniform(seeds, salt + 11, (len(STRONG_OPS),))
-    for index, op in enumerate(STRONG_OPS):
+    draws = uniform(seeds, salt + 11, (len(ops),))
+    for index, name in enumerate(ops):
         rows = (chosen == index).any(1).nonzero().squeeze(1)
         if len(rows):
-            images = images.index_copy(0, rows, op(images[rows], draws[rows, index], seeds[rows], salt + 20 + index))
-    return _cutout(images.clamp(0, 1), seeds, salt + 30)
+            low, high = PARAMETERS[name]
+            values = low + (high - low) * draws[rows, index]
+            if trace is not None:
+                trace[name] = values
+            images = images.index_copy(0, rows, APPLY[name](images[rows], values, seeds[rows], salt + 20 + index))
+    cut = _cutout if kind == "sky" else _cutout_off_centre
+    return cut(images.clamp(0, 1), seeds, salt + 30, trace)
 
 
-def make_views(images_uint8: torch.Tensor, seeds: torch.Tensor, views: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def make_views(images_uint8: torch.Tensor, seeds: torch.Tensor, views: tuple[str, ...],
+               kind: str = "sky") -> dict[str, torch.Tensor]:
     """{view name: float views in [0, 1]} of a uint8 [B, 3, H, W] batch; the i-th view uses salts 100 i + ...,
-    so "weak" and the weak part of "strong" differ, as two separate draws do on the CPU path."""
+    so "weak" and the weak part of "strong" differ, as two separate draws do on the CPU path. `kind`: the
+    strong view (data.strong_view)."""
     images = images_uint8.float().div_(255.0)
-    return {view: (strong if view.startswith("strong") else weak)(images, seeds, salt=100 * index)
-            for index, view in enumerate(views)}
+    return {view: strong(images, seeds, salt=100 * index, kind=kind) if view.startswith("strong")
+            else weak(images, seeds, salt=100 * index) for index, view in enumerate(views)}

@@ -1,118 +1,28 @@
-"""A portable model: one folder with `model.safetensors` (the EMA weights) and `config.json` (everything needed to
-rebuild the network and to preprocess images as in training), loadable without the run folder or the shards.
-
-Written into every checkpoint (`checkpoints/step_*/model/`) and, at the end of a run, to `OUTPUT_DIR/model/`.
+"""Reading a portable model folder (written by saving/model_folder.py): the one loader every command uses (predict,
+export, evaluate, cluster), from a model folder, a checkpoint or a run folder, moved anywhere.
 
     model, description = load_model("runs/demo/model")      # or a run folder, or a checkpoints/step_* folder
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import shutil
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import UserError
-from ..outputs import follow_umask
-
-FORMAT = "stellar-dist-model/1"
-WEIGHTS, DESCRIPTION = "model.safetensors", "config.json"
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:  # once per process, not at every checkpoint
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-def model_tensors(ema_state: dict, cluster_state=None) -> dict:
-    """The network's EMA weights, and the latest clustering's space (PCA mean and projection, centroids) when the
-    run has one, so that predict can name each object's cluster."""
-    tensors = {key: value for key, value in ema_state.items()
-               if key.startswith(("backbone.", "classifier.", "cluster_head."))}
-    if cluster_state is not None:
-        tensors["cluster.centroids"] = cluster_state.centroids
-        if cluster_state.pca_projection is not None:
-            tensors["cluster.pca_mean"] = cluster_state.pca_mean
-            tensors["cluster.pca_projection"] = cluster_state.pca_projection
-    return tensors
-
-
-def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
-    """What config.json holds: the architecture, the classes and how an input image must be prepared."""
-    try:
-        version = metadata.version("stellar-dist")
-    except metadata.PackageNotFoundError:
-        version = None
-    return {
-        "format": FORMAT,
-        "arch": config.model.arch,
-        "classes": list(manifest["classes"]),
-        "channels": manifest.get("channels", 3),
-        "bands": manifest.get("bands", ["R", "G", "B"]),  # an RGB rendering (e.g. SDSS gri JPEGs)
-        "image_size": manifest["image_size"],
-        "preprocess": manifest["preprocess"],  # "resize" (whole field, area-averaged) or "crop" (centre, full res.)
-        "encoding": manifest["encoding"],  # png / jpg: 8-bit RGB; npy: N-band FITS cutouts, float32
-        "grayscale": config.data.grayscale,
-        "stretch": manifest.get("stretch"),  # N-band: asinh((pixel - sky) / softening) / scale, per band
-        "normalisation": "N-band: the asinh stretch" if manifest["encoding"] == "npy"
-        else "pixel / 255 in [0, 1], no mean or std",
-        "training": {"algorithm": config.ssl.algorithm, "steps": step, "seed": config.seed},
-        "cluster": None if cluster_state is None else {
-            "k": int(cluster_state.centroids.shape[0]), "far_distance": cluster_state.far_distance,
-            "space": "L2-normalised whitened PCA of the backbone features" if cluster_state.pca_projection is not None
-            else "L2-normalised backbone features"},
-        "package_version": version,
-        "git_commit": _git_commit(),
-    }
-
-
-def write_model(folder: Path, tensors: dict, description: dict) -> None:
-    """Write the model folder; files are replaced atomically (and a new checkpoint's folder is a staging one)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-    save_file(tensors, str(folder / f".{WEIGHTS}.tmp"), metadata={"format": FORMAT})
-    (folder / f".{DESCRIPTION}.tmp").write_text(json.dumps(description, indent=2) + "\n")
-    for name in (WEIGHTS, DESCRIPTION):
-        follow_umask(folder / f".{name}.tmp")  # safetensors writes 0600 whatever the umask
-        os.replace(folder / f".{name}.tmp", folder / name)
-
-
-def publish(model_folder: Path, output_dir: Path, quiet: bool = False) -> Path:
-    """Copy a checkpoint's model files to OUTPUT_DIR/model, each replaced atomically. Only the files a model
-    folder consists of are replaced: an export or a note the user keeps there stays (and is named, since it was
-    made from earlier weights)."""
-    target = output_dir / "model"
-    target.mkdir(exist_ok=True)
-    for name in (WEIGHTS, DESCRIPTION):
-        temporary = target / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(model_folder / name, temporary)
-        follow_umask(temporary)
-        os.replace(temporary, target / name)
-    others = sorted(child.name for child in target.iterdir() if child.name not in (WEIGHTS, DESCRIPTION)
-                    and not child.name.startswith("."))
-    if others and not quiet:
-        print(f"note: {target} also holds {', '.join(others)}, kept as they are; an export made from earlier "
-              "weights must be made again (stellar-dist export)")
-    return target
+from ..saving import checkpoint
+from ..saving.model_folder import DESCRIPTION, FORMAT, WEIGHTS
 
 
 def find_model_folder(path: str | Path) -> Path:
-    """A model folder, a checkpoint folder (its model/) or a run folder (its model/, else its latest checkpoint's)."""
-    from .. import checkpoint
-
+    """A model folder itself; a checkpoint folder's model/ (the checkpoint must be complete); a run folder's
+    published model/, else its newest complete checkpoint's."""
     path = Path(path)
+    if checkpoint.is_checkpoint(path):
+        path = checkpoint.resolve(path)  # one line if it is incomplete
     for candidate in (path, path / "model"):
         if (candidate / DESCRIPTION).is_file() and (candidate / WEIGHTS).is_file():
             return candidate
@@ -146,8 +56,9 @@ def check_description(folder: Path, description: dict) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(the EMA network in eval mode, its description) from a model, checkpoint or run folder."""
-    from ..models import StellarNet
+    """(the EMA network in eval mode, in the run's layout, its description) from a model, checkpoint or run
+    folder; description["folder"] is the model folder it came from."""
+    from ..models import build_model
 
     folder = find_model_folder(path)
     try:
@@ -166,12 +77,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
                         "the training diverged; use an earlier checkpoint's model/ folder (checkpoints/step_*)")
     num_clusters = tensors["cluster_head.weight"].shape[0] if "cluster_head.weight" in tensors else 0
     try:
-        model = StellarNet(description["arch"], len(description["classes"]), "none", num_clusters=num_clusters,
-                           in_channels=description.get("channels", 3))
+        model = build_model(description["arch"], len(description["classes"]), num_clusters=num_clusters,
+                            in_channels=description.get("channels", 3),
+                            channels_last=bool(description.get("channels_last", False)))
         model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"model folder {folder}: its config.json does not match its weights ("
                         f"{' '.join(str(error).split())[:200]}): copy the folder again from the run") from None
     description["cluster_tensors"] = {key.removeprefix("cluster."): value.to(device) for key, value in tensors.items()
                                       if key.startswith("cluster.")}
+    description["folder"] = str(folder)
     return model.to(device).eval(), description

@@ -101,8 +101,8 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     """Classify every row of `source` into `out` (rank 0 writes); returns counts on rank 0."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
-    device, rank, world = state.device, state.process_index, state.num_processes
+    device = PartialState(cpu=not torch.cuda.is_available()).device  # starts the process group when launched
+    rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
     out_path, source_path = Path(out), Path(source)
     if not source_path.exists():
         raise UserError(f"--input {source} does not exist")
@@ -115,7 +115,7 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     check_input_matches(source_path, description)
     total, rows, image_paths = input_rows(source_path, fits=description["encoding"] == "npy")
     outputs, locks, refusal = output_paths(out_path, embeddings), [], None
-    if rank == 0:
+    if main:
         try:
             locks = claim_outputs(outputs, model_folder, source_path, image_paths, overwrite)
             writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"])
@@ -124,23 +124,23 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     dist.raise_if_any(refusal)
     features_file = None
     try:
-        counts = _predict_rows(model, description, rows, total, writer if rank == 0 else None, embeddings,
+        counts = _predict_rows(model, description, rows, total, writer if main else None, embeddings,
                                (device, rank, world), batch_size, unusual_below)
         features_file = counts.pop("features_file")
-        rejected = gather_rejected(counts.pop("rejected_rows"), rank, world, out_path)
-        if rank == 0 and total and not counts["predicted"]:
+        rejected = gather_rejected(counts.pop("rejected_rows"), out_path)
+        if main and total and not counts["predicted"]:
             raise NothingPredicted(total)
-        if rank == 0:
+        if main:
             finish_outputs(writer, features_file, embeddings)
     except BaseException:
-        if rank == 0:
+        if main:
             writer.discard()
             drop_embeddings(features_file)
         raise
     finally:
         for lock in locks:
             lock.release()
-    return counts | {"rejected": len(rejected)} if rank == 0 else {}
+    return counts | {"rejected": len(rejected)} if main else {}
 
 
 def _predict_rows(model, description: dict, rows, total: int, writer, embeddings: str | None, where: tuple,
@@ -150,13 +150,13 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
     clusters = description["cluster_tensors"] if "centroids" in description["cluster_tensors"] else None
     far = (description.get("cluster") or {}).get("far_distance", float("inf"))
     features_file = None
-    if embeddings and rank == 0:
+    if embeddings and dist.is_main():
         temporary = Path(embeddings).with_name(f".{Path(embeddings).name}.tmp-{os.getpid()}.npy")
         features_file = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
                                                   shape=(total, model.feature_dim))
         features_file[:] = np.nan  # rejected rows stay NaN
     rejected_all, started, predicted = [], time.perf_counter(), 0
-    progress = tqdm(total=total, desc="predict", unit="img", disable=rank != 0)
+    progress = tqdm(total=total, desc="predict", unit="img", disable=not dist.is_main())
     try:
         for chunk in _chunks(rows, CHUNK_ROWS):
             kept, probabilities, features, rejected = _classify(model, chunk[rank::world], description, device,
@@ -170,7 +170,7 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
             kept, probabilities = dist.gather_variable(kept), dist.gather_variable(probabilities)
             features = dist.gather_variable(features) if embeddings else features
             predicted += len(kept)
-            if rank == 0:
+            if dist.is_main():
                 writer.write(_output_rows(chunk, kept, probabilities.cpu().numpy(), classes, unusual_below,
                                           assignment, distance, far))
                 if features_file is not None and len(kept):

@@ -9,6 +9,7 @@ import csv
 import os
 from pathlib import Path
 
+from .. import dist
 from ..errors import UserError
 from ..outputs import atomic_file, check_paths, claim, follow_umask, release, take_files
 
@@ -120,17 +121,12 @@ def finish_outputs(writer, features_file, embeddings: str | None) -> None:
         claim(embeddings, "predict")
 
 
-def gather_rejected(rejected: list, rank: int, world: int, out: Path) -> list:
+def gather_rejected(rejected: list, out: Path) -> list:
     """Every rank's rejected rows, written by rank 0 to OUT.rejected.csv (input order); an earlier list of
     predict's own is removed (a stale list would misreport this run), a file of the user's never."""
-    if world > 1:
-        import torch.distributed as torch_dist
-
-        everyone = [None] * world
-        torch_dist.all_gather_object(everyone, rejected)  # small: (row, reason) pairs, our own objects
-        rejected = [item for part in everyone for item in part]
+    rejected = dist.gather_objects(rejected)  # small: (row, reason) pairs
     side = rejected_path(out)
-    if rank == 0:
+    if dist.is_main():
         if rejected:
             with atomic_file(side) as temporary, open(temporary, "w", newline="") as handle:
                 writer = csv.writer(handle)

@@ -1,18 +1,22 @@
 """Checkpoints: `accelerator.save_state` plus our own trainer state, written atomically, with a `latest` pointer.
 
     OUTPUT_DIR/checkpoints/step_0000200/   model.safetensors, optimizer.bin, random_states_*.pkl (Accelerate)
-                                           trainer_state.pt (step, EMA count, scheduler, cluster state, classes),
-                                           ema.pt (the EMA weights), model/ (the portable model)
+                                           trainer_state.pt (step, EMA count, scheduler, algorithm and cluster
+                                           state, classes), ema.pt (the EMA weights), model/ (the portable model),
+                                           complete.json (written last: every file's size)
     OUTPUT_DIR/checkpoints/latest          the name of the newest complete checkpoint
 
 A checkpoint is built in a hidden `.step_*.tmp` folder and renamed when complete; `latest` is replaced atomically
-after that. Only finite weights are ever saved. A checkpoint that later turns out missing or unreadable is skipped
+after that. Completeness is decided from `complete.json` alone (every file it lists present with its size): no
+weights are read to find a checkpoint. Only finite weights are ever saved (checked when written), and the weights
+are checked again when a checkpoint is actually loaded. A checkpoint that later turns out missing or unreadable is skipped
 (newest complete one first) and, on resume, renamed `unreadable-step_*` so that it is neither pruned nor
 overwritten. Our own files are read with `torch.load(weights_only=True)`: no pickled code runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -22,12 +26,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import UserError, storage_failure
+from .. import dist
+from ..errors import UserError, storage_failure
+from .model_folder import write_model
 
 TRAINER_STATE = "trainer_state.pt"
 EMA_WEIGHTS = "ema.pt"
 MODEL_WEIGHTS = "model.safetensors"
 OPTIMIZER_STATE = "optimizer.bin"  # Accelerate's; with random_states_*.pkl, read when a run resumes
+COMPLETE = "complete.json"  # written last: {"step", "files": {relative path: bytes}}
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -39,7 +46,7 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
     """`model_folder`: (tensors, description) of the portable model written into the checkpoint's model/."""
     root = checkpoint_root(output_dir)
     final, staging = root / f"step_{step:07d}", root / f".step_{step:07d}.tmp"
-    if accelerator.is_main_process:
+    if dist.is_main():
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         for leftover in root.glob(".step_*.deleting"):  # a deletion a kill interrupted
@@ -48,13 +55,12 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
     try:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if dist.is_main():
             torch.save(trainer_state, staging / TRAINER_STATE)
             torch.save(ema_state, staging / EMA_WEIGHTS)
-            if model_folder is not None:  # the portable model folder (inference/model_folder.py)
-                from .inference.model_folder import write_model
-
+            if model_folder is not None:
                 write_model(staging / "model", *model_folder)
+            _write_complete(staging, step)
             _delete(final)
             staging.rename(final)
             pointer = root / ".latest.tmp"
@@ -64,7 +70,7 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
                 _delete(old)
     except BaseException as error:
         storage = storage_failure(error, root) if isinstance(error, Exception) else None
-        if accelerator.is_main_process:  # a full disk or a signal: no half-written checkpoint stays behind
+        if dist.is_main():  # a full disk or a signal: no half-written checkpoint stays behind
             shutil.rmtree(staging, ignore_errors=True)
         if storage is not None:
             raise storage from None
@@ -83,22 +89,43 @@ def _delete(folder: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def update_trainer_state(folder: Path, trainer_state: dict) -> None:
-    """Replace a complete checkpoint's trainer state atomically (the final clustering is added after saving)."""
-    temporary = folder / f".{TRAINER_STATE}.tmp"
-    torch.save(trainer_state, temporary)
-    os.replace(temporary, folder / TRAINER_STATE)
+def _write_complete(staging: Path, step: int) -> None:
+    """The record that makes a checkpoint complete, written after every other file (and atomically)."""
+    files = {str(path.relative_to(staging)): path.stat().st_size for path in sorted(staging.rglob("*"))
+             if path.is_file()}
+    temporary = staging / f".{COMPLETE}.tmp"
+    temporary.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    os.replace(temporary, staging / COMPLETE)
 
 
-def _all_finite(state: dict) -> bool:
+def all_finite(state: dict) -> bool:
     return all(torch.isfinite(value).all() for value in state.values()
                if torch.is_tensor(value) and value.is_floating_point())
 
 
 def problem(folder: Path) -> str | None:
-    """Why `folder` is not a complete, readable checkpoint with finite weights; None when it is."""
+    """Why `folder` is not a complete checkpoint; None when it is. From complete.json alone: every file it lists
+    is there with the size it was written with (a truncated or replaced file is caught; a checkpoint whose bytes
+    changed in place fails when it is loaded, and resuming then falls back to the previous one)."""
     if not folder.is_dir():
         return "is missing"
+    if not (folder / COMPLETE).is_file():
+        return _legacy_problem(folder) if (folder / TRAINER_STATE).is_file() else f"lacks {COMPLETE}"
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"is unreadable ({COMPLETE}: {type(error).__name__})"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"lacks {name}"
+        if path.stat().st_size != size:
+            return f"is unreadable ({name} has {path.stat().st_size} bytes, it was written with {size})"
+    return None
+
+
+def _legacy_problem(folder: Path) -> str | None:
+    """A checkpoint written before complete.json existed: its files are read and checked."""
     missing = [name for name in (TRAINER_STATE, EMA_WEIGHTS, MODEL_WEIGHTS, OPTIMIZER_STATE)
                if not (folder / name).is_file()]
     if not list(folder.glob("random_states_*.pkl")):
@@ -110,7 +137,7 @@ def problem(folder: Path) -> str | None:
         ema, model = load_ema_weights(folder), load_file(folder / MODEL_WEIGHTS)
     except (UserError, SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
         return f"is unreadable ({' '.join(str(error).split())[:160]})"
-    if not (_all_finite(ema) and _all_finite(model)):
+    if not (all_finite(ema) and all_finite(model)):
         return "holds non-finite weights"
     return None
 
