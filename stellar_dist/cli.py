@@ -88,7 +88,8 @@ def _run_export(args) -> None:
 
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help="test-split report for a checkpoint's EMA model")
-    parser.add_argument("--checkpoint", required=True, help="checkpoints/step_* folder, or a run folder (its latest)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_* folder, a run folder (its "
+                        "latest) or a model folder, moved anywhere")
     parser.add_argument("--shards", required=True, help="packed shards whose test split to evaluate")
     parser.add_argument("--out", help="folder for metrics.json and plots (default: RUN/eval_step_N)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
@@ -105,7 +106,8 @@ def _run_evaluate(args) -> None:
 def _add_cluster(commands) -> None:
     parser = commands.add_parser("cluster", help="k-means of a checkpoint's features: Hungarian accuracy, NMI, "
                                                  "ARI, linear probe, cluster grids")
-    parser.add_argument("--checkpoint", required=True, help="checkpoints/step_* folder, or a run folder (its latest)")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_* folder, a run folder (its "
+                        "latest) or a model folder, moved anywhere")
     parser.add_argument("--shards", required=True, help="packed shards (labeled + unlabeled are clustered)")
     parser.add_argument("--k", type=int, help="clusters (default: the run's cluster.k, 0 = 5 x classes)")
     parser.add_argument("--backend", choices=["faiss", "torch"], help="default: the run's cluster.backend")
@@ -173,13 +175,6 @@ def _run_pack(args) -> None:
         print(f"packed once: {len(manifest['duplicates'])} catalog row(s) repeat an image of an earlier row, listed "
               f"in {args.out}/manifest.json under 'duplicates'; first: {first['image_path']} is {first['reason']} "
               f"as {first['duplicate_of']}")
-
-
-@exit_on_user_error
-def run_module(description: str, add_arguments, run, argv: list[str] | None = None) -> None:
-    """`python -m stellar_dist.X` / `accelerate launch -m stellar_dist.X`: one subcommand as its own program."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run(add_arguments(parser).parse_args(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,13 +117,3 @@ def gather_objects(values: list) -> list:
     everyone = [None] * world_size()
     dist.all_gather_object(everyone, values)
     return [item for part in everyone for item in part]
-
-
-def raise_if_any(message: str | None) -> None:
-    """Every rank raises the same one-line UserError when rank 0 (the only writer) refused: locks and ownership
-    are checked on rank 0, and the other ranks must not wait for it in a collective."""
-    from .errors import UserError
-
-    message = broadcast_object(message)
-    if message:
-        raise UserError(message)

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+from . import dist
+
 
 class UserError(Exception):
     """A problem with the user's input or environment; its message says what to do."""
@@ -106,8 +108,6 @@ def exit_on_user_error(func):
             if error.errno not in STORAGE_ERRNOS:
                 raise
             message = storage_message(error)
-        from . import dist
-
         prefix = "" if dist.is_main() else f"rank {os.environ.get('RANK', '?')}: "
         print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
         _tell_launcher(f"error: {message}")
@@ -126,3 +126,20 @@ def _tell_launcher(line: str) -> None:
                 json.dump({"message": line, "timestamp": int(time.time())}, handle)
         except OSError:
             pass
+
+
+def raise_if_any(message: str | None) -> None:
+    """Every rank raises the same one-line UserError when rank 0 (the only writer) refused: locks and ownership
+    are checked on rank 0, and the other ranks must not wait for it in a collective."""
+    message = dist.broadcast_object(message)
+    if message:
+        raise UserError(message)
+
+
+@exit_on_user_error
+def run_module(description: str, add_arguments, run, argv: list[str] | None = None) -> None:
+    """`python -m stellar_dist.X` / `accelerate launch -m stellar_dist.X`: one subcommand as its own program."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run(add_arguments(parser).parse_args(argv))

@@ -20,7 +20,7 @@ from .clustering.head import ClusterHead, head_size, wanted
 from .config import Config, save_config, to_dict
 from .data.eval_data import EvalData
 from .data.manifest import check_shards, load_manifest
-from .errors import UserError
+from .errors import UserError, raise_if_any
 from .models import build_model
 from .optim import build_optimizer, ema_with_warmup, warmup_cosine
 from .outputs import OutputLock, check_paths
@@ -98,7 +98,7 @@ def take_run_folder(accelerator: Accelerator, output_dir: Path) -> None:
                                   "here; anything else in this folder is yours and is never touched\n")
         except UserError as error:
             refusal = str(error)
-    dist.raise_if_any(refusal)
+    raise_if_any(refusal)
 
 
 def _older_complete(output_dir: Path, than: Path):

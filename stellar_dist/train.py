@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cli import run_module
+    from .errors import run_module
 
     run_module(__doc__, add_arguments, run, argv)
 

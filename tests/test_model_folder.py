@@ -55,3 +55,25 @@ def test_exports_give_pytorchs_probabilities(sim_shards, tmp_path, plain_run):
     assert np.abs(scripted(images).detach().numpy() - expected).max() < 1e-4
     session = onnxruntime.InferenceSession(str(run / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected).max() < 1e-4
+
+
+def test_every_command_loads_a_checkpoint_moved_out_of_its_run(sim_shards, tmp_path, plain_run):
+    """One loader for evaluate, cluster and predict: a checkpoint copied anywhere (no run folder around it, no
+    config.yaml) gives the numbers it gives inside its run, in the run's layout."""
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(plain_run, run, symlinks=True)
+    inside = checkpoint.find_latest(run)
+    moved = tmp_path / "elsewhere" / inside.name
+    shutil.copytree(inside, moved)
+    reports = {}
+    for name, path in (("inside", inside), ("moved", moved)):
+        run_cli("evaluate", "--checkpoint", str(path), "--shards", str(sim_shards), "--out", str(tmp_path / name))
+        reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test"]
+    assert reports["moved"] == reports["inside"] and sum(map(sum, reports["moved"]["confusion_matrix"])) > 0
+    run_cli("cluster", "--checkpoint", str(moved), "--shards", str(sim_shards), "--out", str(tmp_path / "c"))
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["cluster"]["num_scored"] > 0
+    model, description = load_model(moved)
+    assert description["channels_last"] is True  # the run's layout (train.channels_last)
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -60,17 +60,23 @@ class ItemMaker:
         if "too_large" in raw:
             raise ValueError(raw["too_large"].decode())
         if self.encoding == "npy":
-            array = np.load(io.BytesIO(raw["npy"]), allow_pickle=False)
-            size = self.image_size or array.shape[-1]
-            if array.shape != (self.stretch.channels, size, size) or array.dtype.kind != "f":
-                raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not "
-                                 f"{self.stretch.channels} float bands of {size} x {size}")
-            return self.stretch.to_noise_units(array)
-        array = rgb_array(raw, self.encoding, self.image_size or None)
+            return self.flux(np.load(io.BytesIO(raw["npy"]), allow_pickle=False))
+        # 8-bit: the member in the shards' encoding (any of png / jpg / u8 reads alike: predict hands over others)
+        encoding = self.encoding if self.encoding in raw else next(
+            (name for name in ("png", "jpg", "u8") if name in raw), self.encoding)
+        array = rgb_array(raw, encoding, self.image_size or None)
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         if self.grayscale:
             tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
         return tensor
+
+    def flux(self, array: np.ndarray) -> torch.Tensor:
+        """An N-band cutout (bands x size x size, float) as sky-subtracted flux in noise units."""
+        size = self.image_size or array.shape[-1]
+        if array.shape != (self.stretch.channels, size, size) or array.dtype.kind != "f":
+            raise ValueError(f"array of shape {array.shape} and type {array.dtype}, not "
+                             f"{self.stretch.channels} float bands of {size} x {size}")
+        return self.stretch.to_noise_units(array)
 
     def __call__(self, raw: dict, generator: torch.Generator, seed: int = 0) -> dict:
         try:

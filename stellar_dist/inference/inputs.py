@@ -3,16 +3,15 @@ training (from the model's config.json), and a model/input mismatch named before
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..data.bands import Stretch, is_fits, read_cutout, resize_cutout
+from ..data.bands import is_fits, read_cutout, resize_cutout
 from ..data.catalog import IMAGE_SUFFIXES
-from ..data.streams import rgb_array
+from ..data.streams import ItemMaker
 from ..errors import UserError
 
 
@@ -89,40 +88,42 @@ def input_rows(source: Path, fits: bool = False):
     return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths
 
 
-def prepare(row: tuple, description: dict, stretch: Stretch | None = None) -> tuple[torch.Tensor | None, str | None]:
-    """The image as the model saw it in training, or (None, the reason it cannot be read)."""
+def prepare(row: tuple, maker: ItemMaker, description: dict) -> tuple[torch.Tensor | None, str | None]:
+    """The image as the model saw it in training, or (None, the reason it cannot be read). Files are cropped or
+    resized as pack does (data/images.py, data/bands.py); every image is then read and stretched by the data
+    code training used (`ItemMaker` of the model's description: the same reader, stretch and grayscale)."""
     from ..data.images import encode, preprocess_image
 
     _, path, payload = row
-    if description["encoding"] == "npy":
-        return _prepare_bands(path, payload, description, stretch or Stretch(description["stretch"]))
     try:
+        if description["encoding"] == "npy":
+            if payload is None:
+                cube = resize_cutout(read_cutout(path, tuple(description["bands"])), description["image_size"],
+                                     description["preprocess"])
+                return maker.finish(maker.flux(np.asarray(cube, dtype=np.float32))), None
+            return maker.finish(maker.decode({"npy": payload})), None
         if payload is None:
             image = preprocess_image(path, description["image_size"], description["preprocess"])
-            if description["encoding"] == "jpg":  # the shards held JPEGs: the same compression
-                image = Image.open(io.BytesIO(encode(image, "jpg")))
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        else:  # a shard member, in the shards' own 8-bit encoding (png, jpg or u8: any of them reads alike)
-            encoding, payload = payload
-            array = rgb_array({encoding: payload}, encoding, description["image_size"])
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, UserError) as error:
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-    if description.get("grayscale"):
-        tensor = tensor.mean(0, keepdim=True).expand(3, -1, -1).contiguous()
-    return tensor, None
+            # JPEG shards: the same compression as in training; otherwise the pixels as they are (lossless)
+            encoding = "jpg" if description["encoding"] == "jpg" else "u8"
+            payload = (encoding, encode(image.convert("RGB"), encoding))
+        encoding, data = payload  # a shard member, in its shards' own 8-bit encoding
+        return maker.finish(maker.decode({encoding: data})), None
+    except (OSError, ValueError, TypeError, EOFError, SyntaxError, KeyError, Image.DecompressionBombError,
+            UserError) as error:
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
-def _prepare_bands(path: str, payload: bytes | None, description: dict, stretch: Stretch):
-    """An N-band cutout (a FITS file, or an array from N-band shards) stretched as in training."""
-    size, channels = description["image_size"], description["channels"]
-    try:
-        if payload is None:
-            cube = resize_cutout(read_cutout(path, tuple(description["bands"])), size, description["preprocess"])
-        else:
-            cube = np.load(io.BytesIO(payload), allow_pickle=False)
-        if cube.shape != (channels, size, size):
-            raise ValueError(f"cutout has shape {cube.shape}, the model takes {(channels, size, size)}")
-    except (OSError, ValueError, TypeError, EOFError) as error:
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    return stretch.apply_asinh(stretch.to_noise_units(cube)), None
+class PreparedRows(torch.utils.data.Dataset):
+    """One chunk's rows, prepared in DataLoader workers: (row index, image tensor or None, reason or None)."""
+
+    def __init__(self, rows: list[tuple[int, tuple]], description: dict):
+        self.rows, self.description = rows, description
+        self.maker = ItemMaker.for_shards("plain", description, bool(description.get("grayscale")))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int):
+        index, row = self.rows[position]
+        return (index, *prepare(row, self.maker, self.description))

@@ -33,9 +33,8 @@ import torch
 from tqdm import tqdm
 
 from .. import dist
-from ..data.bands import Stretch
-from ..errors import UserError
-from .inputs import check_input_matches, input_rows, prepare
+from ..errors import UserError, raise_if_any
+from .inputs import PreparedRows, check_input_matches, input_rows
 from .model_folder import find_model_folder, load_model
 from .writer import (Writer, claim_outputs, drop_embeddings, finish_outputs, gather_rejected, output_paths,
                      rejected_path)
@@ -45,17 +44,19 @@ CHUNK_ROWS = 2048
 
 
 @torch.no_grad()
-def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, batch_size: int):
-    """This rank's rows of a chunk: (row indices, probabilities, features, rejected [(row, reason)])."""
+def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, batch_size: int, workers: int):
+    """This rank's rows of a chunk: (row indices, probabilities, features, rejected [(row, reason)]). Images are
+    read and prepared in `workers` DataLoader processes (0: in this one)."""
     kept, tensors, rejected = [], [], []
-    stretch = Stretch(description["stretch"]) if description.get("stretch") else None  # once per chunk
-    for index, row in rows:
-        tensor, reason = prepare(row, description, stretch)
-        if tensor is None:
-            rejected.append((index, reason))
-        else:
-            kept.append(index)
-            tensors.append(tensor)
+    loader = torch.utils.data.DataLoader(PreparedRows(rows, description), batch_size=64, num_workers=workers,
+                                         collate_fn=list)
+    for part in loader:
+        for index, tensor, reason in part:
+            if tensor is None:
+                rejected.append((index, reason))
+            else:
+                kept.append(index)
+                tensors.append(tensor)
     probabilities, features = [], []
     for start in range(0, len(tensors), batch_size):
         batch = torch.stack(tensors[start : start + batch_size]).to(device)
@@ -97,7 +98,7 @@ def _chunks(rows, size: int):
 
 
 def predict(model_path: str, source: str, out: str, embeddings: str | None = None, batch_size: int = 256,
-            unusual_below: float = 0.6, overwrite: bool = False) -> dict:
+            unusual_below: float = 0.6, overwrite: bool = False, workers: int = 2) -> dict:
     """Classify every row of `source` into `out` (rank 0 writes); returns counts on rank 0."""
     from accelerate import PartialState
 
@@ -121,11 +122,11 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
             writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"])
         except UserError as error:
             refusal = str(error)
-    dist.raise_if_any(refusal)
+    raise_if_any(refusal)
     features_file = None
     try:
         counts = _predict_rows(model, description, rows, total, writer if main else None, embeddings,
-                               (device, rank, world), batch_size, unusual_below)
+                               (device, rank, world), batch_size, unusual_below, workers)
         features_file = counts.pop("features_file")
         rejected = gather_rejected(counts.pop("rejected_rows"), out_path)
         if main and total and not counts["predicted"]:
@@ -144,7 +145,7 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
 
 
 def _predict_rows(model, description: dict, rows, total: int, writer, embeddings: str | None, where: tuple,
-                  batch_size: int, unusual_below: float) -> dict:
+                  batch_size: int, unusual_below: float, workers: int) -> dict:
     device, rank, world = where
     classes = description["classes"]
     clusters = description["cluster_tensors"] if "centroids" in description["cluster_tensors"] else None
@@ -160,7 +161,7 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
     try:
         for chunk in _chunks(rows, CHUNK_ROWS):
             kept, probabilities, features, rejected = _classify(model, chunk[rank::world], description, device,
-                                                                batch_size)
+                                                                batch_size, workers)
             rejected_all.extend(rejected)
             assignment = distance = None
             if clusters is not None:
@@ -214,6 +215,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    value = _positive_int(text) if text.strip() != "0" else 0
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"{text} is more than 64 workers")
+    return value
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -230,6 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (1-65536)")
     parser.add_argument("--unusual-below", type=_probability, default=0.6,
                         help="flag rows whose max probability is below (0-1)")
+    parser.add_argument("--workers", type=_workers, default=2, help="processes reading and preparing images "
+                        "per rank (0-64; 0: in the main process)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files that predict did "
                         "not write (files it wrote itself are replaced without it)")
     return parser
@@ -238,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     try:
         counts = predict(args.model, args.input, args.out, args.embeddings, args.batch_size, args.unusual_below,
-                         args.overwrite)
+                         args.overwrite, args.workers)
     except NothingPredicted as nothing:
         side = rejected_path(Path(args.out))
         first = next(csv.DictReader(open(side)))
@@ -253,7 +263,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..cli import run_module
+    from ..errors import run_module
 
     run_module(__doc__, add_arguments, run, argv)
 
