@@ -1,14 +1,19 @@
-"""Label-efficiency protocol: one catalog, one fixed test split, several labeled fractions, several algorithms and
-seeds, all trained through launch/train.py; one table (mean +/- std) and one plot.
+"""Label-efficiency protocol: one catalog, one fixed test split, several label counts or fractions, several
+algorithms and seeds, all trained through launch/train.py; one table (mean +/- std) and one plot against the
+number of labels (log axis).
 
     python bench/label_efficiency.py --catalog ../shared/sdss_dr16/catalog.csv --out runs/label_efficiency \
         --config configs/sdss_cpu.yaml --pack "--preprocess crop --image-size 32" \
-        --run "0.1 supervised 0,1,2" --run "0.1 fixmatch 0,1,2" --run "0.8 supervised 0"
+        --run "100 supervised 0,1,2" --run "100 softmatch 0,1,2 pretrain.steps=500" --run "0.8 supervised 0"
 
-Each --run is "FRACTION ALGORITHM SEEDS [KEY=VALUE ...]" (overrides name a variant, e.g.
-"0.1 fixmatch 0 ssl.distribution_alignment=true"). A labeled fraction of 1 - test fraction (0.8 by default)
-labels every training sample: the ceiling of the recipe. Every fraction is packed with the same seed and test
-fraction, so the test split is the same sample set for all of them and smaller labeled splits are subsets of
+Each --run is "LABELS ALGORITHM SEEDS [KEY=VALUE ...]": LABELS is a count (an integer: `pack --labeled-count`,
+one per class first, then by class share, nested in the count) or a fraction (`pack --labeled-fraction`);
+overrides name a variant (e.g. "300 fixmatch 0 ssl.distribution_alignment=true"). A labeled fraction of
+1 - test fraction (0.8 by default) labels every training sample: the ceiling of the recipe. `--validation`
+evaluates every run on a validation split carved from the training pool (`pack --validation-fraction`), never on
+the test split: choose recipes and hyperparameters with it, then report the chosen ones without it. Every count or
+fraction is packed with the same seed and test fraction, so the test split is the same sample set for all of them
+and smaller labeled splits are subsets of
 larger ones. Finished runs are kept and skipped, so the command can be re-run to extend a sweep; `--report`
 only rebuilds the table and plot. Writes OUT/results.json, OUT/table.md and OUT/label_efficiency.png.
 """
@@ -30,26 +35,35 @@ REPO = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
+VALIDATION_FRACTION = 0.1  # of each class, carved from the training pool by --validation
+
+
 def parse_run(text: str) -> dict:
-    fraction, algorithm, seeds, *overrides = text.split()
+    labels, algorithm, seeds, *overrides = text.split()
     short = [f"{key.split('.')[-1]}={value}" for key, value in (item.split("=", 1) for item in overrides)]
     label = " ".join([algorithm, *short])
-    return {"fraction": float(fraction), "algorithm": algorithm, "seeds": [int(s) for s in seeds.split(",")],
+    return {"labels": labels, "algorithm": algorithm, "seeds": [int(s) for s in seeds.split(",")],
             "overrides": overrides, "label": label}
 
 
-def pack(catalog: str, out: Path, fraction: float, pack_args: str, test_fraction: float) -> Path:
-    shards = out / "shards" / f"labeled_{fraction:g}"
+def shards_dir(out: Path, labels: str, validation: bool) -> Path:
+    return out / "shards" / f"labeled_{labels}{'_validation' if validation else ''}"
+
+
+def pack(catalog: str, out: Path, labels: str, pack_args: str, test_fraction: float, validation: bool) -> Path:
+    shards = shards_dir(out, labels, validation)
+    amount = ["--labeled-count", labels] if labels.isdigit() else ["--labeled-fraction", labels]
+    held = ["--validation-fraction", str(VALIDATION_FRACTION)] if validation else []
     if not (shards / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", catalog, "--out", str(shards),
-                        "--labeled-fraction", str(fraction), "--test-fraction", str(test_fraction),
-                        *shlex.split(pack_args)], check=True, cwd=REPO)
+                        *amount, "--test-fraction", str(test_fraction), *held, *shlex.split(pack_args)],
+                       check=True, cwd=REPO)
     return shards
 
 
-def run_dir(out: Path, run: dict, seed: int) -> Path:
+def run_dir(out: Path, run: dict, seed: int, validation: bool) -> Path:
     name = run["label"].replace(" ", "_").replace("=", "-")
-    return out / "runs" / f"labeled_{run['fraction']:g}" / name / f"seed{seed}"
+    return out / "runs" / f"labeled_{run['labels']}{'_validation' if validation else ''}" / name / f"seed{seed}"
 
 
 def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None:
@@ -100,19 +114,21 @@ def pseudo_label_share(folder: Path, name: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def collect(out: Path, runs: list[dict]) -> list[dict]:
+def collect(out: Path, runs: list[dict], validation: bool) -> list[dict]:
     rows = []
     for run in runs:
         found = []
         for seed in run["seeds"]:
-            folder = run_dir(out, run, seed)
+            folder = run_dir(out, run, seed, validation)
             if (folder / "metrics.json").exists():
                 metrics = json.loads((folder / "metrics.json").read_text())
                 wall = folder / "wall_seconds.txt"
                 found.append((seed, metrics, float(wall.read_text()) if wall.exists() else None))
         if not found:
             continue
-        row = {"fraction": run["fraction"], "label": run["label"], "seeds": [seed for seed, _, _ in found],
+        manifest = json.loads((shards_dir(out, run["labels"], validation) / "manifest.json").read_text())
+        row = {"labels": run["labels"], "num_labeled": manifest["num_samples"]["labeled"], "label": run["label"],
+               "evaluated_on": "validation" if validation else "test", "seeds": [seed for seed, _, _ in found],
                "wall_seconds": [wall for _, _, wall in found]}
         tests = [metrics["test"] for _, metrics, _ in found]
         for key in METRICS:
@@ -125,7 +141,8 @@ def collect(out: Path, runs: list[dict]) -> list[dict]:
         for key in ("precision", "recall"):
             values = [test["per_class"][rare][key] for test in tests]
             row[f"{key}_{rare}"] = (float(np.mean(values)), float(np.std(values)))
-        shares = [share for seed, _, _ in found if (share := pseudo_label_share(run_dir(out, run, seed), rare))
+        shares = [share for seed, _, _ in found
+                  if (share := pseudo_label_share(run_dir(out, run, seed, validation), rare))
                   is not None]  # runs older than the diagnostic have none
         row["rare"], row[f"pseudo_label_share_{rare}"] = rare, float(np.mean(shares)) if shares else None
         rows.append(row)
@@ -140,7 +157,7 @@ def table(rows: list[dict]) -> str:
               f"{rare} share of pseudo-labels", "wall s / run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [f"{row['fraction']:g}", row["label"], ",".join(map(str, row["seeds"]))]
+        cells = [str(row["num_labeled"]), row["label"], ",".join(map(str, row["seeds"]))]
         spread = len(row["seeds"]) > 1  # one seed has no spread: print the value alone
         cells += [f"{row[key][0]:.3f} ± {row[key][1]:.3f}" if spread else f"{row[key][0]:.3f}"
                   for key in (*METRICS, *(f"f1_{n}" for n in classes), f"precision_{rare}", f"recall_{rare}")]
@@ -161,17 +178,19 @@ def plot(rows: list[dict], path: Path, rare: str = "QSO") -> None:
     from matplotlib.ticker import NullFormatter
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 5.2))
-    fractions = sorted({row["fraction"] for row in rows})
+    counts = sorted({row["num_labeled"] for row in rows})
     for index, label in enumerate(sorted({row["label"] for row in rows})):
-        points = sorted((row["fraction"], row) for row in rows if row["label"] == label)
+        points = sorted((row["num_labeled"], row) for row in rows if row["label"] == label)
         for axis, key in zip(axes, ("macro_f1", f"f1_{rare}")):
             if all(key in row for _, row in points):
                 axis.errorbar([f for f, _ in points], [r[key][0] for _, r in points],
                               yerr=[r[key][1] for _, r in points], marker="osD^v<>px*"[index % 10], capsize=3,
                               label=label, linestyle="-" if len(points) > 1 else "none")
+    where = rows[0]["evaluated_on"] if rows else "test"
     for axis, title in zip(axes, ("macro-F1", f"{rare} F1")):
-        axis.set(xscale="log", xlabel="labeled fraction", title=title)
-        axis.set_xticks(fractions, [f"{fraction:g}" for fraction in fractions])
+        axis.set(xscale="log", xlabel="labeled objects (spectra)", ylabel=f"{title} on the {where} split",
+                 title=f"{title} against the number of labels")
+        axis.set_xticks(counts, [str(count) for count in counts])
         axis.xaxis.set_minor_formatter(NullFormatter())
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
@@ -187,7 +206,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/sdss_cpu.yaml")
     parser.add_argument("--pack", default="--preprocess crop --image-size 32", help="extra `stellar-dist pack` flags")
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--run", action="append", default=[], help='"FRACTION ALGORITHM SEEDS [KEY=VALUE ...]"')
+    parser.add_argument("--run", action="append", default=[], help='"LABELS ALGORITHM SEEDS [KEY=VALUE ...]"')
+    parser.add_argument("--validation", action="store_true", help="evaluate on a validation split carved from the "
+                        "training pool (for choosing), not on the test split")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for every run (e.g. train.steps=500)")
     args = parser.parse_args()
@@ -196,16 +217,16 @@ def main() -> None:
     out, runs = Path(args.out).resolve(), [parse_run(text) for text in args.run]
     if not args.report:
         for run in runs:
-            shards = pack(args.catalog, out, run["fraction"], args.pack, args.test_fraction)
+            shards = pack(args.catalog, out, run["labels"], args.pack, args.test_fraction, args.validation)
             for seed in run["seeds"]:
-                train(args.config, shards, run_dir(out, run, seed), run, seed, args.overrides)
+                train(args.config, shards, run_dir(out, run, seed, args.validation), run, seed, args.overrides)
     for run in runs:  # --report too: a table never mixes configs
         for seed in run["seeds"]:
-            folder = run_dir(out, run, seed)
+            folder = run_dir(out, run, seed, args.validation)
             if (folder / "metrics.json").exists():
-                shards = out / "shards" / f"labeled_{run['fraction']:g}"
+                shards = shards_dir(out, run["labels"], args.validation)
                 same_config_or_exit(args.config, run_overrides(shards, folder, run, seed, args.overrides), folder)
-    rows = collect(out, runs)
+    rows = collect(out, runs, args.validation)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     (out / "table.md").write_text(table(rows))

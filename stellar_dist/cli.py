@@ -29,8 +29,15 @@ def _add_pack(commands) -> None:
                         "or a folder per class; image_path may point to FITS cutouts (see shards/README.md)")
     parser.add_argument("--out", help="new folder for the shards and manifest.json")
     parser.add_argument("--verify", metavar="SHARDS", help="re-check counts and hashes of packed shards")
-    parser.add_argument("--labeled-fraction", type=float, default=0.1)
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--labeled-fraction", type=float, default=0.1, help="fraction of each class whose label "
+                        "training may use (default 0.1)")
+    parser.add_argument("--labeled-count", type=int, default=0, help="instead: this many labels in all, one per "
+                        "class first, then by class share; nested (N labels contain every smaller set)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="fraction of each class held out for "
+                        "the test split (default 0.2); the same rows for every labeled fraction or count")
+    parser.add_argument("--validation-fraction", type=float, default=0.0, help="> 0: shards for choosing a recipe: "
+                        "their test split is this fraction of each class carved from the training pool, and the "
+                        "real test rows are left out")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--preprocess", choices=["resize", "crop"], default="resize",
                         help="resize: whole field, area-averaged (default); crop: centre crop at full resolution")
@@ -151,7 +158,8 @@ def _run_pack(args) -> None:
     if not args.catalog or not args.out:
         raise UserError("pack needs --catalog CSV_OR_DIR and --out SHARDS (or --verify SHARDS, or --merge SHARDS)")
     options = PackOptions(
-        labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, image_size=args.image_size,
+        labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, labeled_count=args.labeled_count,
+        validation_fraction=args.validation_fraction, image_size=args.image_size,
         preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, shard_size=args.shard_size,
         workers=args.workers, strict=args.strict, bands=args.bands,
     )

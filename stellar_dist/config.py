@@ -92,6 +92,12 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 0  # > 0: DeepCluster on the unlabeled images for this many steps first, then ssl.algorithm from
+    # those weights (stellar_dist/stages.py); 0: no pretraining
+
+
+@dataclass(frozen=True)
 class DistConfig:
     timeout_s: float = 900.0  # a collective waiting this long for another rank (dead or frozen node) ends the run
     # with one line naming the last good checkpoint; long enough for rank 0's k-means while the others wait
@@ -107,6 +113,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     output_dir: str = "runs/demo"  # everything of the run goes here
     seed: int = 0  # model init, data order, augmentation: the same seed gives the same run
     resume: str = "none"  # "none", "auto" (latest checkpoint in output_dir, if any), or a checkpoint/run folder
@@ -137,7 +144,7 @@ RANGES = {
     "checkpoint.every_steps": "[0, inf)", "checkpoint.keep_last": "[0, inf)",
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, 100000]", "cluster.pca_dim": "[0, 4096]",
     "cluster.iterations": "[1, 10000]", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, 100]",
-    "dist.timeout_s": "(0, 86400]",
+    "dist.timeout_s": "(0, 86400]", "pretrain.steps": "[0, 1e9]",
     "seed": "[0, inf)",
 }
 

@@ -66,6 +66,11 @@ def _loaders(run: Run):
     return labeled, unlabeled
 
 
+def evaluated_on(manifest: dict) -> str:
+    """What the shards' test split is: the test split, or a validation split carved from the training pool."""
+    return "validation" if manifest.get("arguments", {}).get("validation_fraction") else "test"
+
+
 def _to_device(batch: dict | None, device: torch.device) -> dict | None:
     return None if batch is None else {key: value.to(device, non_blocking=True) for key, value in batch.items()}
 
@@ -125,7 +130,8 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
         return
     # Without a class head (DeepCluster alone) there is no test report: its linear probe is under "cluster".
     metrics = {"steps": step, "world_size": run.accelerator.num_processes, "algorithm": run.config.ssl.algorithm,
-               "arch": run.config.model.arch, "train_seconds": seconds} | ({"test": report} if report else {})
+               "arch": run.config.model.arch, "train_seconds": seconds, "evaluated_on": evaluated_on(run.manifest)
+               } | ({"test": report} if report else {})
     if clusters is not None:
         metrics["cluster"] = clusters
     temporary = run.output_dir / "metrics.json.tmp"
@@ -263,6 +269,8 @@ def train(config: Config) -> dict | None:
         _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
         if dist.is_main():
             if report:
+                if evaluated_on(run.manifest) == "validation":
+                    print("on the validation split (pack --validation-fraction): for choosing, not for reporting")
                 print(format_report(report))
             if clusters is not None:
                 print(format_cluster_report(clusters))

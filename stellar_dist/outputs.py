@@ -38,6 +38,19 @@ def _release_held() -> None:
             lock.release()
 
 
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) shares its parent's locked files; flock belongs to the open file, so a
+    child that outlives a killed parent for a moment would keep the run locked, and a child that released it
+    would unlock its parent. The child closes its copies (the parent's lock stays) and forgets them."""
+    for lock in _HELD:
+        with contextlib.suppress(OSError):
+            lock.handle.close()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def umask() -> int:
     current = os.umask(0)
     os.umask(current)

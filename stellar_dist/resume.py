@@ -21,7 +21,7 @@ SAME_ORDER = ("data.num_workers", "train.batch_size", "ssl.mu", "seed", "data.sh
 SCHEDULE = ("train.steps", "train.warmup_steps", "train.lr")  # the learning-rate curve is recomputed from these
 # The names a run writes in its output_dir; anything else there is the user's and is never touched.
 RUN_NAMES = ("checkpoints", "model", "plots", "config.yaml", "metrics.json", "log.jsonl", "predictions.csv",
-             "assignments.csv", "wandb", "wandb_run_id")
+             "assignments.csv", "wandb", "wandb_run_id", "pretrain")
 RUN_MARKER = ".stellar-dist-run"  # written when a run first takes its folder
 
 

@@ -8,6 +8,8 @@
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.train --config configs/demo.yaml
 All GPUs of a node (bf16):
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m stellar_dist.train --config configs/sdss.yaml
+DeepCluster pretraining on the unlabeled images, then FixMatch from those weights (two stages, one command):
+    stellar-dist train --config configs/demo.yaml pretrain.steps=300 output_dir=runs/pretrained
 DeepCluster alone (no labels), or a DeepCluster head beside FixMatch:
     stellar-dist train --config configs/demo.yaml ssl.algorithm=deepcluster output_dir=runs/dc
     stellar-dist train --config configs/demo.yaml cluster.lambda_c=0.3 cluster.every_steps=100
@@ -29,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .engine import train
+    from .stages import train_in_stages
 
-    train(load_config(args.config, args.overrides))
+    train_in_stages(load_config(args.config, args.overrides))
 
 
 def main(argv: list[str] | None = None) -> None:

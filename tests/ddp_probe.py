@@ -34,7 +34,8 @@ def fixed_batch(global_size: int, image_size: int, seed: int = 0) -> tuple[dict,
 
 STATE_ALGORITHMS = {"flexmatch": ["ssl.threshold=0.36"],
                     "freematch": ["ssl.threshold=0.36", "ssl.distribution_alignment=true",
-                                  "ssl.freematch.ema_momentum=0.5"]}
+                                  "ssl.freematch.ema_momentum=0.5"],
+                    "softmatch": ["ssl.softmatch.ema_momentum=0.5"]}
 
 
 def algorithm_states(model, manifest, device, rank: int, shards: str, world_size: int = 2) -> dict:

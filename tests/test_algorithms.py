@@ -63,6 +63,28 @@ def test_freematch_thresholds_follow_the_ema_and_fairness_loss():
     assert fairness_loss(logits, torch.zeros(2), p_model, histogram).item() == 0.0
 
 
+def test_softmatch_weights_every_pseudo_label_by_a_truncated_gaussian():
+    algorithm = make("softmatch", "ssl.softmatch.ema_momentum=0.0", "ssl.softmatch.uniform_alignment=false")
+    probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]])
+    weights = algorithm.threshold_mask(probabilities, torch.arange(3))
+    # EMA = this batch: mean confidence 0.6, unbiased variance 0.01; at or above the mean: 1; below: Gaussian
+    assert torch.allclose(algorithm.mean, torch.tensor(0.6)) and torch.allclose(algorithm.variance, torch.tensor(0.01))
+    assert torch.allclose(weights, torch.tensor([1.0, 1.0, math.exp(-(0.1**2) / (2 * 0.01 / 2.0**2))]), atol=1e-4)
+    state = algorithm.state_dict()
+    again = make("softmatch")
+    again.load_state_dict(state)
+    assert torch.equal(again.mean, algorithm.mean) and torch.equal(again.variance, algorithm.variance)
+    # Uniform alignment: the batch's mean prediction is pulled towards uniform (a rare class gains weight).
+    aligned = make("softmatch", "ssl.softmatch.ema_momentum=0.0")
+    skewed = torch.tensor([[0.8, 0.15, 0.05], [0.7, 0.2, 0.1], [0.6, 0.3, 0.1]])
+    after = aligned.alignment(skewed)
+    assert torch.allclose(after.sum(-1), torch.ones(3))
+    assert torch.allclose(after.mean(0), torch.full((3,), 1 / 3), atol=0.05) and after[:, 2].mean() > 0.2
+    loss, stats = aligned.loss(lambda images: images, {"image": torch.randn(2, 3), "label": torch.tensor([0, 1])},
+                               {"weak": skewed.log(), "strong": torch.randn(3, 3), "id": torch.arange(3)}, 0)
+    assert stats["mask"].shape == (3,) and 0 < stats["mask"].min() <= stats["mask"].max() <= 1
+
+
 def test_mixmatch_sharpen_mixup_and_loss():
     sharpened = sharpen(torch.tensor([[0.6, 0.4]]), 0.5)
     assert torch.allclose(sharpened, torch.tensor([[0.36, 0.16]]) / 0.52)

@@ -67,3 +67,35 @@ def test_deepcluster_alone_and_the_cluster_command(sim_shards, tmp_path):
         assert (rows["distance"] >= 0).all()
     fit = rows[rows["split"] != "test"]  # cluster sizes count the samples the clusters were fit on
     assert np.bincount(fit["cluster"], minlength=3).tolist() == saved["cluster_sizes"]
+
+
+def test_pretraining_then_fine_tuning_is_one_resumable_command(sim_shards, tmp_path):
+    """pretrain.steps: DeepCluster on the unlabeled images in OUT/pretrain, then the algorithm from its final EMA
+    backbone in OUT; the command run again continues (stage 1 is never trained twice)."""
+    out = tmp_path / "two"
+    stages = ["pretrain.steps=4", "train.steps=4", "checkpoint.every_steps=2", "eval.every_steps=0",
+              "cluster.k=6", "cluster.pca_dim=8", "ssl.algorithm=softmatch"]
+    result = train(f"data.shards={sim_shards}", f"output_dir={out}", *stages)
+    assert "stage 1 of 2" in result.stdout and "stage 2 of 2" in result.stdout
+    first = json.loads((out / "pretrain" / "metrics.json").read_text())
+    assert first["algorithm"] == "deepcluster" and first["steps"] == 4 and "linear_probe" in first["cluster"]
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    weights = (out / "pretrain" / "checkpoints" / "step_0000004" / "ema.pt").resolve()
+    assert saved["model"]["weights"] == str(weights) and saved["ssl"]["algorithm"] == "softmatch"
+    # stage 2 starts from stage 1's backbone: model.weights loads every backbone tensor of that checkpoint
+    from stellar_dist.models import StellarNet
+
+    pretrained = torch.load(weights, weights_only=True)
+    model = StellarNet("resnet18", 3, str(weights))
+    loaded = {f"backbone.{key}": value for key, value in model.backbone.state_dict().items()}
+    backbone = [key for key in pretrained if key.startswith("backbone.") and pretrained[key].is_floating_point()]
+    assert len(backbone) > 10 and all(torch.equal(loaded[key], pretrained[key]) for key in backbone)
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["algorithm"] == "softmatch" and "test" in final
+    log_before = (out / "pretrain" / "log.jsonl").read_text()
+    again = train(f"data.shards={sim_shards}", f"output_dir={out}", *stages, "resume=auto", "train.steps=6")
+    assert "stage 1 of 2" not in again.stdout and "resumed from" in again.stdout
+    assert (out / "pretrain" / "log.jsonl").read_text() == log_before
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6

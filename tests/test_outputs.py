@@ -172,3 +172,34 @@ def test_two_writers_of_one_output_the_second_exits_at_once(model, catalog, tmp_
     assert "is being written by stellar-dist predict" in line and f"PID {first.pid}" in line
     finish(first)
     assert len(pd.read_csv(out)) == 30 and not (tmp_path / ".p.csv.lock").exists()
+
+
+def test_a_forked_child_never_keeps_a_killed_writers_lock(tmp_path):
+    """A run's DataLoader workers are forked while it holds its folder's lock; when the run is killed they live on
+    for a moment. They must not hold the lock (the rerun would be refused) nor release the parent's."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from stellar_dist.errors import UserError
+    from stellar_dist.outputs import OutputLock
+
+    target = tmp_path / "run"
+    script = (f"import os, sys, time; from stellar_dist.outputs import OutputLock; OutputLock({str(target)!r}, 'x')\n"
+              "child = os.fork()\n"
+              "if child == 0:\n    time.sleep(60); os._exit(0)\n"
+              "print(child, flush=True); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        with pytest.raises(UserError, match="is being written by x"):
+            OutputLock(target, "y")  # the parent holds it, and the child's fork did not release it
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        time.sleep(0.2)
+        os.kill(child, 0)  # the forked child is still alive...
+        OutputLock(target, "y").release()  # ...and the lock is free
+    finally:
+        parent.kill()
+        os.kill(child, signal.SIGKILL)

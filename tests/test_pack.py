@@ -100,3 +100,44 @@ def test_real_sdss_slice(tmp_path):
     assert sum(len(split) for split in records.values()) == 180
     assert {record["meta"]["objid"] for split in records.values() for record in split} == set(sample["objid"])
     assert "OK: " in run_cli("pack", "--verify", str(tmp_path / "shards")).stdout
+
+
+def test_labeled_counts_are_nested_stratified_and_keep_the_test_split():
+    """pack --labeled-count N: one label per class first, then by class share; the N-label set holds every
+    smaller one, and the test split is the same rows for every count and fraction. --validation-fraction carves
+    the evaluation split from the training pool and packs none of the real test rows."""
+    import numpy as np
+
+    from stellar_dist.data.catalog import stratified_split
+    from stellar_dist.errors import UserError
+
+    rng = np.random.default_rng(0)
+    classes = pd.Series(rng.choice(["GALAXY", "QSO", "STAR"], size=3000, p=[0.6, 0.08, 0.32]))
+    test = np.flatnonzero(stratified_split(classes, 0.1, 0.2, seed=0) == "test")
+    previous = set()
+    for count in (3, 30, 100, 300, 1000):
+        splits = stratified_split(classes, 0.1, 0.2, seed=0, labeled_count=count)
+        labeled = np.flatnonzero(splits == "labeled")
+        assert len(labeled) == count and previous <= set(labeled)
+        assert np.array_equal(np.flatnonzero(splits == "test"), test)
+        shares = classes[labeled].value_counts()
+        assert set(shares.index) == {"GALAXY", "QSO", "STAR"}
+        pool = classes[np.flatnonzero(splits != "test")].value_counts(normalize=True)
+        if count >= 100:  # within two labels of the pool's class mix
+            assert all(abs(shares[name] - count * pool[name]) <= 2 for name in pool.index)
+        previous = set(labeled)
+    validation = stratified_split(classes, 0.1, 0.2, seed=0, labeled_count=100, validation_fraction=0.1)
+    assert np.array_equal(np.flatnonzero(validation == "heldout"), test)  # never packed
+    assert not set(np.flatnonzero(validation == "test")) & set(test)
+    assert abs((validation == "test").sum() - 300) <= 3
+    with pytest.raises(UserError, match="fewer than the 3 classes"):
+        stratified_split(classes, 0.1, 0.2, seed=0, labeled_count=2)
+
+
+def test_pack_labeled_count_end_to_end(sim_catalog, tmp_path):
+    out = tmp_path / "shards"
+    run_cli("pack", "--catalog", str(sim_catalog), "--out", str(out), "--labeled-count", "9", "--image-size", "16",
+            "--shard-size", "500", "--workers", "1")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"]["labeled"] == 9 and all(manifest["counts"]["labeled"].values())
+    assert manifest["arguments"]["labeled_count"] == 9

@@ -11,6 +11,7 @@ from .flexmatch import FlexMatch
 from .freematch import FreeMatch
 from .mixmatch import MixMatch
 from .pseudolabel import PseudoLabel
+from .softmatch import SoftMatch
 from .supervised import Supervised
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -20,5 +21,6 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "fixmatch": FixMatch,
     "flexmatch": FlexMatch,
     "freematch": FreeMatch,
+    "softmatch": SoftMatch,
     "deepcluster": DeepCluster,
 }

@@ -158,8 +158,8 @@ def measure_stretch(cubes: list[np.ndarray]) -> dict:
 
 def fits_pixels(frame: pd.DataFrame, splits: np.ndarray, options) -> dict:
     """Bands and asinh stretch of a FITS catalog, measured on a seeded sample of its training rows (before
-    anything is written; the test split is never looked at)."""
-    training = np.flatnonzero((splits != "test") & (splits != "duplicate"))
+    anything is written; the test split, or a validation split and the set-aside test rows, are never looked at)."""
+    training = np.flatnonzero(np.isin(splits, ("labeled", "unlabeled")))
     order = np.random.default_rng(options.seed + 2).permutation(training)
     paths = frame["image_path"].to_numpy()
     bands = tuple(band.strip() for band in options.bands.split(",") if band.strip())

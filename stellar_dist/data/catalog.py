@@ -199,7 +199,8 @@ def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
 
 
 def stratified_split(
-    classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int, exclude: np.ndarray | None = None
+    classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int, exclude: np.ndarray | None = None,
+    labeled_count: int = 0, validation_fraction: float = 0.0,
 ) -> np.ndarray:
     """Assign each row to a split (an array of split names), stratified by class.
 
@@ -207,25 +208,39 @@ def stratified_split(
     to labeled, the rest to unlabeled, so every split is within one sample of the exact per-class proportion.
     Each class needs at least one sample in every split (no unlabeled one when the fractions sum to 1). The
     test rows come first in each class's seeded permutation and the labeled ones next: with the same seed and
-    test fraction, the test split is the same for every labeled fraction, and a smaller labeled split is a
-    subset of a larger one (what a label-efficiency comparison needs).
+    test fraction, the test split is the same for every labeled fraction or count, and a smaller labeled split is
+    a subset of a larger one (what a label-efficiency comparison needs).
+
+    `labeled_count` > 0: that many labeled rows in all instead of a fraction, one of each class first, then in
+    proportion to the classes of the training pool (`_count_order`): nested in the count as well.
+    `validation_fraction` > 0: the test rows are set aside ("heldout": never packed) and the next
+    round(n * validation_fraction) rows of each class become the test split, a validation split carved from the
+    training pool, for choosing a recipe without ever looking at the test split.
     """
     if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
         raise UserError(
             f"--labeled-fraction {labeled_fraction} and --test-fraction {test_fraction} must each lie in (0, 1) "
             "and sum to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
         )
-    everything_labeled = labeled_fraction + test_fraction > 1 - 1e-9
+    if not 0 <= validation_fraction < 1 - test_fraction or labeled_count < 0:
+        raise UserError(f"--validation-fraction {validation_fraction} must lie in [0, 1 - --test-fraction) and "
+                        f"--labeled-count {labeled_count} must be 0 or more")
+    everything_labeled = labeled_count == 0 and labeled_fraction + test_fraction > 1 - 1e-9
     rng = np.random.default_rng(seed)
     assignment = np.full(len(classes), "unlabeled", dtype=object)
     keep = np.ones(len(classes), dtype=bool) if exclude is None else ~exclude
     assignment[~keep] = "duplicate"  # in no split
+    pools = {}
     for name in sorted(set(classes.unique()) - {""}):
         rows = np.flatnonzero((classes == name).to_numpy() & keep)
         count = len(rows)
         num_test = round(count * test_fraction)
+        num_validation = round(count * validation_fraction)
         num_labeled = count - num_test if everything_labeled else round(count * labeled_fraction)
-        if min(num_test, num_labeled, 1 if everything_labeled else count - num_test - num_labeled) < 1:
+        if labeled_count:
+            num_labeled = 1
+        if min(num_test, num_labeled, 1 if everything_labeled else count - num_test - num_labeled) < 1 or (
+                validation_fraction and (num_validation < 1 or count - num_test - num_validation - num_labeled < 1)):
             smallest = min(labeled_fraction, test_fraction, 1 if everything_labeled else 1 - labeled_fraction
                            - test_fraction)
             needed = int(np.ceil(1 / smallest))
@@ -234,7 +249,35 @@ def stratified_split(
                 f"fractions: give it about {needed}+ samples, raise the fractions, or drop the class"
             )
         rows = rng.permutation(rows)
-        assignment[rows[:num_test]] = "test"
-        assignment[rows[num_test : num_test + num_labeled]] = "labeled"
-        assignment[rows[num_test + num_labeled :]] = "unlabeled"
+        assignment[rows[:num_test]] = "heldout" if validation_fraction else "test"
+        start = num_test
+        if validation_fraction:
+            assignment[rows[num_test : num_test + num_validation]] = "test"
+            start += num_validation
+        pools[name] = rows[start:]
+        if not labeled_count:
+            assignment[rows[start : start + num_labeled]] = "labeled"
+    if labeled_count:
+        order = _count_order(pools)
+        if labeled_count > len(order) - len(pools):
+            raise UserError(f"--labeled-count {labeled_count} leaves no unlabeled sample of some class (the training "
+                            f"pool holds {len(order)}): choose a smaller count or --labeled-fraction")
+        if labeled_count < len(pools):
+            raise UserError(f"--labeled-count {labeled_count} is fewer than the {len(pools)} classes: give every "
+                            "class at least one label")
+        assignment[order[:labeled_count]] = "labeled"
     return assignment
+
+
+def _count_order(pools: dict[str, np.ndarray]) -> np.ndarray:
+    """The training pool's rows in the order they get labels: the first row of every class, then the rows of all
+    classes interleaved so that any prefix holds each class in proportion to its size (the k-th row of a class of
+    n rows sits at (k + 0.5) / n). Labeled sets of growing counts are prefixes of this order, hence nested."""
+    keys, rows = [], []
+    for index, (name, pool) in enumerate(sorted(pools.items())):
+        position = (np.arange(len(pool)) + 0.5) / max(len(pool), 1)
+        position[:1] = -1.0 + index * 1e-9  # one of each class first
+        keys.append(position)
+        rows.append(pool)
+    keys, rows = np.concatenate(keys), np.concatenate(rows)
+    return rows[np.argsort(keys, kind="stable")]

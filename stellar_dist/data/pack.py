@@ -41,6 +41,9 @@ MAX_IMAGE_SIZE = 1024  # --image-size: a shard sample of 1024 x 1024 x 5 float32
 class PackOptions:
     labeled_fraction: float = 0.1  # fraction of each class whose label training may use
     test_fraction: float = 0.2  # fraction of each class held out for evaluation
+    labeled_count: int = 0  # > 0: this many labels in all (one per class first, then by class share), nested in N
+    validation_fraction: float = 0.0  # > 0: the test split is a validation split of this fraction of each class,
+    # carved from the training pool; the real test rows are not packed (choose recipes on these shards)
     image_size: int = 64  # output side in pixels
     preprocess: str = "resize"  # "resize": whole field, area-averaged; "crop": centre crop at full resolution
     encoding: str = "png"  # "png" is lossless; "jpg" (quality 95) is ~3x smaller; "u8": raw uint8 arrays (no decode)
@@ -170,7 +173,8 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
         raise UserError(f"catalog {catalog} has {len(class_names) or 'no'} class{'es' if not class_names else ''} "
                         f"{', '.join(class_names)}: a classifier needs labelled rows of at least two classes")
     exclude, duplicates = find_duplicates(frame)
-    splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed, exclude)
+    splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed, exclude,
+                              options.labeled_count, options.validation_fraction)
     pixels = fits_bands.input_pixels(frame, splits, options, catalog)
     return frame, class_names, splits, pixels | {"duplicates": duplicates}
 
