@@ -80,7 +80,9 @@ def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None
     wanted = flat(to_dict(load_config(config, overrides)))
     ran = flat(yaml.safe_load((folder / "config.yaml").read_text()))
     defaults = flat(to_dict(Config()))  # a key added since the run behaved as its default (new keys are additive)
-    changed = sorted(key for key in wanted.keys() | ran.keys() if key != "output_dir"  # runs may be moved
+    # runs may be moved; a run with a pretraining stage names that stage's checkpoint in model.weights
+    ignored = {"output_dir"} | ({"model.weights"} if wanted.get("pretrain.steps") else set())
+    changed = sorted(key for key in wanted.keys() | ran.keys() if key not in ignored
                      and wanted.get(key) != ran.get(key, defaults.get(key)))
     if changed:
         differences = ", ".join(f"{key}: ran {ran.get(key)!r}, asked {wanted.get(key)!r}" for key in changed)

@@ -103,7 +103,8 @@ def _add_evaluate(commands) -> None:
 
 
 def _run_evaluate(args) -> None:
-    from .evaluate import evaluate_checkpoint, format_report
+    from .evaluate import format_report
+    from .inference.reports import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, args.shards, args.out, args.workers)
     print(format_report(report))
@@ -123,7 +124,8 @@ def _add_cluster(commands) -> None:
 
 
 def _run_cluster(args) -> None:
-    from .clustering.cluster_stage import cluster_checkpoint, format_cluster_report
+    from .clustering.cluster_stage import format_cluster_report
+    from .inference.reports import cluster_checkpoint
 
     metrics = cluster_checkpoint(args.checkpoint, args.shards, args.k, args.backend, args.out, args.workers)
     print(format_cluster_report(metrics))

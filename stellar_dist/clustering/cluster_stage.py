@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
 
 from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid, plot_cluster_table,
                              write_assignments)
@@ -55,36 +52,3 @@ def format_cluster_report(metrics: dict) -> str:
     return (f"clusters k={metrics['k']}: Hungarian accuracy {metrics['accuracy']:.4f}  NMI {metrics['nmi']:.4f}  "
             f"ARI {metrics['ari']:.4f}  (on {metrics['num_scored']} labeled + test samples)\n"
             f"linear probe (labeled -> test): accuracy {probe['accuracy']:.4f}  macro-F1 {probe['macro_f1']:.4f}")
-
-
-def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, backend: str | None,
-                       out_dir: str | None, num_workers: int = 2) -> dict:
-    """`stellar-dist cluster`: the analysis for any trained checkpoint, on one process."""
-    from dataclasses import replace
-
-    from ..errors import UserError
-    from ..evaluate import default_out, load_trained_model
-    from ..data.manifest import load_manifest
-    from ..outputs import claim_all, take_folder
-
-    manifest = load_manifest(shards_dir)
-    model, config, folder = load_trained_model(checkpoint_path, manifest)
-    cluster = replace(config.cluster, **{key: value for key, value in (("k", k), ("backend", backend))
-                                         if value is not None})
-    fit = manifest["num_samples"]["labeled"] + manifest["num_samples"]["unlabeled"]
-    if not 2 <= num_clusters(cluster, len(manifest["classes"])) <= fit:
-        raise UserError(f"--k {num_clusters(cluster, len(manifest['classes']))} is not between 2 and the {fit} "
-                        "labeled + unlabeled samples of the shards: choose a k in that range")
-    out = Path(out_dir) if out_dir else default_out(folder, "cluster")
-    lock = take_folder(out, CLUSTER_FILES, "cluster", {"--checkpoint": folder, "--shards": shards_dir})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = EvalData(str(shards_dir), manifest, config.eval.batch_size, num_workers, config.data.grayscale, device)
-    _, metrics = run_clustering(model.to(device), cluster, data, seed=config.seed, plots_dir=out,
-                                assignments=out / "assignments.csv")
-    (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
-    claim_all(out, CLUSTER_FILES, "cluster")
-    lock.release()
-    return metrics | {"out_dir": str(out)}
-
-
-CLUSTER_FILES = ("metrics.json", "cluster_grid.png", "cluster_table.png", "assignments.csv")
