@@ -216,9 +216,9 @@ def _positive_int(text: str) -> int:
 
 
 def _workers(text: str) -> int:
-    value = _positive_int(text) if text.strip() != "0" else 0
-    if value > 64:
-        raise argparse.ArgumentTypeError(f"{text} is more than 64 workers")
+    value = int(text)
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 64, got {value}")
     return value
 
 
