@@ -225,6 +225,8 @@ def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
         report = evaluate_run(run, steps, final=True) if classifier else None
         clusters = run.head.final_report(steps, run.output_dir) if config.cluster.at_end or not classifier else None
     except Exception as error:
+        if peer_failure(error) is not None:  # another rank is gone: a save would wait for it in a collective
+            raise
         final = run.resumed_from if resumed_at_end else save(run, steps, final=True)
         if isinstance(error, UserError):
             raise UserError(f"{user_message(error)} (the trained model is saved in {final}; after the fix, "
