@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -95,11 +97,39 @@ def run_overrides(shards: Path, folder: Path, run: dict, seed: int, extra: list[
             "resume=auto", "tracking=none", *extra, *run["overrides"]]
 
 
-def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str]) -> None:
+def share_pretraining(folder: Path, run: dict, seed: int, validation: bool) -> None:
+    """A pretraining stage reads no label and the same images at every count (labeled + unlabeled = the same
+    training pool), so the curve trains it once per seed and row: a finished stage of the same row and seed at
+    another count is linked (hard links, no copy) into this run, which then trains stage 2 only. The stage's
+    own linear probe (pretrain/metrics.json) stays the one of the count it was trained with."""
+    stage = folder / "pretrain"
+    if not any(item.startswith("pretrain.steps=") and item != "pretrain.steps=0" for item in run["overrides"]) \
+            or (stage / "metrics.json").exists():
+        return
+    runs = folder.parents[2]  # OUT/runs/labeled_<count>[_validation]/<row>/seed<seed>
+    for other in sorted(runs.glob(f"labeled_*/{folder.parent.name}/{folder.name}/pretrain")):
+        same_split = other.parents[2].name.endswith("_validation") == validation
+        if other != stage and same_split and (other / "metrics.json").exists():
+            sys.path.insert(0, str(REPO))
+            from stellar_dist.resume import RUN_MARKER
+
+            if stage.exists():
+                shutil.rmtree(stage)  # an unfinished stage of this run: the finished one replaces it
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / RUN_MARKER).write_text("a stellar-dist run (bench/label_efficiency.py linked its pretrain/)\n")
+            shutil.copytree(other, stage, copy_function=os.link)
+            (stage / "shared_from.txt").write_text(f"{other}\n")
+            print(f"[label-efficiency] pretraining stage shared from {other}", flush=True)
+            return
+
+
+def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str],
+          validation: bool = False) -> None:
     overrides = run_overrides(shards, folder, run, seed, extra)
     if (folder / "metrics.json").exists():
         same_config_or_exit(config, overrides, folder)
         return
+    share_pretraining(folder, run, seed, validation)
     command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", config, *overrides]
     started = time.perf_counter()
     print(f"[label-efficiency] {' '.join(command[1:])}", flush=True)
@@ -221,7 +251,8 @@ def main() -> None:
         for run in runs:
             shards = pack(args.catalog, out, run["labels"], args.pack, args.test_fraction, args.validation)
             for seed in run["seeds"]:
-                train(args.config, shards, run_dir(out, run, seed, args.validation), run, seed, args.overrides)
+                train(args.config, shards, run_dir(out, run, seed, args.validation), run, seed, args.overrides,
+                      args.validation)
     for run in runs:  # --report too: a table never mixes configs
         for seed in run["seeds"]:
             folder = run_dir(out, run, seed, args.validation)

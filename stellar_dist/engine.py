@@ -44,8 +44,8 @@ def _loaders(run: Run):
     config, rank, algorithm = run.config, run.accelerator.process_index, run.algorithm
     manifest, pin = run.manifest, run.accelerator.device.type == "cuda"
 
-    def loader(split: str, make_item: ItemMaker, batch_size: int, accept=None):
-        paths = shard_paths(config.data.shards, split)
+    def loader(split: str, make_item: ItemMaker, batch_size: int, accept=None, splits: tuple[str, ...] = ()):
+        paths = [path for name in splits or (split,) for path in shard_paths(config.data.shards, name)]
         if not paths:
             raise UserError(f"{config.data.shards} has no {split} shards: re-pack with a larger fraction")
         stream = TrainStream(paths, make_item, batch_size, seed=config.seed, rank=rank, stream=split,
@@ -62,7 +62,8 @@ def _loaders(run: Run):
     if algorithm.unlabeled_views:
         make_item = ItemMaker.for_shards("raw" if on_device else "unlabeled", manifest, config.data.grayscale,
                                          views=algorithm.unlabeled_views, strong_view=config.data.strong_view)
-        unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu)
+        unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu,
+                           splits=algorithm.unlabeled_splits)
     return labeled, unlabeled
 
 

@@ -207,7 +207,9 @@ def setup(config: Config) -> Run:
     tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
     head = ClusterHead(accelerator.unwrap_model(model), ema, optimizer, config,
                        EvalData.from_config(config, manifest, accelerator.device), tracker,
-                       trains_classifier=algorithm.trains_classifier, world_size=accelerator.num_processes)
+                       trains_classifier=algorithm.trains_classifier, world_size=accelerator.num_processes,
+                       unlabeled_samples=sum(manifest["num_samples"].get(split, 0)
+                                             for split in algorithm.unlabeled_splits))
     run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, algorithm, head, tracker, output_dir)
     if point is not None:
         _restore(run, point)

@@ -49,7 +49,8 @@ def test_deepcluster_alone_and_the_cluster_command(sim_shards, tmp_path):
     assert metrics["algorithm"] == "deepcluster" and "test" not in metrics  # no class head: no test report
     assert set(metrics["cluster"]["linear_probe"]) >= {"accuracy", "macro_f1"}
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    # 120 unlabeled / (4 x 2 per step) = 15 steps per epoch-equivalent > 6 steps: clustered at start and end only
+    # 40 labeled + 120 unlabeled images / (4 x 2 per step) = 20 steps per epoch-equivalent > 6 steps: clustered
+    # at the start and the end only
     assert [row["step"] for row in log if "cluster/nmi" in row] == [0, 6]
     assert all(row["train/sup_loss"] == 0 for row in log if "train/sup_loss" in row)
     report = run_cli("cluster", "--checkpoint", str(out), "--shards", str(sim_shards), "--k", "3",
@@ -67,6 +68,20 @@ def test_deepcluster_alone_and_the_cluster_command(sim_shards, tmp_path):
         assert (rows["distance"] >= 0).all()
     fit = rows[rows["split"] != "test"]  # cluster sizes count the samples the clusters were fit on
     assert np.bincount(fit["cluster"], minlength=3).tolist() == saved["cluster_sizes"]
+
+
+def test_deepcluster_reads_every_training_image_labels_unread(sim_catalog, tmp_path):
+    """Shards whose training pool is all labeled (no unlabeled split) still pretrain: DeepCluster's stream is the
+    labeled and unlabeled images alike, and an epoch-equivalent counts them all (160 / 8 = 20 steps)."""
+    shards, out = tmp_path / "all_labeled", tmp_path / "dc"
+    run_cli("pack", "--catalog", str(sim_catalog), "--out", str(shards), "--labeled-fraction", "0.8",
+            "--test-fraction", "0.2", "--image-size", "32", "--shard-size", "40", "--workers", "0")
+    assert not json.loads((shards / "manifest.json").read_text())["shards"].get("unlabeled")
+    train(f"data.shards={shards}", f"output_dir={out}", "ssl.algorithm=deepcluster", "cluster.k=6",
+          "cluster.pca_dim=8", "train.steps=21", "eval.every_steps=0", "checkpoint.every_steps=0")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "cluster/nmi" in row] == [0, 20, 21]
+    assert sum(json.loads((out / "metrics.json").read_text())["cluster"]["cluster_sizes"]) == 160
 
 
 def test_pretraining_then_fine_tuning_is_one_resumable_command(sim_shards, tmp_path):

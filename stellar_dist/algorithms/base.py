@@ -33,6 +33,7 @@ class Algorithm:
     Options: type | None = None  # a frozen dataclass: the `ssl.<name>` section (ClassVar RANGES: its numeric ranges)
     needs_labeled: bool = True  # reads the labeled stream
     unlabeled_views: tuple[str, ...] = ()  # views of each unlabeled image: "weak", "strong", "weak1", ...
+    unlabeled_splits: tuple[str, ...] = ("unlabeled",)  # the splits whose images the unlabeled stream reads
     trains_classifier: bool = True  # False: judged by its clusters and a linear probe, never by the class head
     cluster_head: str = "optional"  # "never", "optional" (cluster.lambda_c > 0 adds one) or "always"
     aligns_distribution: bool = False  # ssl.distribution_alignment applies (thresholded pseudo-labels)

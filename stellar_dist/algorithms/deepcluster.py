@@ -1,5 +1,6 @@
 """DeepCluster alone (Caron et al. 2018): no labels; the cluster head learns the k-means assignments of the
-unlabeled weak views, re-clustered once per epoch-equivalent. Judged by cluster accuracy and a linear probe."""
+weak views of every training image (labeled ones too, their labels unread), re-clustered once per
+epoch-equivalent. Judged by cluster accuracy and a linear probe."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .base import Algorithm, deepcluster_loss
 class DeepCluster(Algorithm):
     needs_labeled = False
     unlabeled_views = ("weak",)
+    unlabeled_splits = ("labeled", "unlabeled")  # it reads no label: every training image is an unlabeled one
     trains_classifier = False
     cluster_head = "always"
 

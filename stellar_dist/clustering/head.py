@@ -6,7 +6,8 @@ checkpoints.
 Built once by the session from objects (model, EMA, optimizer, config, evaluation data, tracker), never from the
 run; the training loop only asks `targets(batch)` and `due(step)`:
 
-    head = ClusterHead(model, ema, optimizer, config, data, tracker, trains_classifier=True, world_size=2)
+    head = ClusterHead(model, ema, optimizer, config, data, tracker, trains_classifier=True, world_size=2,
+                       unlabeled_samples=manifest["num_samples"]["unlabeled"])
     head.start(step)                       # the first clustering, unless a checkpoint brought one
     cluster = head.targets(unlabeled)      # (targets, cluster weights) or None when the run has no head
     if head.due(step): head.recluster(step)
@@ -41,20 +42,21 @@ def head_size(config, num_classes: int) -> int:
 
 class ClusterHead:
     def __init__(self, model: torch.nn.Module, ema, optimizer: torch.optim.Optimizer, config, data: EvalData,
-                 tracker, *, trains_classifier: bool, world_size: int):
+                 tracker, *, trains_classifier: bool, world_size: int, unlabeled_samples: int):
         self.model, self.ema, self.optimizer = model, ema, optimizer  # model: unwrapped (no DDP wrapper)
         self.options, self.seed, self.data, self.tracker = config.cluster, config.seed, data, tracker
         self.active = model.cluster_head is not None
         self.state: ClusterState | None = None  # the latest clustering (the head's targets when active)
-        self.every_steps = self._period(config, trains_classifier, world_size)
+        self.every_steps = self._period(config, trains_classifier, world_size, unlabeled_samples)
 
-    def _period(self, config, trains_classifier: bool, world_size: int) -> int:
-        """Re-clustering period; without a class head (DeepCluster alone) once per epoch-equivalent of unlabeled
-        data unless cluster.every_steps says otherwise."""
+    @staticmethod
+    def _period(config, trains_classifier: bool, world_size: int, unlabeled_samples: int) -> int:
+        """Re-clustering period; without a class head (DeepCluster alone) once per epoch-equivalent of its
+        unlabeled stream (`unlabeled_samples` images) unless cluster.every_steps says otherwise."""
         if config.cluster.every_steps or trains_classifier:
             return config.cluster.every_steps
         per_step = config.train.batch_size * config.ssl.mu * world_size
-        return max(1, math.ceil(self.data.manifest["num_samples"]["unlabeled"] / per_step))
+        return max(1, math.ceil(unlabeled_samples / per_step))
 
     # -- the training loop's questions ---------------------------------------------------------------------
     def start(self, step: int) -> None:
