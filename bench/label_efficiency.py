@@ -38,12 +38,13 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 VALIDATION_FRACTION = 0.1  # of each class, carved from the training pool by --validation
-SHORT = {"pretrain.steps": "pretrain"}  # a row's name shows an override by its last key part, unless that says too little
+SHORT = {"pretrain.steps": "pretrain"}  # a row's name shows an override by its last key part unless too vague
 
 
 def parse_run(text: str) -> dict:
     labels, algorithm, seeds, *overrides = text.split()
-    short = [f"{SHORT.get(key, key.split('.')[-1])}={value}" for key, value in (item.split("=", 1) for item in overrides)]
+    pairs = [item.split("=", 1) for item in overrides]
+    short = [f"{SHORT.get(key, key.split('.')[-1])}={value}" for key, value in pairs]
     label = " ".join([algorithm, *short])
     return {"labels": labels, "algorithm": algorithm, "seeds": [int(s) for s in seeds.split(",")],
             "overrides": overrides, "label": label}

@@ -118,7 +118,7 @@ def _add_cluster(commands) -> None:
                         "latest) or a model folder, moved anywhere")
     parser.add_argument("--shards", required=True, help="packed shards (labeled + unlabeled are clustered)")
     parser.add_argument("--k", type=int, help="clusters (default: the run's cluster.k, 0 = 5 x classes)")
-    parser.add_argument("--backend", choices=["faiss", "torch"], help="default: the run's cluster.backend")
+    parser.add_argument("--backend", choices=["auto", "faiss", "torch"], help="default: the run's cluster.backend")
     parser.add_argument("--out", help="folder for metrics.json and plots (default: RUN/cluster_step_N)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
 

@@ -84,7 +84,8 @@ class ClusterConfig:
     every_steps: int = 0  # re-cluster every N steps; 0: only at the end (deepcluster: once per epoch-equivalent)
     at_end: bool = True  # cluster the final EMA features and report cluster accuracy / NMI / ARI
     k: int = 0  # clusters; 0 = 5 x the number of classes
-    backend: str = "faiss"  # "faiss" (gathered to rank 0; GPU with faiss-gpu) or "torch" (distributed, no gather)
+    backend: str = "auto"  # "faiss" (gathered to rank 0; GPU with faiss-gpu), "torch" (distributed, no gather) or
+    # "auto" (faiss where it is installed, torch elsewhere)
     pca_dim: int = 64  # PCA-whitened dimensions before k-means, as DeepCluster (0 = no PCA)
     iterations: int = 20  # k-means iterations
     lambda_c: float = 0.0  # weight of the DeepCluster loss on the cluster head during fixmatch (0 disables it)
@@ -127,7 +128,7 @@ CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "ssl.algorithm": ALGORITHMS,  # the registry itself: an algorithm added to it is a valid choice
-    "cluster.backend": ("faiss", "torch"),
+    "cluster.backend": ("auto", "faiss", "torch"),
     "tracking": ("none", "wandb"),
 }
 

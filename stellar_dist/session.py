@@ -3,6 +3,7 @@ tracker; resuming them from a checkpoint, and `save`, the only writer of checkpo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import dist
 from .algorithms import ALGORITHMS, Algorithm
+from .clustering.cluster import resolve_backend
 from .clustering.cluster_stage import num_clusters
 from .clustering.head import ClusterHead, head_size, wanted
 from .config import Config, save_config, to_dict
@@ -66,7 +68,11 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
     if config.data.grayscale and manifest["encoding"] == "npy":
         raise UserError(f"data.grayscale=true applies to RGB images, but {config.data.shards} holds "
                         f"{manifest['channels']}-band FITS cutouts: drop data.grayscale")
+    if config.tracking == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise UserError("tracking=wandb but wandb is not installed here: pip install wandb, or set tracking=none "
+                        "(log.jsonl and metrics.json record every metric either way)")
     if wanted(config) or config.cluster.at_end:
+        resolve_backend(config.cluster.backend)
         fit = manifest["num_samples"]["labeled"] + manifest["num_samples"]["unlabeled"]
         k = num_clusters(config.cluster, len(manifest["classes"]))
         if k > fit:

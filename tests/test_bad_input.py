@@ -96,3 +96,34 @@ def test_bad_fractions(tmp_path, small_catalog):
     small_catalog.to_csv(tmp_path / "c.csv", index=False)
     assert "sum to at most 1" in pack_fails(tmp_path, tmp_path / "c.csv", "--labeled-fraction", "0.6",
                                               "--test-fraction", "0.5")
+
+
+def train_without(tmp_path, shards, missing: tuple[str, ...], *overrides):
+    """launch/train.py in a Python where the `missing` packages cannot be imported (sys.modules[name] = None is
+    Python's own way to make an import fail: what a machine without the wheel sees)."""
+    import subprocess
+    import sys
+
+    from test_train import REPO_ROOT, TINY
+
+    hide = "".join(f"sys.modules[{name!r}] = None; " for name in missing)
+    code = f"import sys; {hide}from stellar_dist.train import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *TINY, f"data.shards={shards}", *overrides],
+                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+
+
+def test_missing_wandb_or_faiss_is_refused_in_one_line_or_falls_back(sim_shards, tmp_path):
+    for missing, overrides, words in ((("wandb",), ["tracking=wandb"], "wandb is not installed"),
+                                      (("faiss",), ["cluster.backend=faiss"], "faiss is not installed")):
+        out = tmp_path / missing[0]
+        result = train_without(tmp_path, sim_shards, missing, f"output_dir={out}", *overrides)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr[-2000:]
+        assert not out.exists()  # refused before anything was written
+    out = tmp_path / "auto"  # the default backend clusters with torch k-means where faiss is absent
+    result = train_without(tmp_path, sim_shards, ("faiss", "wandb"), f"output_dir={out}", "tracking=none",
+                           "ssl.algorithm=deepcluster", "cluster.k=6", "cluster.pca_dim=8", "train.steps=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    assert json.loads((out / "metrics.json").read_text())["cluster"]["k"] == 6

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from stellar_dist.clustering.cluster import (cluster_accuracy, kmeans_faiss, kmeans_torch, match_clusters,
-                                  split_empty_clusters)
+from stellar_dist.clustering.cluster import (cluster_accuracy, initial_centroids, kmeans_faiss, kmeans_torch,
+                                           match_clusters, split_empty_clusters)
 
 
 def blobs(num_per_blob=200, k=5, dim=16, seed=0):
@@ -56,3 +56,16 @@ def test_seeded_and_never_from_global_rng():
     np.random.seed(999)
     assert torch.equal(first, kmeans_faiss(features, 6, seed=5)[1])
     assert (torch.bincount(first, minlength=6) > 0).all()
+
+
+def test_large_seeds_cluster_seed_42_after_20_reclusterings():
+    """The candidate hash takes any seed (it once overflowed int64 from seed 7 on: seed 42, or 13 re-clusterings)."""
+    features, ids = torch.randn(300, 8, generator=torch.Generator().manual_seed(0)), torch.arange(300)
+    starts = [initial_centroids(features, ids, 5, seed, num_candidates=50) for seed in range(42, 42 + 21)]
+    assert all(start.shape == (5, 8) and torch.isfinite(start).all() for start in starts)
+    assert len({tuple(start[0].tolist()) for start in starts}) > 10  # the seed still chooses the candidates
+    centroids, assignment, inertia = kmeans_torch(features, ids, 5, seed=42 + 20, iterations=3)
+    again = kmeans_torch(features, ids, 5, seed=42 + 20, iterations=3)
+    assert torch.equal(centroids, again[0]) and torch.equal(assignment, again[1]) and inertia > 0
+    faiss_centroids, _, _ = kmeans_faiss(features.numpy(), 5, seed=2**40, iterations=3, use_gpu=False)
+    assert faiss_centroids.shape == (5, 8)

@@ -16,6 +16,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from .. import dist
+from ..errors import UserError
 
 SPLIT_EPSILON = 1e-4
 
@@ -55,11 +56,26 @@ def kmeans_plus_plus(candidates: torch.Tensor, k: int, seed: int) -> torch.Tenso
     return candidates[chosen]
 
 
+def resolve_backend(name: str) -> str:
+    """cluster.backend as run: "auto" is faiss where it is installed and torch elsewhere (a GPU node without a
+    faiss wheel still clusters); "faiss" without faiss is refused in one line, before any training."""
+    import importlib.util
+
+    has_faiss = importlib.util.find_spec("faiss") is not None
+    if name == "faiss" and not has_faiss:
+        raise UserError("cluster.backend=faiss but faiss is not installed here: pip install faiss-cpu (or faiss-gpu), "
+                        "or set cluster.backend=auto (torch k-means where faiss is absent)")
+    return ("faiss" if has_faiss else "torch") if name == "auto" else name
+
+
 def initial_centroids(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int,
                       num_candidates: int = 20000) -> torch.Tensor:
     """k-means++ on the samples with the smallest seeded hash of their id, wherever they live: the same
     initial centroids whatever the number of ranks."""
-    keys = (ids.long() * 6364136223846793005 + seed * 1442695040888963407) % (2**61 - 1)
+    prime = 2**61 - 1
+    # The seed's term is reduced in Python first: seed * 1442695040888963407 leaves int64 from seed 7 on (a run
+    # at seed 42, or any seed after a few re-clusterings, since the seed grows by one per re-clustering).
+    keys = (ids.long() * 6364136223846793005 + (seed * 1442695040888963407) % prime) % prime
     local = torch.argsort(keys)[:num_candidates]
     candidate_keys, candidates = dist.gather_variable(keys[local]), dist.gather_variable(features[local])
     order = torch.argsort(candidate_keys)[:num_candidates]
@@ -94,7 +110,7 @@ def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, 
     features = np.ascontiguousarray(features, dtype=np.float32)
     if use_gpu is None:
         use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-    kmeans = faiss.Kmeans(features.shape[1], k, niter=iterations, seed=seed, verbose=False,
+    kmeans = faiss.Kmeans(features.shape[1], k, niter=iterations, seed=seed % 2**31, verbose=False,  # C int
                           min_points_per_centroid=1, max_points_per_centroid=10**9)
     if use_gpu:  # this process's own GPU only: Kmeans(gpu=True) would spread over every GPU of the node
         kmeans.gpu_resources = faiss.StandardGpuResources()  # kept alive as long as the index

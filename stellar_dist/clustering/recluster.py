@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from .cluster import assign, kmeans_faiss, kmeans_torch
+from .cluster import assign, kmeans_faiss, kmeans_torch, resolve_backend
 from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
@@ -112,7 +112,7 @@ def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int):
 
 
 def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, seed: int, iterations: int):
-    if backend == "torch":
+    if resolve_backend(backend) == "torch":
         centroids, _, _ = kmeans_torch(reduced, ids, k, seed, iterations)
         return centroids
     gathered, gathered_ids = dist.gather_to_main(reduced), dist.gather_to_main(ids)
