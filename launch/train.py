@@ -5,7 +5,9 @@
 2 CPU processes (DDP on gloo):
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml launch/train.py --config configs/demo.yaml
 All GPUs of a node (bf16):
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml launch/train.py --config configs/sdss.yaml
+    GPUS=$(nvidia-smi -L | wc -l)
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes $GPUS \\
+        launch/train.py --config configs/sdss.yaml
 Without accelerate (one process), or without a checkout (`pip install` gives the same entry point):
     python launch/train.py --config configs/demo.yaml train.steps=50 ssl.algorithm=supervised
     stellar-dist train --config configs/demo.yaml          # or: accelerate launch ... -m stellar_dist.train

@@ -7,7 +7,9 @@
 2 CPU processes (DDP on gloo):
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.train --config configs/demo.yaml
 All GPUs of a node (bf16):
-    accelerate launch --config_file accelerate_configs/multi_gpu.yaml -m stellar_dist.train --config configs/sdss.yaml
+    GPUS=$(nvidia-smi -L | wc -l)
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes $GPUS \\
+        -m stellar_dist.train --config configs/sdss.yaml
 DeepCluster pretraining on the unlabeled images, then FixMatch from those weights (two stages, one command):
     stellar-dist train --config configs/demo.yaml pretrain.steps=300 output_dir=runs/pretrained
 DeepCluster alone (no labels), or a DeepCluster head beside FixMatch:

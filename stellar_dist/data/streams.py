@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys
 
 from . import augment, bands
 from ..errors import UserError
@@ -183,6 +182,8 @@ def _worker() -> tuple[int, int]:
 def iter_samples(paths: list[str]):
     """Raw samples of local shard files, in order. Opened with `open()`, never through WebDataset's URL opener
     (which runs `pipe:` names in a shell); a shard that vanished or broke mid-run is a one-line error."""
+    from webdataset.tariterators import group_by_keys  # here: commands that read no shard run without it
+
     for path in paths:
         try:
             with open(path, "rb") as stream:

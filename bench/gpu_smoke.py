@@ -1,0 +1,113 @@
+"""The first minute of a GPU lease: does every GPU path of the project run at all? Stops (exit 1) at the first
+failure, so bench/gpu.sh spends no more of the lease on a machine where the basics fail.
+
+    python3 bench/gpu_smoke.py --shards /tmp/scratch/shards-u8 --out /tmp/scratch/smoke --json $OUT/smoke.json
+
+1. a bf16 forward/backward of resnet18 through Accelerate (fp32 on a CPU dry run);
+2. both views made on the device from a uint8 batch (data/batch_augment.py);
+3. torch k-means on the device (clustering/cluster.py);
+4. three engine steps of FixMatch with the views on the device, under torch.cuda.set_sync_debug_mode("warn"):
+   the number of host synchronisations it reports is printed (setup, evaluation and saving included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def bf16_step(device: torch.device) -> dict:
+    from accelerate import Accelerator
+
+    from stellar_dist.models import build_model
+
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no")
+    model = build_model("resnet18", 3, weights="none", num_clusters=0, in_channels=3, channels_last=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    images, labels = torch.rand(64, 3, 64, 64, device=device), torch.randint(0, 3, (64,), device=device)
+    with accelerator.autocast():
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+    accelerator.backward(loss)
+    optimizer.step()
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"non-finite loss {loss.item()}")
+    return {"loss": round(loss.item(), 4), "mixed_precision": accelerator.mixed_precision}
+
+
+def device_views(device: torch.device) -> dict:
+    from stellar_dist.data.batch_augment import make_views
+
+    images = torch.randint(0, 256, (128, 3, 64, 64), dtype=torch.uint8, device=device)
+    views = make_views(images, torch.arange(128, device=device), ("weak", "strong"))
+    for name, view in views.items():
+        if view.shape != (128, 3, 64, 64) or view.device.type != device.type or not torch.isfinite(view).all():
+            raise RuntimeError(f"{name} view: {tuple(view.shape)} on {view.device}")
+    return {"views": sorted(views)}
+
+
+def device_kmeans(device: torch.device) -> dict:
+    from stellar_dist.clustering.cluster import kmeans_torch
+
+    features = torch.randn(20000, 64, device=device)
+    centroids, assignment, inertia = kmeans_torch(features, torch.arange(20000, device=device), 50, seed=42,
+                                                  iterations=5)
+    if assignment.device.type != device.type or torch.bincount(assignment, minlength=50).min() == 0:
+        raise RuntimeError("k-means left an empty cluster or ran off the device")
+    return {"inertia": round(inertia, 1)}
+
+
+def engine_steps(shards: str, out: str, device: torch.device) -> dict:
+    from stellar_dist.train import main
+
+    overrides = ["--config", "configs/sdss.yaml", f"data.shards={shards}", f"output_dir={out}", "train.steps=3",
+                 "train.batch_size=16", "ssl.mu=2", "eval.every_steps=0", "checkpoint.every_steps=0",
+                 "cluster.at_end=false", "cluster.every_steps=0", "tracking=none", "train.log_every_steps=3",
+                 "data.num_workers=2", "resume=none", "data.augment_on=" + ("device" if device.type == "cuda"
+                                                                           else "workers")]
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(overrides)
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(item.message) for item in caught if "synchroniz" in str(item.message)]
+    return {"host_syncs_reported": len(syncs), "first_syncs": syncs[:3]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", required=True)
+    parser.add_argument("--out", required=True, help="scratch folder for the three-step run")
+    parser.add_argument("--json", required=True, help="where the results go")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (dry run)",
+               "torch": torch.__version__}
+    checks = (("bf16_step", lambda: bf16_step(device)), ("device_views", lambda: device_views(device)),
+              ("device_kmeans", lambda: device_kmeans(device)),
+              ("engine_steps", lambda: engine_steps(args.shards, args.out, device)))
+    for name, check in checks:
+        started = time.perf_counter()
+        try:
+            results[name] = check() | {"seconds": round(time.perf_counter() - started, 2)}
+        except BaseException as error:  # SystemExit too: the engine's one-line errors exit
+            results[name] = {"failed": f"{type(error).__name__}: {error}"}
+            print(f"smoke: {name} FAILED: {type(error).__name__}: {error}", flush=True)
+            Path(args.json).write_text(json.dumps(results, indent=2))
+            sys.exit(1)
+        print(f"smoke: {name} ok {json.dumps(results[name])}", flush=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
