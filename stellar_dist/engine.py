@@ -172,7 +172,7 @@ def train_loop(run: Run) -> int:
         accelerator.backward(loss)
         run.optimizer.step()
         run.scheduler.step()
-        update_ema(run.ema, accelerator.unwrap_model(run.model))
+        update_ema(run.ema, accelerator.unwrap_model(run.model), config.train.ema_decay)
         stats.add(step_stats, unlabeled, run.algorithm.images_forwarded(labeled, unlabeled))
         done = step + 1
         evaluate_now = (config.eval.every_steps and done % config.eval.every_steps == 0

@@ -9,27 +9,34 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 
-def ema_with_warmup(decay: float):
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates (as TensorFlow's
-    ExponentialMovingAverage with num_updates): without it, a short run's EMA is mostly its random init."""
+def ema_weight(decay: float, num_averaged: int) -> float:
+    """The EMA's step towards the weights: its decay ramps up as min(decay, (1 + n) / (10 + n)) over the first
+    updates (TensorFlow's ExponentialMovingAverage with num_updates): without it, a short run's EMA is mostly its
+    random init."""
+    return 1.0 - min(decay, (1.0 + num_averaged) / (10.0 + num_averaged))
 
-    @torch.no_grad()
-    def update(ema_parameters, parameters, num_averaged):
-        step = float(num_averaged)
-        weight = 1.0 - min(decay, (1.0 + step) / (10.0 + step))
-        for ema_parameter, parameter in zip(ema_parameters, parameters):
-            ema_parameter.lerp_(parameter, weight)
 
-    return update
+def keep_count_on_host(ema: AveragedModel) -> AveragedModel:
+    """The EMA's update counter lives on the host (checkpoints save it as before): reading it on the GPU would
+    wait for the device every step."""
+    ema.n_averaged = ema.n_averaged.cpu()
+    return ema
 
 
 @torch.no_grad()
-def update_ema(ema: AveragedModel, model: torch.nn.Module) -> None:
-    """EMA of the parameters; batch-norm statistics copied as they are. Averaging them too would mix in their
-    initial values (variance 1) for thousands of steps, while sky images have tiny pixel variance."""
-    ema.update_parameters(model)
-    for ema_buffer, buffer in zip(ema.module.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
+def update_ema(ema: AveragedModel, model: torch.nn.Module, decay: float) -> None:
+    """EMA of the parameters in a few foreach kernels and no host-device synchronisation (the counter is on the
+    host); batch-norm statistics copied as they are. Averaging them too would mix in their initial values
+    (variance 1) for thousands of steps, while sky images have tiny pixel variance. Same arithmetic as
+    AveragedModel.update_parameters with a lerp, without its reads of a device counter."""
+    count = int(ema.n_averaged)
+    averaged, current = list(ema.module.parameters()), [parameter.detach() for parameter in model.parameters()]
+    if count == 0:
+        torch._foreach_copy_(averaged, current)
+    else:
+        torch._foreach_lerp_(averaged, current, ema_weight(decay, count))
+    ema.n_averaged += 1
+    torch._foreach_copy_(list(ema.module.buffers()), list(model.buffers()))
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):

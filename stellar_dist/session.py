@@ -24,7 +24,7 @@ from .data.eval_data import EvalData
 from .data.manifest import check_shards, load_manifest
 from .errors import UserError, raise_if_any
 from .models import build_model
-from .optim import build_optimizer, ema_with_warmup, warmup_cosine
+from .optim import build_optimizer, keep_count_on_host, warmup_cosine
 from .outputs import OutputLock, check_paths
 from .saving import checkpoint
 from .saving.model_folder import describe, model_tensors, publish
@@ -198,17 +198,18 @@ def setup(config: Config) -> Run:
     if accelerator.device.type == "cpu":
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate/torchrun launchers
         torch.set_num_threads(config.train.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
+    torch.backends.cudnn.benchmark = accelerator.device.type == "cuda"  # fixed shapes: pick the fastest kernels
     set_seed(config.seed)  # same initial weights on every rank
     model = build_model(config.model.arch, len(manifest["classes"]), weights=config.model.weights,
                         num_clusters=head_size(config, len(manifest["classes"])),
                         in_channels=manifest.get("channels", 3), channels_last=config.train.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(config.train.ema_decay), use_buffers=False)
+    ema = AveragedModel(model, use_buffers=False)  # updated by optim.update_ema, never by update_parameters
     optimizer = build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps,
                                                                            config.train.steps))
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(accelerator.device)
+    keep_count_on_host(ema.to(accelerator.device))
     algorithm = ALGORITHMS[config.ssl.algorithm](config, manifest, accelerator.device)
     tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
     head = ClusterHead(accelerator.unwrap_model(model), ema, optimizer, config,

@@ -72,3 +72,31 @@ def test_lambda_zero_equals_supervised():
     assert torch.equal(loss, F.cross_entropy(logits_labeled, labels))
     loss_on, stats, _ = fixmatch_loss(logits_labeled, labels, weak, strong, threshold=0.5, lambda_u=2.0)
     assert stats["mask"].sum() > 0 and loss_on > loss
+
+
+def test_ema_update_matches_averaged_model_with_its_counter_on_the_host():
+    """optim.update_ema (foreach kernels, host counter: no device sync per step) computes what
+    AveragedModel.update_parameters with the warmup-decay lerp computes, to the bit; buffers are copied."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from stellar_dist.optim import ema_weight, keep_count_on_host, update_ema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+
+    def reference_fn(averaged, current, num_averaged):
+        for a, c in zip(averaged, current):
+            a.lerp_(c, ema_weight(0.99, int(num_averaged)))
+
+    ours = keep_count_on_host(AveragedModel(model, use_buffers=False))
+    reference = AveragedModel(model, multi_avg_fn=reference_fn, use_buffers=False)
+    for _ in range(5):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        model(torch.randn(8, 4))  # moves the batch-norm statistics
+        update_ema(ours, model, 0.99)
+        reference.update_parameters(model)
+    assert ours.n_averaged.device.type == "cpu" and int(ours.n_averaged) == 5
+    assert all(torch.equal(a, b) for a, b in zip(ours.module.parameters(), reference.module.parameters()))
+    assert torch.equal(ours.module[1].running_mean, model[1].running_mean)
