@@ -158,7 +158,7 @@ def _cutout_off_centre(images, seeds, salt, trace: dict | None = None, keep_frac
 
 def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: int = 2, kind: str = "sky",
            trace: dict | None = None) -> torch.Tensor:
-    """Weak view, then `num_ops` of STRONG_OPS[kind] per sample (each op runs only on the samples that drew it),
+    """Weak view, then `num_ops` of STRONG_OPS[kind] per sample (each op kept only for the samples that drew it),
     then Cutout (anywhere for "sky", off the centre for "evidence"); clamped to [0, 1] before Cutout, as
     augment.strong. `trace`: a dict that receives {op: the values drawn} (for tests)."""
     ops = STRONG_OPS[kind, False]
@@ -167,13 +167,14 @@ def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: in
     chosen = scores.argsort(dim=1)[:, :num_ops]
     draws = uniform(seeds, salt + 11, (len(ops),))
     for index, name in enumerate(ops):
-        rows = (chosen == index).any(1).nonzero().squeeze(1)
-        if len(rows):
-            low, high = PARAMETERS[name]
-            values = low + (high - low) * draws[rows, index]
-            if trace is not None:
-                trace[name] = values
-            images = images.index_copy(0, rows, APPLY[name](images[rows], values, seeds[rows], salt + 20 + index))
+        # Every op runs on the whole batch and `where` keeps it for the samples that drew it: no data-dependent
+        # shapes, so no host-device synchronisation (len(ops) / num_ops times the arithmetic, cheap on a GPU).
+        drew = (chosen == index).any(1)
+        low, high = PARAMETERS[name]
+        values = low + (high - low) * draws[:, index]
+        if trace is not None:
+            trace[name] = values[drew]
+        images = torch.where(drew[:, None, None, None], APPLY[name](images, values, seeds, salt + 20 + index), images)
     cut = _cutout if kind == "sky" else _cutout_off_centre
     return cut(images.clamp(0, 1), seeds, salt + 30, trace)
 
