@@ -1,4 +1,4 @@
-"""`stellar-dist` command line: simulate, pack, train, predict, export, evaluate, cluster.
+"""`stellar-dist` command line: simulate, pack, train, predict, export, evaluate, cluster, config.
 
 `stellar-dist train` runs the training engine in this process (one CPU or one GPU); for several processes use
 `accelerate launch ... -m stellar_dist.train` or launch/train.py (see stellar_dist/train.py).
@@ -12,11 +12,23 @@ import sys
 from .errors import exit_on_user_error
 
 
+HELP = {  # each subcommand's line in `stellar-dist --help`
+    "simulate": "render SDSS-like cutouts (the embedded default dataset)",
+    "pack": "pack a catalog into WebDataset shards; --verify re-checks shards",
+    "train": "train from packed shards in this process (see stellar_dist/train.py for accelerate launch)",
+    "predict": "classify new objects (CSV, folder of images or shards) with a trained model",
+    "export": "the model as TorchScript or ONNX, checked against PyTorch",
+    "evaluate": "test-split report for a checkpoint's EMA model",
+    "cluster": "k-means of a checkpoint's features: Hungarian accuracy, NMI, ARI, linear probe, cluster grids",
+    "config": "print the resolved config of --config + overrides, or (--keys) every key with its meaning",
+}
+
+
 def _add_simulate(commands) -> None:
-    parser = commands.add_parser("simulate", help="render SDSS-like cutouts (the embedded default dataset)")
+    parser = commands.add_parser("simulate", help=HELP["simulate"])
     parser.add_argument("--out", required=True, help="new folder for images/ and catalog.csv")
     parser.add_argument("--num", type=int, required=True, help="number of objects")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the rendering (default 0)")
     parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     parser.add_argument("--format", choices=["jpg", "fits", "both"], default="jpg",
                         help="jpg: gri colour composites like SkyServer's; fits: ugriz FITS cutouts (one HDU per "
@@ -24,7 +36,7 @@ def _add_simulate(commands) -> None:
 
 
 def _add_pack(commands) -> None:
-    parser = commands.add_parser("pack", help="pack a catalog into WebDataset shards; --verify re-checks shards")
+    parser = commands.add_parser("pack", help=HELP["pack"])
     parser.add_argument("--catalog", help="table (CSV, FITS, ECSV, parquet) with image_path,Class[,objid,...] "
                         "or a folder per class; image_path may point to FITS cutouts (see shards/README.md)")
     parser.add_argument("--out", help="new folder for the shards and manifest.json")
@@ -38,13 +50,14 @@ def _add_pack(commands) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.0, help="> 0: shards for choosing a recipe: "
                         "their test split is this fraction of each class carved from the training pool, and the "
                         "real test rows are left out")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=64, help="pixels per side of the packed images (default 64)")
     parser.add_argument("--preprocess", choices=["resize", "crop"], default="resize",
                         help="resize: whole field, area-averaged (default); crop: centre crop at full resolution")
     parser.add_argument("--encoding", choices=["png", "jpg", "u8"], default="png",
                         help="png: lossless (default); jpg: quality 95, ~3x smaller; u8: raw uint8 arrays, ~2x "
                              "larger than png, read without decoding (the fastest input path)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split into labeled / unlabeled / test "
+                        "(default 0; the same seed gives the same test split)")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     parser.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
@@ -58,8 +71,7 @@ def _add_pack(commands) -> None:
 def _add_train(commands) -> None:
     from .train import add_arguments
 
-    add_arguments(commands.add_parser("train", help="train from packed shards in this process (see "
-                                                    "stellar_dist/train.py for accelerate launch)"))
+    add_arguments(commands.add_parser("train", help=HELP["train"]))
 
 
 def _run_train(args) -> None:
@@ -71,8 +83,7 @@ def _run_train(args) -> None:
 def _add_predict(commands) -> None:
     from .inference.predict import add_arguments
 
-    add_arguments(commands.add_parser("predict", help="classify new objects (CSV, folder of images or shards) "
-                                                      "with a trained model"))
+    add_arguments(commands.add_parser("predict", help=HELP["predict"]))
 
 
 def _run_predict(args) -> None:
@@ -84,7 +95,7 @@ def _run_predict(args) -> None:
 def _add_export(commands) -> None:
     from .inference.export import add_arguments
 
-    add_arguments(commands.add_parser("export", help="the model as TorchScript or ONNX, checked against PyTorch"))
+    add_arguments(commands.add_parser("export", help=HELP["export"]))
 
 
 def _run_export(args) -> None:
@@ -94,7 +105,7 @@ def _run_export(args) -> None:
 
 
 def _add_evaluate(commands) -> None:
-    parser = commands.add_parser("evaluate", help="test-split report for a checkpoint's EMA model")
+    parser = commands.add_parser("evaluate", help=HELP["evaluate"])
     parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_* folder, a run folder (its "
                         "latest) or a model folder, moved anywhere")
     parser.add_argument("--shards", required=True, help="packed shards whose test split to evaluate")
@@ -112,8 +123,7 @@ def _run_evaluate(args) -> None:
 
 
 def _add_cluster(commands) -> None:
-    parser = commands.add_parser("cluster", help="k-means of a checkpoint's features: Hungarian accuracy, NMI, "
-                                                 "ARI, linear probe, cluster grids")
+    parser = commands.add_parser("cluster", help=HELP["cluster"])
     parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_* folder, a run folder (its "
                         "latest) or a model folder, moved anywhere")
     parser.add_argument("--shards", required=True, help="packed shards (labeled + unlabeled are clustered)")
@@ -132,6 +142,18 @@ def _run_cluster(args) -> None:
     sizes = metrics["cluster_sizes"]
     print(f"cluster sizes: {sizes}; matched classes: {metrics['cluster_to_class']}")
     print(f"wrote {metrics['out_dir']}/metrics.json, cluster_grid.png, cluster_table.png")
+
+
+def _add_config(commands) -> None:
+    from .config_keys import add_arguments
+
+    add_arguments(commands.add_parser("config", help=HELP["config"]))
+
+
+def _run_config(args) -> None:
+    from .config_keys import run
+
+    run(args)
 
 
 def _run_simulate(args) -> None:
@@ -187,28 +209,41 @@ def _run_pack(args) -> None:
               f"as {first['duplicate_of']}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {  # name: the function that adds its subparser and arguments
+    "simulate": _add_simulate, "pack": _add_pack, "train": _add_train, "predict": _add_predict,
+    "export": _add_export, "evaluate": _add_evaluate, "cluster": _add_cluster, "config": _add_config}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Every subcommand is listed, but only the one named in `argv` gets its arguments (and imports what defines
+    them): `stellar-dist --help` and `stellar-dist pack --help` answer in well under a second, without torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        installed = version("stellar-dist")
+    except PackageNotFoundError:  # run from a checkout without `pip install`
+        installed = __version__
     parser = argparse.ArgumentParser(prog="stellar-dist", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"stellar-dist {installed}")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_simulate(commands)
-    _add_pack(commands)
-    _add_train(commands)
-    _add_predict(commands)
-    _add_export(commands)
-    _add_evaluate(commands)
-    _add_cluster(commands)
+    named = next((word for word in (sys.argv[1:] if argv is None else argv) if word in COMMANDS), None)
+    for name, add in COMMANDS.items():
+        if name == named or named is None:
+            add(commands) if name == named else commands.add_parser(name, help=HELP[name])
     return parser
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if getattr(args, "workers", 0) < 0:
         from .errors import UserError
 
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
     runners = {"simulate": _run_simulate, "pack": _run_pack, "train": _run_train, "predict": _run_predict,
-               "export": _run_export, "evaluate": _run_evaluate, "cluster": _run_cluster}
+               "export": _run_export, "evaluate": _run_evaluate, "cluster": _run_cluster, "config": _run_config}
     runners[args.command](args)
 
 

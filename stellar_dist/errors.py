@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-from . import dist
 
 
 class UserError(Exception):
@@ -108,6 +107,8 @@ def exit_on_user_error(func):
             if error.errno not in STORAGE_ERRNOS:
                 raise
             message = storage_message(error)
+        from . import dist  # here, not at the top: `stellar-dist --help` never imports torch
+
         prefix = "" if dist.is_main() else f"rank {os.environ.get('RANK', '?')}: "
         print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
         _tell_launcher(f"error: {message}")
@@ -131,6 +132,8 @@ def _tell_launcher(line: str) -> None:
 def raise_if_any(message: str | None) -> None:
     """Every rank raises the same one-line UserError when rank 0 (the only writer) refused: locks and ownership
     are checked on rank 0, and the other ranks must not wait for it in a collective."""
+    from . import dist
+
     message = dist.broadcast_object(message)
     if message:
         raise UserError(message)

@@ -1,6 +1,7 @@
 import dataclasses
 import re
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,3 +76,35 @@ def test_shipped_configs_load():
         config = load_config(f"configs/{name}.yaml")
         assert config.model.arch
     assert yaml.safe_load(open("configs/demo.yaml"))["data"]["shards"] == "data/sim-shards"
+
+
+def test_command_line_version_fast_help_and_config_command(tmp_path):
+    """`--version`; `--help` without importing torch (a fresh interpreter's modules are checked); `config` prints
+    the YAML a run would use (it loads back to the same config) and `--keys` every key with its meaning."""
+    import subprocess
+    import sys
+
+    from stellar_dist import __version__
+    from stellar_dist.config import config_from_dict, to_dict
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "stellar_dist.cli", *args], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parents[1])
+
+    assert cli("--version").stdout.strip() == f"stellar-dist {__version__}"
+    probe = ("import sys; from stellar_dist.cli import build_parser; parser = build_parser(['pack', '--help']); "
+             "print(parser.format_help()); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().endswith("False") and "config" in result.stdout, result.stdout + result.stderr
+    help_text = cli("pack", "--help").stdout
+    assert "--image-size IMAGE_SIZE" in help_text and "default 64" in help_text
+    printed = cli("config", "--config", "configs/demo.yaml", "train.steps=7", "ssl.algorithm=softmatch")
+    tree = yaml.safe_load(printed.stdout)
+    assert tree["train"]["steps"] == 7 and tree["ssl"]["softmatch"]["n_sigma"] == 2.0
+    assert to_dict(config_from_dict(tree)) == tree
+    keys = cli("config", "--keys").stdout.splitlines()
+    by_key = {line.split(" = ")[0]: line for line in keys}
+    assert "[auto | faiss | torch]" in by_key["cluster.backend"] and "n_sigma" in " ".join(by_key)
+    assert "naming the last good checkpoint" in by_key["dist.timeout_s"]  # a comment continued on the next line
+    bad = cli("config", "train.stepz=3")
+    assert bad.returncode == 2 and "unknown config key" in bad.stderr and "Traceback" not in bad.stderr
