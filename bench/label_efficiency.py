@@ -81,8 +81,12 @@ def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None
                 for key, value in (flat(item, f"{prefix}{name}.") if isinstance(item, dict)
                                    else {prefix + name: item}).items()}
 
+    from stellar_dist.clustering.cluster import resolve_backend
+
     wanted = flat(to_dict(load_config(config, overrides)))
     ran = flat(yaml.safe_load((folder / "config.yaml").read_text()))
+    for tree in (wanted, ran):  # "auto" (the default since issue 20) is the backend it resolves to here
+        tree["cluster.backend"] = resolve_backend(tree.get("cluster.backend", "auto"))
     defaults = flat(to_dict(Config()))  # a key added since the run behaved as its default (new keys are additive)
     # runs may be moved; a run with a pretraining stage names that stage's checkpoint in model.weights
     ignored = {"output_dir"} | ({"model.weights"} if wanted.get("pretrain.steps") else set())
