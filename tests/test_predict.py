@@ -54,6 +54,23 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     probabilities = out[[column for column in out.columns if column.startswith("p_")]].to_numpy()
     assert np.allclose(probabilities.sum(1), 1, atol=1e-5)
     assert (out["unusual"] == (out["max_probability"] < 0.6)).all()
+    # From Python, an astropy Table: every row back, its own columns kept (64-bit ids), the same predictions
+    from stellar_dist import predict_catalog
+
+    table = Table({"image_path": [row["image_path"] for row in rows], "objid": [int(row["objid"]) for row in rows],
+                   "ra": np.linspace(150.0, 151.0, len(rows))})
+    predicted = predict_catalog(str(trained), table)
+    assert isinstance(predicted, Table) and len(predicted) == len(rows) and predicted["objid"].dtype == np.int64
+    assert predicted.colnames[:3] == ["image_path", "objid", "ra"] and "rejected_reason" in predicted.colnames
+    read = [index for index in range(len(rows)) if index not in (3, 4)]
+    assert [bool(predicted["rejected_reason"][index]) for index in range(len(rows))] == \
+        [index in (3, 4) for index in range(len(rows))]
+    assert list(predicted["predicted_class"][read]) == out["predicted_class"].tolist()
+    assert np.allclose(np.array(predicted["max_probability"][read]), out["max_probability"], atol=1e-5)
+    assert np.isnan(predicted["max_probability"][3]) and predicted["predicted_class"][4] == ""
+    frame = predict_catalog(trained, catalog)  # a CSV path: a DataFrame, ids as written
+    assert frame["objid"].tolist() == [row["objid"] for row in rows]
+    assert frame["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
 
 
 def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_shards, tmp_path):

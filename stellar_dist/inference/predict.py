@@ -44,7 +44,7 @@ CHUNK_ROWS = 2048
 
 
 @torch.no_grad()
-def _classify(model, rows: list[tuple[int, tuple]], description: dict, device, batch_size: int, workers: int):
+def classify_rows(model, rows: list[tuple[int, tuple]], description: dict, device, batch_size: int, workers: int):
     """This rank's rows of a chunk: (row indices, probabilities, features, rejected [(row, reason)]). Images are
     read and prepared in `workers` DataLoader processes (0: in this one)."""
     kept, tensors, rejected = [], [], []
@@ -160,7 +160,7 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
     progress = tqdm(total=total, desc="predict", unit="img", disable=not dist.is_main())
     try:
         for chunk in _chunks(rows, CHUNK_ROWS):
-            kept, probabilities, features, rejected = _classify(model, chunk[rank::world], description, device,
+            kept, probabilities, features, rejected = classify_rows(model, chunk[rank::world], description, device,
                                                                 batch_size, workers)
             rejected_all.extend(rejected)
             assignment = distance = None

@@ -1,0 +1,115 @@
+"""Predict from Python: a catalog in, the same catalog out, with the predictions as new columns (as Zoobot's
+`predict_on_catalog`).
+
+    from astropy.table import Table
+    from stellar_dist import predict_catalog
+
+    table = predict_catalog("runs/demo", Table.read("cutouts.fits"), base_dir="cutouts/")
+
+`catalog` is an astropy Table, a pandas DataFrame, or the path of a table (CSV, FITS, ECSV, parquet, VOTable);
+an astropy Table comes back as a Table, anything else as a DataFrame. Every input row comes back, in input order,
+with its own columns untouched, plus `predicted_class`, `p_<class>`, `max_probability`, `cluster` and
+`cluster_distance` (models that carry a clustering), `unusual`, and `rejected_reason` (empty when the image was
+read; otherwise why not, and the prediction columns are empty). One process: a GPU when there is one.
+`stellar-dist predict` shares the same image preparation and classification (predict.classify_rows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import UserError
+from .model_folder import find_model_folder, load_model
+from .predict import CHUNK_ROWS, classify_rows, nearest_cluster
+
+TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet", ".vot", ".xml")
+
+
+def _as_frame(catalog, image_column: str) -> tuple[pd.DataFrame, str, Path | None]:
+    """(the catalog as a DataFrame, "table" or "frame": what to return, the folder of a catalog file)."""
+    if isinstance(catalog, (str, Path)):
+        path = Path(catalog)
+        if not path.is_file():
+            raise UserError(f"catalog {path} is not a file: pass a table file, an astropy Table or a DataFrame")
+        if path.name.lower().endswith(TABLE_SUFFIXES):
+            from astropy.table import Table
+
+            return Table.read(path).to_pandas(), "frame", path.parent
+        from ..data.catalog import _read_csv  # every cell as text: 19-digit ids stay exact
+
+        return _read_csv(path), "frame", path.parent
+    if isinstance(catalog, pd.DataFrame):
+        return catalog, "frame", None
+    if hasattr(catalog, "colnames") and hasattr(catalog, "to_pandas"):  # astropy Table (imported only if given)
+        column = _column(catalog.colnames, image_column)
+        return pd.DataFrame({column: [str(value) for value in catalog[column]]}), "table", None
+    raise UserError(f"catalog of type {type(catalog).__name__}: pass an astropy Table, a pandas DataFrame or a path")
+
+
+def _column(names, image_column: str) -> str:
+    if image_column not in names:
+        raise UserError(f"the catalog has no {image_column!r} column (has: {', '.join(map(str, names))}): "
+                        "name the image column with image_column=")
+    return image_column
+
+
+def predictions(model_path, image_paths: list[str], *, batch_size: int = 256, workers: int = 0,
+                unusual_below: float = 0.6, device: str | None = None) -> pd.DataFrame:
+    """One row per image path, in order: the prediction columns (see the module's docstring)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, description = load_model(find_model_folder(str(model_path)), device)
+    classes, clusters = description["classes"], description["cluster_tensors"]
+    clusters = clusters if "centroids" in clusters else None
+    far = (description.get("cluster") or {}).get("far_distance", float("inf"))
+    probabilities = np.full((len(image_paths), len(classes)), np.nan, dtype=np.float32)
+    cluster, distance = np.full(len(image_paths), -1, dtype=np.int64), np.full(len(image_paths), np.nan)
+    reasons = [""] * len(image_paths)
+    for start in range(0, len(image_paths), CHUNK_ROWS):
+        rows = [(index, (None, image_paths[index], None))
+                for index in range(start, min(start + CHUNK_ROWS, len(image_paths)))]
+        kept, values, features, rejected = classify_rows(model, rows, description, device, batch_size, workers)
+        kept = kept.cpu().numpy()
+        probabilities[kept] = values.cpu().numpy()
+        if clusters is not None and len(kept):
+            assignment, far_from = nearest_cluster(features, clusters)
+            cluster[kept], distance[kept] = assignment.cpu().numpy(), far_from.cpu().numpy()
+        for index, reason in rejected:
+            reasons[index] = reason
+    read = np.array([not reason for reason in reasons])
+    best = np.nan_to_num(probabilities).argmax(1)
+    table = {"predicted_class": [classes[index] if ok else "" for index, ok in zip(best, read)],
+             **{f"p_{name}": probabilities[:, position] for position, name in enumerate(classes)},
+             "max_probability": probabilities.max(1, initial=-np.inf, where=read[:, None])}
+    table["max_probability"] = np.where(read, table["max_probability"], np.nan)
+    unusual = read & (np.nan_to_num(table["max_probability"], nan=1.0) < unusual_below)
+    if clusters is not None:
+        table |= {"cluster": cluster, "cluster_distance": distance}
+        unusual |= read & (np.nan_to_num(distance, nan=0.0) > far)
+    return pd.DataFrame(table | {"unusual": unusual, "rejected_reason": reasons})
+
+
+def predict_catalog(model, catalog, *, image_column: str = "image_path", base_dir: str | Path | None = None,
+                    batch_size: int = 256, workers: int = 0, unusual_below: float = 0.6, device: str | None = None):
+    """`catalog` with the model's predictions as new columns (see the module's docstring). `model`: a run folder,
+    a checkpoint or a model folder; `base_dir`: where relative image paths start (default: a catalog file's folder,
+    else the working directory); `workers`: processes preparing images (0: this one)."""
+    frame, kind, folder = _as_frame(catalog, image_column)
+    paths = frame[_column(frame.columns, image_column)]
+    base = Path(base_dir) if base_dir is not None else (folder or Path.cwd())
+    paths = [str(Path(str(path)) if Path(str(path)).is_absolute() else base / str(path)) for path in paths]
+    result = predictions(model, paths, batch_size=batch_size, workers=workers, unusual_below=unusual_below,
+                         device=device)
+    names = catalog.colnames if kind == "table" else list(frame.columns)
+    clash = [name for name in result.columns if name in names]
+    if clash:
+        raise UserError(f"the catalog already has column(s) {', '.join(clash)}: rename them before predicting")
+    if kind == "table":
+        output = catalog.copy(copy_data=False)
+        for name in result.columns:
+            output[name] = result[name].to_numpy()
+        return output
+    return pd.concat([frame.reset_index(drop=True), result], axis=1).set_axis(frame.index, axis=0)
