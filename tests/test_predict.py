@@ -71,6 +71,12 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     frame = predict_catalog(trained, catalog)  # a CSV path: a DataFrame, ids as written
     assert frame["objid"].tolist() == [row["objid"] for row in rows]
     assert frame["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
+    table.write(tmp_path / "catalog.fits")  # the command reads every table format pack reads
+    run_cli("predict", "--model", str(trained), "--input", str(tmp_path / "catalog.fits"), "--out",
+            str(tmp_path / "f.csv"))
+    from_fits = pd.read_csv(tmp_path / "f.csv", dtype={"objid": str})
+    assert from_fits["objid"].tolist() == out["objid"].tolist()
+    assert from_fits["predicted_class"].tolist() == out["predicted_class"].tolist()
 
 
 def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_shards, tmp_path):

@@ -69,11 +69,14 @@ def input_rows(source: Path, fits: bool = False):
             raise UserError(f"--input {source} holds no {kind}, the kind of image this model reads: pass a folder "
                             "of them, a CSV or shards")
         return len(images), ((None, str(path), None) for path in images), [str(path) for path in images]
-    if source.suffix.lower() != ".csv":
-        raise UserError(f"--input {source} is neither a CSV, a folder of images nor a shards folder")
-    from ..data.catalog import _read_csv
+    from ..data.catalog import TABLE_SUFFIXES, _read_csv, _read_table
 
-    frame = _read_csv(source)  # every cell as text: an empty, malformed or non-UTF-8 file is one line
+    table = source.name.lower().endswith(TABLE_SUFFIXES)
+    if source.suffix.lower() != ".csv" and not table:
+        raise UserError(f"--input {source} is neither a table (CSV, FITS, ECSV, parquet, VOTable), a folder of "
+                        "images nor a shards folder")
+    # every cell as text (ids exact): an empty, malformed or non-UTF-8 file is one line; tables as pack reads them
+    frame = _read_table(source) if table else _read_csv(source)
     if "image_path" not in frame.columns:
         raise UserError(f"--input {source} has no image_path column (has: {', '.join(frame.columns)})")
     if frame.empty:

@@ -5,7 +5,8 @@
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.inference.predict \
         --model runs/demo --input data/sim-shards --out predictions.fits
 
-Input: a CSV with an `image_path` column (relative to the CSV; an `objid` column, if any, is copied as text, so
+Input: a table (CSV, or FITS, ECSV, parquet, VOTable as `pack` reads them) with an `image_path` column (relative
+to the table; an `objid` column, if any, is copied as text, so
 19-digit ids join back exactly), a folder of images (searched recursively, sorted by path) or a shards folder.
 Images are prepared as in training, from the model's config.json (centre crop or area resize to its image size,
 JPEG round trip if it was trained on JPEG shards). Rows are processed in chunks: every rank takes every
