@@ -63,6 +63,12 @@ def _add_pack(commands) -> None:
     parser.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
     parser.add_argument("--bands", default="", help="FITS cutouts: band names in channel order, e.g. u,g,r,i,z "
                         "(default: the first file's EXTNAMEs; required when image_path contains {band})")
+    parser.add_argument("--path-column", default="image_path", help="the catalog's column of image paths "
+                        "(default image_path)")
+    parser.add_argument("--label-column", default="Class", help="the catalog's column of classes (default Class; "
+                        "SDSS tables: class); an empty cell means unlabeled")
+    parser.add_argument("--id-column", default="objid", help="the catalog's object id column, kept in the shards "
+                        "and outputs (default objid; e.g. specObjID)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically)")
     parser.add_argument("--part", metavar="I/N", help="write only part I of N (a job array task; see slurm/pack.sbatch)")
     parser.add_argument("--merge", metavar="OUT", help="merge the finished parts of OUT into OUT (writes the manifest)")
@@ -185,7 +191,8 @@ def _run_pack(args) -> None:
         labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, labeled_count=args.labeled_count,
         validation_fraction=args.validation_fraction, image_size=args.image_size,
         preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, shard_size=args.shard_size,
-        workers=args.workers, strict=args.strict, bands=args.bands,
+        workers=args.workers, strict=args.strict, bands=args.bands, path_column=args.path_column,
+        label_column=args.label_column, id_column=args.id_column,
     )
     if args.part:
         from .data.pack_parts import pack_part, parse_part

@@ -141,3 +141,31 @@ def test_pack_labeled_count_end_to_end(sim_catalog, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"]["labeled"] == 9 and all(manifest["counts"]["labeled"].values())
     assert manifest["arguments"]["labeled_count"] == 9
+
+
+def test_catalog_columns_by_name_as_sdss_tables_spell_them(sim_catalog, tmp_path):
+    """An SDSS-style table: `class` (lower case, found without an option), the image column and a 19-digit
+    `specObjID` named by options; the ids reach the shards exactly. Two columns that match only apart from case are
+    refused in one line."""
+    from astropy.table import Table
+
+    frame = pd.read_csv(sim_catalog, dtype=str)
+    sdss = pd.DataFrame({"cutout": [str(sim_catalog.parent / path) for path in frame["image_path"]],
+                         "class": frame["Class"], "specObjID": [str(1237650000000000000 + i) for i in range(len(frame))]})
+    table = Table.from_pandas(sdss)
+    table["specObjID"] = [int(value) for value in sdss["specObjID"]]
+    table.write(tmp_path / "sdss.fits")
+    out = tmp_path / "shards"
+    run_cli("pack", "--catalog", str(tmp_path / "sdss.fits"), "--out", str(out), "--path-column", "cutout",
+            "--id-column", "specObjID", "--image-size", "16", "--shard-size", "500", "--workers", "1")
+    records = [record for split in read_shards(out).values() for record in split]
+    assert len(records) == len(frame)
+    assert {str(record["meta"]["objid"]) for record in records} == set(sdss["specObjID"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = {name: sum(split.get(name, 0) for split in manifest["counts"].values()) for name in manifest["classes"]}
+    assert counts == frame["Class"].value_counts().to_dict()
+    sdss["CLASS"] = sdss["class"]
+    sdss.to_csv(tmp_path / "twice.csv", index=False)
+    result = run_cli("pack", "--catalog", str(tmp_path / "twice.csv"), "--out", str(tmp_path / "no"),
+                     "--path-column", "cutout", check=False)
+    assert result.returncode == 2 and "several columns named 'Class' apart from case" in result.stderr

@@ -17,11 +17,12 @@ SPLITS = ("labeled", "unlabeled", "test")
 MISSING = {"", "NA", "N/A", "n/a", "NaN", "nan", "-nan", "NULL", "null", "None", "<NA>", "#N/A"}
 
 
-def read_catalog(source: str | Path) -> pd.DataFrame:
+def read_catalog(source: str | Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
     """Load a catalog as a DataFrame with absolute `image_path`, `Class` and the user's other columns.
 
     `source` is a table (CSV; or FITS, ECSV, parquet, VOTable read with astropy; paths relative to its folder) or a
-    folder holding one sub-folder of images per class.
+    folder holding one sub-folder of images per class. `columns`: {our name: the table's name} for image_path,
+    Class and objid (pack --path-column, --label-column, --id-column), matched case-insensitively when unique.
     """
     source = Path(source)
     if not source.exists():
@@ -29,8 +30,8 @@ def read_catalog(source: str | Path) -> pd.DataFrame:
     if source.is_dir():
         frame = _read_folder(source)
     else:
-        frame = _typed(_read_table(source) if source.name.lower().endswith(TABLE_SUFFIXES) else _read_csv(source),
-                       source)
+        table = _read_table(source) if source.name.lower().endswith(TABLE_SUFFIXES) else _read_csv(source)
+        frame = _typed(_renamed(table, columns or {}, source), source)
     if frame.empty:
         raise UserError(f"catalog {source} holds no samples: add rows (or images) before packing")
     frame["image_path"] = frame["image_path"].astype(str)
@@ -42,6 +43,27 @@ def read_catalog(source: str | Path) -> pd.DataFrame:
     _reject_lookalike_classes(frame["Class"], source)
     _reject_duplicates(frame, source)
     return frame.reset_index(drop=True)
+
+
+def _renamed(frame: pd.DataFrame, columns: dict[str, str], source: Path) -> pd.DataFrame:
+    """The user's column names mapped to ours; a name matches exactly, else case-insensitively if only one does."""
+    frame.columns = [str(column).strip() for column in frame.columns]
+    renames = {}
+    for ours, theirs in columns.items():
+        if theirs == ours and ours in frame.columns:
+            continue
+        found = [column for column in frame.columns if column == theirs] or \
+            [column for column in frame.columns if column.lower() == theirs.lower()]
+        if len(found) > 1:
+            raise UserError(f"catalog {source} has several columns named {theirs!r} apart from case "
+                            f"({', '.join(found)}): name one exactly")
+        if found and found[0] != ours:
+            if ours in frame.columns:
+                option = {"image_path": "--path-column", "Class": "--label-column"}.get(ours, "--id-column")
+                raise UserError(f"catalog {source} has both {found[0]!r} and {ours!r}: rename or drop {ours!r}, "
+                                f"or name the column you want with {option}")
+            renames[found[0]] = ours
+    return frame.rename(columns=renames)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:

@@ -52,6 +52,9 @@ class PackOptions:
     workers: int = 0  # 0 = all CPU cores
     strict: bool = False  # an unreadable image aborts the pack instead of being skipped and listed
     bands: str = ""  # FITS input: comma-separated band names in channel order ("": the first file's EXTNAMEs)
+    path_column: str = "image_path"  # the catalog's column of image paths
+    label_column: str = "Class"  # the catalog's column of classes (SDSS tables: "class")
+    id_column: str = "objid"  # the catalog's object id column, carried into the shards (SDSS: "specObjID", ...)
 
 
 def _json_safe(value):
@@ -166,7 +169,8 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
                         f"in [0, 1024] (got {options.image_size}, {options.shard_size}, {options.workers})")
     out = Path(out)
     check_out_dir(out, overwrite, Path(catalog))
-    frame = read_catalog(catalog)
+    frame = read_catalog(catalog, {"image_path": options.path_column, "Class": options.label_column,
+                                   "objid": options.id_column})
     _check_images_outside(frame, out)
     class_names = sorted(set(frame["Class"]) - {""})
     if len(class_names) < 2:
