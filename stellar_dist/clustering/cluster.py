@@ -34,10 +34,22 @@ def split_empty_clusters(centroids: torch.Tensor, counts: torch.Tensor, generato
     return centroids
 
 
+ASSIGN_BLOCK_VALUES = 2**26  # distances held at once (256 MB of float32): 1M samples x k = 3,000 would be 12 GB
+
+
 def _assign(features: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    distances = torch.cdist(features, centroids.to(features.dtype)).pow(2)  # matrix-multiply form for big inputs
-    best, assignment = distances.min(dim=1)
-    return assignment, best
+    """Nearest centroid and squared distance per row, in row blocks so that memory stays flat in N."""
+    centroids = centroids.to(features.dtype)
+    rows = max(1024, ASSIGN_BLOCK_VALUES // max(1, len(centroids)))
+    best, assignment = [], []
+    for start in range(0, len(features), rows):
+        # matrix-multiply form of the distances (cdist's default for big inputs)
+        block_best, block_assignment = torch.cdist(features[start : start + rows], centroids).pow(2).min(dim=1)
+        best.append(block_best)
+        assignment.append(block_assignment)
+    if not best:
+        return torch.zeros(0, dtype=torch.long, device=features.device), features.new_zeros(0)
+    return torch.cat(assignment), torch.cat(best)
 
 
 def kmeans_plus_plus(candidates: torch.Tensor, k: int, seed: int) -> torch.Tensor:
