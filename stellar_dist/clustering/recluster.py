@@ -87,28 +87,43 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
                             for key, value in parts.items()})
 
 
+ROW_BLOCK = 65536  # rows converted to float64 at a time: memory flat in N (1M x 1,280 float64 would be 10 GB)
+
+
 def reduce_features(features: torch.Tensor, mean: torch.Tensor | None, projection: torch.Tensor | None):
-    """New samples into the space of a clustering (see ClusterState)."""
-    x = features.double()
-    if projection is not None:
-        x = (x - mean.to(x.device, x.dtype)) @ projection.to(x.device, x.dtype)
-    return F.normalize(x, dim=1).float()
+    """New samples into the space of a clustering (see ClusterState), in row blocks."""
+    parts = []
+    for start in range(0, len(features), ROW_BLOCK):
+        x = features[start : start + ROW_BLOCK].double()
+        if projection is not None:
+            x = (x - mean.to(x.device, x.dtype)) @ projection.to(x.device, x.dtype)
+        parts.append(F.normalize(x, dim=1).float())
+    width = features.shape[1] if projection is None else projection.shape[1]
+    return torch.cat(parts) if parts else features.new_zeros(0, width, dtype=torch.float32)
 
 
 def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int):
     """Project on the top `dim` principal axes of the fit rows over all ranks, whiten, L2-normalise; returns the
-    reduced features and the (mean, projection) that made them (None, None without PCA)."""
-    x, mean, projection = features.double(), None, None
-    if dim > 0:
-        count = dist.all_reduce_sum(fit.double().sum().reshape(1))
-        mean = dist.all_reduce_sum(x[fit].sum(0)) / count
-        centred = x[fit] - mean
-        covariance = dist.all_reduce_sum(centred.T @ centred) / (count - 1).clamp(min=1)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.cpu())
-        top = torch.argsort(eigenvalues, descending=True)[: min(dim, x.shape[1])]
-        projection = (eigenvectors[:, top] / (eigenvalues[top].clamp(min=0) + 1e-5).sqrt()).to(x.device)
-        x = (x - mean) @ projection
-    return F.normalize(x, dim=1).float(), mean, projection
+    reduced features and the (mean, projection) that made them (None, None without PCA). Sums are taken in float64
+    over row blocks, so no full float64 copy of the features is ever made."""
+    if dim <= 0:
+        return reduce_features(features, None, None), None, None
+    blocks = [(features[start : start + ROW_BLOCK], fit[start : start + ROW_BLOCK])
+              for start in range(0, len(features), ROW_BLOCK)]
+    width = features.shape[1]
+    count = dist.all_reduce_sum(fit.double().sum().reshape(1))
+    total = sum((rows[kept].double().sum(0) for rows, kept in blocks),
+                torch.zeros(width, dtype=torch.float64, device=features.device))
+    mean = dist.all_reduce_sum(total) / count
+    scatter = torch.zeros(width, width, dtype=torch.float64, device=features.device)
+    for rows, kept in blocks:
+        centred = rows[kept].double() - mean
+        scatter += centred.T @ centred
+    covariance = dist.all_reduce_sum(scatter) / (count - 1).clamp(min=1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance.cpu())
+    top = torch.argsort(eigenvalues, descending=True)[: min(dim, width)]
+    projection = (eigenvectors[:, top] / (eigenvalues[top].clamp(min=0) + 1e-5).sqrt()).to(features.device)
+    return reduce_features(features, mean, projection), mean, projection
 
 
 def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, seed: int, iterations: int):
