@@ -26,6 +26,9 @@ def prepare_wandb_environment(output_dir: Path) -> None:
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DIR", str(output_dir))
+    # artifact staging and cache under the run too, not in the home folder (44 MB per demo run otherwise)
+    os.environ.setdefault("WANDB_DATA_DIR", str(output_dir / "wandb" / "staging"))
+    os.environ.setdefault("WANDB_CACHE_DIR", str(output_dir / "wandb" / "cache"))
 
 
 class RunTracker:

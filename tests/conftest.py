@@ -42,11 +42,12 @@ def sim_shards(sim_catalog, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(sim_shards, tmp_path_factory) -> tuple[Path, str]:
     """One tiny FixMatch run (6 steps, checkpoints at steps 3 and 6, clustering at the end, W&B offline), trained
-    once for the tests that read it (or copy it before changing it): (run folder, the training's stdout)."""
+    once for the tests that read it (or copy it before changing it): (run folder, the training's stdout + stderr)."""
     from test_train import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
-    return run, train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb").stdout
+    result = train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb")
+    return run, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,10 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     shares = [value for key, value in train_rows[-1].items() if key.startswith("train/pseudo_label_share/")]
     assert len(shares) == 3 and (all(value is None for value in shares) or abs(sum(shares) - 1) < 1e-9)
     assert [row["step"] for row in log if "test/accuracy" in row] == [3, 6]
+    final = [row for row in log if "test/accuracy" in row][-1]  # per-class metrics at every evaluation
+    assert final["test/f1/QSO"] == test["per_class"]["QSO"]["f1"] and "test/recall/STAR" in final
+    # not a terminal: one plain line per log interval, no progress-bar redraws
+    assert "train step 6/6: sup=" in stdout and "it/s]" not in stdout  # (stdout + stderr)
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
     run_files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -56,6 +60,7 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     artifacts = {record.artifact.type: record.artifact for record in read_records(run_files[0])
                  if record.WhichOneof("record_type") == "artifact"}
     assert {"model", "dataset", "run_table"} <= set(artifacts)
+    assert (out / "wandb" / "staging").is_dir()  # W&B's artifact staging lives in the run, not in the home folder
     assert {item.path for item in artifacts["model"].manifest.contents} == {"model.safetensors", "config.json"}
     assert {item.path for item in artifacts["dataset"].manifest.contents} == {"manifest.json"}
     worst = json.loads(next((out / "wandb").glob("offline-run-*/files/media/table/test/worst_classified_*.json"))
