@@ -115,17 +115,24 @@ def count_members(path: Path) -> int:
     return len(_shard_keys(path))
 
 
+COUNTED_SHARDS = 32  # per split, evenly spaced: the start-up check costs the same at 10^4 and 10^9 samples
+
+
 def check_shards(shards_dir: str | Path, manifest: dict) -> None:
-    """Cheap check before training: every listed shard exists with the manifest's size and sample count."""
+    """Cheap check before training: every listed shard exists with the manifest's size (a stat per shard), and
+    the sample count of up to COUNTED_SHARDS shards per split (reading tar headers costs ~40 us per sample: minutes
+    per rank at survey scale). `pack --verify` checks every hash and count; a shard that breaks mid-run is a
+    one-line error from the stream."""
     for entries in manifest["shards"].values():
-        for entry in entries:
+        step = max(1, -(-len(entries) // COUNTED_SHARDS))
+        for position, entry in enumerate(entries):
             path = Path(shards_dir) / entry["name"]
             problem = None
             if not path.is_file():
                 problem = "is missing"
             elif path.stat().st_size != entry["bytes"]:
                 problem = f"has {path.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or altered)"
-            else:
+            elif position % step == 0:
                 try:
                     count = count_members(path)
                 except (tarfile.TarError, OSError) as error:
