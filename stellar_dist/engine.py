@@ -22,6 +22,7 @@ from . import dist
 from .clustering.cluster_stage import format_cluster_report
 from .config import Config
 from .data.batch_augment import make_views
+from .data.manifest import evaluated_on
 from .data.streams import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats
 from .errors import UserError, peer_failure, user_message
@@ -65,11 +66,6 @@ def _loaders(run: Run):
         unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu,
                            splits=algorithm.unlabeled_splits)
     return labeled, unlabeled
-
-
-def evaluated_on(manifest: dict) -> str:
-    """What the shards' test split is: the test split, or a validation split carved from the training pool."""
-    return "validation" if manifest.get("arguments", {}).get("validation_fraction") else "test"
 
 
 def _to_device(batch: dict | None, device: torch.device) -> dict | None:
@@ -120,7 +116,7 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
     run.tracker.log({"test/accuracy": report["accuracy"], "test/balanced_accuracy": report["balanced_accuracy"],
                      "test/macro_f1": report["macro_f1"]} | per_class, step)
     if dist.is_main():
-        image = plot_confusion(report, run.output_dir / "plots" / "confusion_matrix.png")
+        image = plot_confusion(report, run.output_dir / "plots" / "confusion_matrix.png", evaluated_on(run.manifest))
         run.tracker.log_images({"test/confusion_matrix": image}, step)
         if final:
             write_predictions(gathered, config.data.shards, run.manifest["classes"], run.output_dir / "predictions.csv")

@@ -126,7 +126,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion(report: dict, path: Path) -> Path:
+def plot_confusion(report: dict, path: Path, where: str = "test") -> Path:
+    """Row-normalised confusion matrix (each row: the recall of a true class), counts and fractions in the cells;
+    the title gives accuracy with balanced accuracy and macro-F1 (accuracy alone hides a failing rare class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,23 +136,39 @@ def plot_confusion(report: dict, path: Path) -> Path:
 
     matrix = np.array(report["confusion_matrix"], dtype=float)
     normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    figure, axis = plt.subplots(figsize=(4.5, 4))
-    axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    figure, axis = plt.subplots(figsize=(5.2, 4.4))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     for (row, column), count in np.ndenumerate(matrix):
         axis.text(column, row, f"{int(count)}\n{normalised[row, column]:.2f}", ha="center", va="center",
-                  color="white" if normalised[row, column] > 0.5 else "black", fontsize=8)
+                  color="white" if normalised[row, column] > 0.5 else "black", fontsize=10)
     ticks = range(len(report["classes"]))
     axis.set(xticks=ticks, yticks=ticks, xticklabels=report["classes"], yticklabels=report["classes"],
-             xlabel="predicted", ylabel="true", title=f"test accuracy {report['accuracy']:.3f}")
+             xlabel="predicted class", ylabel="true (spectroscopic) class")
+    axis.set_title(f"{where} split, {int(matrix.sum())} objects\naccuracy {report['accuracy']:.3f}   balanced "
+                   f"{report['balanced_accuracy']:.3f}   macro-F1 {report['macro_f1']:.3f}", fontsize=10)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=150)
     plt.close(figure)
     return path
 
 
+CURVE_NAMES = {"train/sup_loss": "labeled loss", "train/unsup_loss": "unlabeled loss",
+               "train/cluster_loss": "cluster loss", "train/mask_ratio": "pseudo-labels kept",
+               "train/pseudo_label_accuracy": "pseudo-label accuracy", "test/accuracy": "accuracy",
+               "test/balanced_accuracy": "balanced accuracy", "test/macro_f1": "macro-F1"}
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+    return ([step for step, _ in points], [value for _, value in points]) if points else ([], [])
+
+
 def plot_curves(log_path: Path, path: Path) -> Path | None:
-    """Training curves from log.jsonl: losses, mask ratio, pseudo-label accuracy, test accuracy."""
+    """Training curves from log.jsonl, four titled panels: losses (log scale, so one spike does not flatten the
+    rest), pseudo-labels (share kept, their accuracy, each class's share of them), evaluation (accuracy, balanced accuracy, macro-F1) and the
+    recall of each class at every evaluation (the rare class is the one that fails)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,19 +177,31 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
     if not log_path.exists():
         return None
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    panels = [("train/sup_loss", "train/unsup_loss"), ("train/mask_ratio", "train/pseudo_label_accuracy"),
-              ("test/accuracy", "test/macro_f1")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(13, 3.4))
-    for axis, keys in zip(axes, panels):
+    recalls = sorted({key for row in rows for key in row if key.startswith("test/recall/")})
+    shares = sorted({key for row in rows for key in row if key.startswith("train/pseudo_label_share/")})
+    panels = [("losses", ("train/sup_loss", "train/unsup_loss", "train/cluster_loss"), "loss (log scale)"),
+              ("pseudo-labels", ("train/mask_ratio", "train/pseudo_label_accuracy", *shares), "fraction"),
+              ("evaluation", ("test/accuracy", "test/balanced_accuracy", "test/macro_f1"), "score"),
+              ("recall per class", tuple(recalls), "recall")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(17, 3.8))
+    for axis, (title, keys, ylabel) in zip(axes, panels):
         for key in keys:
-            points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
-            if points:
-                axis.plot(*zip(*points), marker="." if key.startswith("test") else None, label=key)
-        axis.set_xlabel("step")
-        if axis.lines:  # a supervised run has no mask ratio: an empty panel, without a warning
+            steps, values = _series(rows, key)
+            if steps:
+                share = key.startswith("train/pseudo_label_share/")
+                axis.plot(steps, values, marker="." if key.startswith("test") else None, linestyle=":" if share
+                          else "-", label=CURVE_NAMES.get(key, ("share " if share else "") + key.rsplit("/", 1)[-1]))
+        axis.set(title=title, xlabel="optimizer step", ylabel=ylabel)
+        if title == "losses" and any(value > 0 for line in axis.lines for value in line.get_ydata()):
+            axis.set_yscale("log")
+        elif title != "losses":
+            axis.set_ylim(0, 1.02)
+        if axis.lines:  # a supervised run has no pseudo-labels: an empty panel, without a warning
             axis.legend(fontsize=8)
+        else:
+            axis.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=axis.transAxes)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=130)
     plt.close(figure)
     return path

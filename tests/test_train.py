@@ -34,7 +34,12 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     assert sum(row["support"] for row in test["per_class"].values()) == 40 == sum(map(sum, test["confusion_matrix"]))
     assert set(test) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes"}
     assert (out / "plots" / "confusion_matrix.png").stat().st_size > 0
-    assert (out / "plots" / "training_curves.png").stat().st_size > 0
+    from PIL import Image
+
+    # the figures at their slide sizes: four titled panels (losses, pseudo-labels, evaluation, recall per class),
+    # the confusion matrix with its colour bar
+    assert Image.open(out / "plots" / "training_curves.png").size == (2210, 494)
+    assert Image.open(out / "plots" / "confusion_matrix.png").size == (780, 660)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train_rows = [row for row in log if "train/sup_loss" in row]
     assert [row["step"] for row in train_rows] == [2, 4, 6]

@@ -125,23 +125,38 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
 
 
 def plot_cluster_table(metrics: dict, path: Path) -> Path:
+    """Clusters x classes: counts of the labeled + test objects in each cluster, coloured by their fraction of the
+    cluster (colour bar), rows grouped by the class each cluster is matched to and sorted by purity within it, with
+    each cluster's size (every object it was fit on) on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    classes, matched = metrics["classes"], metrics["cluster_to_class"]
     table = np.array(metrics["cluster_class_table"], dtype=float)
     fractions = table / np.maximum(table.sum(1, keepdims=True), 1)
-    figure, axis = plt.subplots(figsize=(4 + 0.2 * len(metrics["classes"]), 1.5 + 0.25 * len(table)))
-    axis.imshow(fractions, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    axis.set(xticks=range(len(metrics["classes"])), xticklabels=metrics["classes"], ylabel="cluster",
-             title=f"cluster acc {metrics['accuracy']:.3f}  NMI {metrics['nmi']:.3f}  ARI {metrics['ari']:.3f}")
-    for (row, column), count in np.ndenumerate(table):
-        axis.text(column, row, int(count), ha="center", va="center", fontsize=7,
-                  color="black" if fractions[row, column] > 0.6 else "white")
+    purity = fractions.max(1)
+    order = sorted(range(len(table)), key=lambda row: (classes.index(matched[row]), -purity[row]))
+    figure, axis = plt.subplots(figsize=(5.5 + 0.5 * len(classes), 2.0 + 0.32 * len(table)))
+    image = axis.imshow(fractions[order], aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    for position, row in enumerate(order):
+        for column in range(len(classes)):
+            axis.text(column, position, int(table[row, column]), ha="center", va="center", fontsize=8,
+                      color="black" if fractions[row, column] > 0.6 else "white")
+        axis.text(len(classes) - 0.4, position, f"{metrics['cluster_sizes'][row]:,}", ha="left", va="center",
+                  fontsize=8)
+    axis.set_xticks(range(len(classes)), classes)
+    axis.set_yticks(range(len(order)), [f"{row} -> {matched[row]}" for row in order], fontsize=8)
+    axis.set(xlabel="true (spectroscopic) class of the labeled + test objects", ylabel="cluster -> matched class")
+    axis.text(len(classes) - 0.4, -0.9, "size", ha="left", va="center", fontsize=8)
+    vote = "many-to-one majority vote" if len(table) > len(classes) else "one-to-one (Hungarian)"
+    axis.set_title(f"k = {len(table)} clusters, {vote}\ncluster accuracy {metrics['accuracy']:.3f}   NMI "
+                   f"{metrics['nmi']:.3f}   ARI {metrics['ari']:.3f}", fontsize=10)
+    figure.colorbar(image, ax=axis, fraction=0.04, pad=0.18, label="fraction of the cluster's labeled objects")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=150)
     plt.close(figure)
     return path
 

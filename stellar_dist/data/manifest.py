@@ -115,6 +115,11 @@ def count_members(path: Path) -> int:
     return len(_shard_keys(path))
 
 
+def evaluated_on(manifest: dict) -> str:
+    """What the shards' test split is: the test split, or a validation split carved from the training pool."""
+    return "validation" if manifest.get("arguments", {}).get("validation_fraction") else "test"
+
+
 COUNTED_SHARDS = 32  # per split, evenly spaced: the start-up check costs the same at 10^4 and 10^9 samples
 
 

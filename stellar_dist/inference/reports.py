@@ -16,7 +16,7 @@ import torch
 from ..clustering.cluster_stage import num_clusters, run_clustering
 from ..config import config_from_dict, load_config
 from ..data.eval_data import EvalData
-from ..data.manifest import load_manifest
+from ..data.manifest import evaluated_on, load_manifest
 from ..errors import UserError
 from ..evaluate import classification_report, gather_predictions, plot_confusion, write_predictions
 from ..outputs import claim_all, take_folder
@@ -62,7 +62,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps({"test": report, "checkpoint": str(folder),
                                                       "shards": str(shards_dir)}, indent=2))
-    plot_confusion(report, out_dir / "confusion_matrix.png")
+    plot_confusion(report, out_dir / "confusion_matrix.png", evaluated_on(manifest))
     write_predictions(gathered, shards_dir, manifest["classes"], out_dir / "predictions.csv")
     claim_all(out_dir, EVALUATE_FILES, "evaluate")
     lock.release()
