@@ -96,10 +96,19 @@ def _thumbnail(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.autocontrast(centre.resize((size, size), Image.Resampling.LANCZOS), cutoff=1)
 
 
+CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
 def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: ClusterState, metrics: dict,
                       path: Path, num_clusters: int, per_cluster: int = 8) -> Path:
-    """One row per cluster (largest first): the samples nearest its centroid, labelled with the matched class."""
-    from PIL import ImageDraw
+    """One row per cluster (largest first): the samples nearest its centroid. Each row is labelled with the
+    cluster, its size and the class it is matched to; each tile is framed in the colour of its spectroscopic class
+    where the pipeline knows it (labeled and test objects), in grey where it does not (unlabeled); the caption
+    says what a tile shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     largest = np.argsort(metrics["cluster_sizes"])[::-1][:num_clusters].tolist()
     chosen = nearest_ids(samples, largest, per_cluster)
@@ -111,16 +120,41 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
         shards.setdefault(names[int(samples["splits"][row])], set()).add(int(samples["shards"][row]))
     images = {sample_id: Image.fromarray(picture(raw, manifest))
               for sample_id, raw in read_some(shards_dir, shards, wanted).items()}
-    size, label_width = 96, 150  # tiles: the central half of each cutout (the object), enlarged and stretched
-    grid = Image.new("RGB", (label_width + per_cluster * size, len(largest) * size), "white")
-    draw = ImageDraw.Draw(grid)
+    known = {int(samples["ids"][row]): int(samples["labels"][row]) for row in rows
+             if samples["splits"][row] != SPLIT_CODES["unlabeled"] and samples["labels"][row] >= 0}
+    classes = metrics["classes"]
+    figure, axes = plt.subplots(len(largest), per_cluster, figsize=(1.25 * per_cluster + 1.6, 1.3 * len(largest)
+                                                                     + 0.9), squeeze=False)
     for row, cluster in enumerate(largest):
-        draw.text((4, row * size + 4), f"cluster {cluster}\nn={metrics['cluster_sizes'][cluster]}\n"
-                                      f"-> {metrics['cluster_to_class'][cluster]}", fill="black")
-        for column, sample_id in enumerate(chosen[cluster]):
-            grid.paste(_thumbnail(images[sample_id], size), (label_width + column * size, row * size))
+        for column in range(per_cluster):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            ids = chosen[cluster]
+            if column >= len(ids):
+                axis.axis("off")
+                continue
+            axis.imshow(_thumbnail(images[ids[column]], 96))
+            label = known.get(ids[column])
+            for spine in axis.spines.values():
+                spine.set(color=CLASS_COLOURS[label % len(CLASS_COLOURS)] if label is not None else "0.75",
+                          linewidth=3 if label is not None else 1)
+        axes[row][0].set_ylabel(f"cluster {cluster}\nn = {metrics['cluster_sizes'][cluster]:,}\n-> "
+                                f"{metrics['cluster_to_class'][cluster]}", rotation=0, ha="right", va="center",
+                                fontsize=9)
+    legend = [plt.Line2D([], [], color=CLASS_COLOURS[index % len(CLASS_COLOURS)], linewidth=3, label=name)
+              for index, name in enumerate(classes)] + [plt.Line2D([], [], color="0.75", label="class unknown")]
+    figure.legend(handles=legend, loc="upper center", ncol=len(legend), fontsize=9, frameon=False)
+    bands = ("FITS bands shown as R, G, B = i, r, g where present (else the last three)"
+             if manifest["encoding"] == "npy" else "the cutouts' own colours (SDSS: the gri composite)")
+    figure.text(0.5, 0.005, f"The {per_cluster} objects nearest each centroid. Tiles: the central half of the "
+                f"{manifest['image_size']} px packed cutouts ({manifest.get('preprocess', 'resize')} at pack), "
+                f"contrast-stretched per tile; {bands}. Frame: spectroscopic class.", ha="center", va="bottom",
+                fontsize=8, wrap=True)
+    figure.tight_layout(rect=(0, 0.03, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
     return path
 
 
