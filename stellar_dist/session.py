@@ -68,6 +68,9 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
     if config.data.grayscale and manifest["encoding"] == "npy":
         raise UserError(f"data.grayscale=true applies to RGB images, but {config.data.shards} holds "
                         f"{manifest['channels']}-band FITS cutouts: drop data.grayscale")
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("train.mixed_precision=fp16 needs a GPU and none is visible here: use auto (bf16 on GPUs, "
+                        "none on CPU), no, or bf16")
     if config.tracking == "wandb" and importlib.util.find_spec("wandb") is None:
         raise UserError("tracking=wandb but wandb is not installed here: pip install wandb, or set tracking=none "
                         "(log.jsonl and metrics.json record every metric either way)")

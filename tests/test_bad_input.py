@@ -112,10 +112,15 @@ def train_without(tmp_path, shards, missing: tuple[str, ...], *overrides):
                           capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 
 
-def test_missing_wandb_or_faiss_is_refused_in_one_line_or_falls_back(sim_shards, tmp_path):
-    for missing, overrides, words in ((("wandb",), ["tracking=wandb"], "wandb is not installed"),
-                                      (("faiss",), ["cluster.backend=faiss"], "faiss is not installed")):
-        out = tmp_path / missing[0]
+def test_missing_wandb_or_faiss_or_gpu_is_refused_in_one_line_or_falls_back(sim_shards, tmp_path):
+    import torch
+
+    cases = [(("wandb",), ["tracking=wandb"], "wandb is not installed"),
+             (("faiss",), ["cluster.backend=faiss"], "faiss is not installed")]
+    if not torch.cuda.is_available():
+        cases.append(((), ["train.mixed_precision=fp16"], "fp16 needs a GPU"))
+    for missing, overrides, words in cases:
+        out = tmp_path / (missing[0] if missing else "fp16")
         result = train_without(tmp_path, sim_shards, missing, f"output_dir={out}", *overrides)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr[-2000:]

@@ -78,7 +78,8 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("ONNX export needs onnx and onnxruntime: pip install 'stellar-dist[onnx]'") from None
+        raise UserError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript "
+                        "onnxruntime (in a checkout: pip install -e '.[onnx]')") from None
     torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
                       output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                       dynamo=True, verbose=False, external_data=False)
