@@ -103,6 +103,31 @@ def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_s
         assert np.allclose(other["p_GALAXY"].to_numpy(), one["p_GALAXY"].to_numpy(), atol=1e-5)
     assert np.allclose(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"), atol=1e-4)
 
+    # a partitioned parquet dataset, 2 ranks each writing its own parts: the same rows as the single file
+    parts = tmp_path / "parts"
+    command[command.index("--out") + 1:command.index("--out") + 4] = [f"{parts}/", "--part-rows", "60"]
+    command[command.index("--main_process_port") + 1] = str(free_port())
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(path.name for path in parts.glob("part-*.parquet"))
+    assert names == [f"part-{part:06d}.parquet" for part in range(4)]  # 200 rows / 60 per part
+    dataset = pd.read_parquet(parts)
+    assert dataset["row"].tolist() == one["row"].tolist() and (dataset["rejected_reason"] == "").all()
+    assert text(dataset["objid"]) == one["objid"].tolist()
+    assert dataset["predicted_class"].tolist() == one["predicted_class"].tolist()
+    assert np.allclose(dataset["p_GALAXY"].to_numpy(), one["p_GALAXY"].to_numpy(), atol=1e-5)
+    assert json.loads((parts / "_index.json").read_text())["complete"] is True
+    # resumable: a lost part is the only one computed again
+    (parts / names[2]).unlink()
+    before = {name: (parts / name).stat().st_mtime_ns for name in names if name != names[2]}
+    run_cli("predict", "--model", str(trained), "--input", str(sim_shards), "--out", f"{parts}/",
+            "--part-rows", "60")
+    assert {name: (parts / name).stat().st_mtime_ns for name in before} == before
+    assert pd.read_parquet(parts)["predicted_class"].tolist() == one["predicted_class"].tolist()
+    changed = run_cli("predict", "--model", str(trained), "--input", str(sim_shards), "--out", f"{parts}/",
+                      "--part-rows", "50", check=False)
+    assert changed.returncode == 2 and "holds parts of another prediction (part_rows differ)" in changed.stderr
+
 
 def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path):
     run = tmp_path / "run"

@@ -111,3 +111,21 @@ def test_a_pack_job_array_and_its_merge_equal_one_pack(cluster, sim_catalog, tmp
     run_cli("pack", "--catalog", str(sim_catalog), "--out", str(single), *PACK, "--workers", "2")
     assert all(manifest(single)[key] == manifest(out)[key] for key in SAME)
     run_cli("pack", "--verify", str(out))
+
+
+def test_a_predict_job_array_writes_every_part_once(cluster, plain_run, sim_shards, tmp_path):
+    """slurm/predict.sbatch as a 3-task array: 4 parts of 60 rows, each written by one task, together the same
+    rows as a single-file predict."""
+    import pandas as pd
+
+    out = tmp_path / "parts"
+    array = cluster.run("sbatch", "--parsable", "--wait", "--array=0-2", "--cpus-per-task=1",
+                        f"--output={tmp_path}/%A_%a.out", "slurm/predict.sbatch", str(plain_run), str(sim_shards),
+                        str(out), "--part-rows", "60", check=False, timeout=600)
+    assert array.returncode == 0, "".join(path.read_text() for path in tmp_path.glob("*.out"))
+    assert sorted(path.name for path in out.glob("part-*.parquet")) == [f"part-{i:06d}.parquet" for i in range(4)]
+    run_cli("predict", "--model", str(plain_run), "--input", str(sim_shards), "--out", str(tmp_path / "one.csv"))
+    one = pd.read_csv(tmp_path / "one.csv", dtype={"objid": str})
+    dataset = pd.read_parquet(out)
+    assert dataset["row"].tolist() == one["row"].tolist()
+    assert dataset["predicted_class"].tolist() == one["predicted_class"].tolist()

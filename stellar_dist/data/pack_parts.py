@@ -32,11 +32,11 @@ PART_FILE = "part.json"
 PART_NAME = re.compile(r"part-(\d{3,})-of-(\d{3,})")
 
 
-def parse_part(text: str) -> tuple[int, int]:
+def parse_part(text: str, option: str = "--part") -> tuple[int, int]:
     """'3/8' -> (3, 8): task 3 (counted from 0) of 8."""
     match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise UserError(f"--part {text!r} must be INDEX/COUNT with 0 <= INDEX < COUNT (for example "
+        raise UserError(f"{option} {text!r} must be INDEX/COUNT with 0 <= INDEX < COUNT (for example "
                         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-7)")
     return int(match.group(1)), int(match.group(2))
 

@@ -62,32 +62,42 @@ def predictions(model_path, image_paths: list[str], *, batch_size: int = 256, wo
     """One row per image path, in order: the prediction columns (see the module's docstring)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, description = load_model(find_model_folder(str(model_path)), device)
+    rows = [(index, (None, path, None)) for index, path in enumerate(image_paths)]
+    return predictions_of_rows(model, description, rows, device, batch_size=batch_size, workers=workers,
+                               unusual_below=unusual_below)
+
+
+def predictions_of_rows(model, description: dict, rows: list[tuple[int, tuple]], device, *, batch_size: int,
+                        workers: int, unusual_below: float) -> pd.DataFrame:
+    """The prediction columns of `rows` ((input index, (objid, path, payload)) as predict's inputs yield them),
+    one output row per input row in the given order, prepared and classified in chunks."""
     classes, clusters = description["classes"], description["cluster_tensors"]
     clusters = clusters if "centroids" in clusters else None
     far = (description.get("cluster") or {}).get("far_distance", float("inf"))
-    probabilities = np.full((len(image_paths), len(classes)), np.nan, dtype=np.float32)
-    cluster, distance = np.full(len(image_paths), -1, dtype=np.int64), np.full(len(image_paths), np.nan)
-    reasons = [""] * len(image_paths)
-    for start in range(0, len(image_paths), CHUNK_ROWS):
-        rows = [(index, (None, image_paths[index], None))
-                for index in range(start, min(start + CHUNK_ROWS, len(image_paths)))]
-        kept, values, features, rejected = classify_rows(model, rows, description, device, batch_size, workers)
-        kept = kept.cpu().numpy()
-        probabilities[kept] = values.cpu().numpy()
-        if clusters is not None and len(kept):
+    count = len(rows)
+    position = {index: place for place, (index, _) in enumerate(rows)}
+    probabilities = np.full((count, len(classes)), np.nan, dtype=np.float32)
+    cluster, distance = np.full(count, -1, dtype=np.int64), np.full(count, np.nan)
+    reasons = [""] * count
+    for start in range(0, count, CHUNK_ROWS):
+        kept, values, features, rejected = classify_rows(model, rows[start : start + CHUNK_ROWS], description,
+                                                         device, batch_size, workers)
+        places = np.array([position[int(index)] for index in kept.tolist()], dtype=np.int64)
+        probabilities[places] = values.cpu().numpy()
+        if clusters is not None and len(places):
             assignment, far_from = nearest_cluster(features, clusters)
-            cluster[kept], distance[kept] = assignment.cpu().numpy(), far_from.cpu().numpy()
+            cluster[places], distance[places] = assignment.cpu().numpy(), far_from.cpu().numpy()
         for index, reason in rejected:
-            reasons[index] = reason
-    read = np.array([not reason for reason in reasons])
-    best = np.nan_to_num(probabilities).argmax(1)
+            reasons[position[int(index)]] = reason
+    read = np.array([not reason for reason in reasons], dtype=bool)
+    best = np.nan_to_num(probabilities).argmax(1) if count else np.zeros(0, dtype=np.int64)
+    maximum = np.where(read, np.nan_to_num(probabilities, nan=-1.0).max(1, initial=-1.0), np.nan)
     table = {"predicted_class": [classes[index] if ok else "" for index, ok in zip(best, read)],
-             **{f"p_{name}": probabilities[:, position] for position, name in enumerate(classes)},
-             "max_probability": probabilities.max(1, initial=-np.inf, where=read[:, None])}
-    table["max_probability"] = np.where(read, table["max_probability"], np.nan)
-    unusual = read & (np.nan_to_num(table["max_probability"], nan=1.0) < unusual_below)
+             **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
+             "max_probability": maximum.astype(np.float32)}
+    unusual = read & (np.nan_to_num(maximum, nan=1.0) < unusual_below)
     if clusters is not None:
-        table |= {"cluster": cluster, "cluster_distance": distance}
+        table |= {"cluster": cluster, "cluster_distance": distance.astype(np.float32)}
         unusual |= read & (np.nan_to_num(distance, nan=0.0) > far)
     return pd.DataFrame(table | {"unusual": unusual, "rejected_reason": reasons})
 

@@ -233,7 +233,12 @@ def _probability(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a run folder, its model/ folder or a checkpoints/step_*")
     parser.add_argument("--input", required=True, help="CSV with image_path (+ objid), a folder of images, or shards")
-    parser.add_argument("--out", required=True, help="FILE.csv, FILE.parquet or FILE.fits")
+    parser.add_argument("--out", required=True, help="FILE.csv, FILE.parquet or FILE.fits; or FOLDER/: a partitioned "
+                        "parquet dataset, each rank writing its own parts, resumable (see inference/parts.py)")
+    parser.add_argument("--task", metavar="I/N", help="with a FOLDER/ --out: this job-array task I of N computes "
+                        "parts I, I+N, ... (slurm/predict.sbatch); without it the ranks of a launch share them")
+    parser.add_argument("--part-rows", type=_part_rows, default=100_000, help="input rows per part of a FOLDER/ "
+                        "output (1-100000000, default 100000)")
     parser.add_argument("--embeddings", help="also write the features as FILE.npy (rows in input order; NaN rows "
                                              "for rejected inputs)")
     parser.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (1-65536)")
@@ -246,7 +251,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _part_rows(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10**8:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000000, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> None:
+    from .parts import is_dataset, predict_parts
+
+    if is_dataset(args.out):
+        if args.embeddings:
+            raise UserError("--embeddings writes one .npy beside a single-file --out; a FOLDER/ output has no "
+                            "embeddings yet: drop --embeddings or write a single file")
+        from ..data.pack_parts import parse_part
+
+        task = parse_part(args.task, "--task") if args.task else None
+        counts = predict_parts(args.model, args.input, args.out, args.part_rows, args.batch_size,
+                               args.unusual_below, args.workers, task)
+        if counts:
+            left = f"; {counts['missing']} part(s) still to compute by other tasks" if counts["missing"] else ""
+            print(f"{counts['rows']} rows in {counts['parts']} part(s) in {args.out} ({counts['written_here']} "
+                  f"written by this process, finished parts kept{left}); rows whose image could not be read have "
+                  "a rejected_reason")
+        return
     try:
         counts = predict(args.model, args.input, args.out, args.embeddings, args.batch_size, args.unusual_below,
                          args.overwrite, args.workers)

@@ -1,0 +1,144 @@
+"""Predict at survey scale: a partitioned parquet dataset that every rank writes its own parts of, resumable.
+
+    stellar-dist predict --model runs/demo --input catalog.fits --out predictions/ --part-rows 100000
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.inference.predict \
+        --model runs/demo --input data/sim-shards --out predictions/
+
+An --out ending in "/" (or an existing folder) is a dataset folder: OUT/part-000000.parquet, part-000001.parquet,
+... where part p holds input rows [p x part_rows, (p + 1) x part_rows) in input order, every row of them (a row
+whose image cannot be read has empty prediction columns and its `rejected_reason`); OUT/_index.json says which
+model and input, the parts, their rows and the columns (pandas / pyarrow read the folder as one table:
+`pd.read_parquet("predictions/")`). Part p is computed by rank p mod world_size, with its images prepared in
+that rank's DataLoader workers; no rank waits for another until the end. A part is written under a temporary
+name and renamed when complete, so a part file that exists is finished: the same command run again (after a
+kill, a preemption) computes only the missing parts. Each part carries the provenance in its parquet metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .. import __version__, dist
+from ..errors import UserError, raise_if_any
+from .catalog import predictions_of_rows
+from .inputs import check_input_matches, input_rows
+from .model_folder import find_model_folder, load_model
+
+INDEX = "_index.json"  # "_": pyarrow and pandas skip it when they read the folder as one table
+PART = re.compile(r"part-(\d{6})\.parquet")
+
+
+def is_dataset(out: str) -> bool:
+    """--out names a dataset folder: it ends in a path separator or is an existing folder."""
+    return out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+def _part_path(out: Path, part: int) -> Path:
+    return out / f"part-{part:06d}.parquet"
+
+
+def _claim_folder(out: Path, wanted: dict) -> None:
+    """Rank 0: the folder is new, or a dataset of this model and input (resume); nothing else is touched."""
+    if out.exists():
+        strangers = [path.name for path in out.iterdir() if path.name != INDEX and not PART.fullmatch(path.name)
+                     and not path.name.startswith(".part-")]
+        if strangers:
+            raise UserError(f"--out {out} holds files predict did not write ({', '.join(sorted(strangers)[:3])}): "
+                            "choose a new or empty folder")
+        index = out / INDEX
+        if index.is_file():
+            previous = json.loads(index.read_text())
+            changed = [key for key in wanted if previous.get(key) != wanted[key]]
+            if changed:
+                raise UserError(f"--out {out} holds parts of another prediction ({', '.join(changed)} differ): "
+                                "choose another folder, or delete it to start again")
+        elif any(PART.fullmatch(path.name) for path in out.iterdir()):
+            raise UserError(f"--out {out} holds parts without {INDEX}: choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX).write_text(json.dumps(wanted | {"complete": False}, indent=2))
+
+
+def _write_part(path: Path, frame: pd.DataFrame, provenance: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           b"stellar_dist": json.dumps(provenance).encode()})
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, path)  # a part file that exists is complete
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_000, batch_size: int = 256,
+                  unusual_below: float = 0.6, workers: int = 2, task: tuple[int, int] | None = None) -> dict:
+    """Write the missing parts of OUT (this rank's share); returns counts on rank 0 (see the module docstring).
+    `task` (I, N): a job array's task I of N takes parts I, I + N, ... instead of the ranks of a process group;
+    each task rewrites the index when it ends (the last one to end lists every part)."""
+    from accelerate import PartialState
+
+    device = PartialState(cpu=not torch.cuda.is_available()).device
+    rank, world = task if task else (dist.rank(), dist.world_size())
+    out_dir, source_path = Path(out), Path(source)
+    if not source_path.exists():
+        raise UserError(f"--input {source} does not exist")
+    model_folder = find_model_folder(model_path)
+    model, description = load_model(model_folder, device)
+    check_input_matches(source_path, description)
+    total, rows, _ = input_rows(source_path, fits=description["encoding"] == "npy")
+    wanted = {"model": str(model_folder.resolve()), "input": str(source_path.resolve()), "rows": total,
+              "part_rows": part_rows, "classes": description["classes"], "stellar_dist": __version__}
+    refusal = None
+    if dist.is_main():
+        try:
+            _claim_folder(out_dir, wanted)
+        except UserError as error:
+            refusal = str(error)
+    if task:  # independent processes: no collective to share the refusal
+        if refusal:
+            raise UserError(refusal)
+    else:
+        raise_if_any(refusal)
+    num_parts = -(-total // part_rows)
+    mine = [part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()]
+    done, current, held = 0, None, []
+    for index, row in enumerate(rows):  # every rank reads the row list; only its own parts' images are prepared
+        part = index // part_rows
+        if part != current:
+            if held:
+                done += _finish(out_dir, current, held, model, description, device, batch_size, unusual_below,
+                                workers, wanted)
+            current, held = part, []
+        if part in mine:
+            held.append((index, row))
+    if held:
+        done += _finish(out_dir, current, held, model, description, device, batch_size, unusual_below, workers,
+                        wanted)
+    if not task:
+        dist.barrier()
+    if not dist.is_main():
+        return {}
+    parts = sorted(path.name for path in out_dir.iterdir() if PART.fullmatch(path.name))
+    index = out_dir / f".{INDEX}.tmp-{os.getpid()}"
+    index.write_text(json.dumps(wanted | {"complete": len(parts) == num_parts, "parts": parts}, indent=2))
+    os.replace(index, out_dir / INDEX)
+    return {"rows": total, "parts": num_parts, "written_here": done, "missing": num_parts - len(parts)}
+
+
+def _finish(out_dir, part, held, model, description, device, batch_size, unusual_below, workers, wanted) -> int:
+    frame = predictions_of_rows(model, description, held, device, batch_size=batch_size, workers=workers,
+                                unusual_below=unusual_below)
+    frame.insert(0, "row", [index for index, _ in held])
+    frame.insert(1, "objid", [objid for _, (objid, _, _) in held])
+    frame.insert(2, "image_path", [path for _, (_, path, _) in held])
+    _write_part(_part_path(out_dir, part), frame, wanted | {"part": part})
+    return 1
