@@ -89,14 +89,21 @@ def write_model(folder: Path, tensors: dict, description: dict) -> None:
 
 
 def publish(model_folder: Path, output_dir: Path, quiet: bool = False) -> Path:
-    """Copy a checkpoint's model files to OUTPUT_DIR/model, each replaced atomically. Only the files a model
-    folder consists of are replaced: an export or a note the user keeps there stays (and is named, since it was
-    made from earlier weights)."""
+    """Put a checkpoint's model files in OUTPUT_DIR/model, each replaced atomically: the weights as a hard link to
+    the checkpoint's file where the filesystem allows (the run stores them once; neither file is ever written
+    again), else a copy. Only the files a model folder consists of are replaced: an export or a note the user
+    keeps there stays (and is named, since it was made from earlier weights)."""
     target = output_dir / "model"
     target.mkdir(exist_ok=True)
     for name in (WEIGHTS, DESCRIPTION):
         temporary = target / f".{name}.tmp-{os.getpid()}"
-        shutil.copyfile(model_folder / name, temporary)
+        temporary.unlink(missing_ok=True)
+        try:
+            if name != WEIGHTS:
+                raise OSError("copied")  # config.json is small: a copy of its own
+            os.link(model_folder / name, temporary)
+        except OSError:
+            shutil.copyfile(model_folder / name, temporary)
         follow_umask(temporary)
         os.replace(temporary, target / name)
     others = sorted(child.name for child in target.iterdir() if child.name not in (WEIGHTS, DESCRIPTION)
