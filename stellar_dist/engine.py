@@ -30,6 +30,7 @@ from .evaluate import (classification_report, format_report, gather_predictions,
                        write_predictions)
 from .optim import update_ema
 from .preemption import Stopped, StopRequest, resume_command
+from .resume import finished_report
 from .saving import checkpoint
 from .session import Run, publish_model, save, setup, stop_if_non_finite
 
@@ -248,6 +249,12 @@ def train(config: Config) -> dict | None:
     """Train, checkpoint, evaluate and cluster; returns the final test report (on the main process; None for an
     algorithm without a class head, whose linear probe is in the cluster report)."""
     started = time.perf_counter()
+    finished = finished_report(config)
+    if finished is not None:
+        if dist.is_main():
+            print(f"{config.output_dir} already finished its {config.train.steps} steps with this config: nothing was "
+                  "run again (its report is in metrics.json; a larger train.steps continues it)")
+        return finished.get("test")
     run = setup(config)
     try:
         try:

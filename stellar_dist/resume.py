@@ -122,3 +122,30 @@ def find_resume_point(config: Config, manifest: dict, world_size: int) -> Resume
 def _describe(output_dir: Path) -> str:
     latest = checkpoint.candidates(output_dir)
     return latest[0].name if latest else "metrics.json"
+
+
+def finished_report(config: Config) -> dict | None:
+    """The saved metrics of a run that already did what `config` asks (resume=auto, the same config, metrics.json
+    beside a final checkpoint at train.steps): running it again would only append duplicate log rows and a second
+    W&B run, so the caller returns these instead. None when there is anything to do."""
+    import json
+
+    import yaml
+
+    from .config import to_dict
+
+    output_dir = Path(config.output_dir)
+    metrics_path, saved_config = output_dir / "metrics.json", output_dir / "config.yaml"
+    if config.resume != "auto" or not metrics_path.is_file() or not saved_config.is_file():
+        return None
+    latest = checkpoint.find_latest(output_dir)
+    if latest is None or int(latest.name.rsplit("_", 1)[-1]) != config.train.steps:
+        return None
+    try:
+        metrics, saved = json.loads(metrics_path.read_text()), yaml.safe_load(saved_config.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    asked = to_dict(config)
+    if metrics.get("steps") != config.train.steps or {**saved, "resume": None} != {**asked, "resume": None}:
+        return None
+    return metrics

@@ -83,6 +83,12 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     assert len(during) == 40 and during["id"].is_monotonic_increasing and during["objid"].str.len().min() == 19
     assert during.equals(after)
     assert (during["true_class"] == during["predicted_class"]).mean() == test["accuracy"]
+    # the same command again: nothing to do, said in one line; no duplicate log rows, no second W&B run
+    log_before, wandb_before = (out / "log.jsonl").read_text(), sorted((out / "wandb").glob("offline-run-*"))
+    again = train(f"data.shards={sim_shards}", f"output_dir={out}", "tracking=wandb", "resume=auto")
+    assert "already finished its 6 steps" in again.stdout
+    assert (out / "log.jsonl").read_text() == log_before
+    assert sorted((out / "wandb").glob("offline-run-*")) == wandb_before
 
 
 @pytest.mark.parametrize("augment_on", ["workers", "device"])
