@@ -167,8 +167,8 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
 
 def plot_curves(log_path: Path, path: Path) -> Path | None:
     """Training curves from log.jsonl, four titled panels: losses (log scale, so one spike does not flatten the
-    rest), pseudo-labels (share kept, their accuracy, each class's share of them), evaluation (accuracy, balanced accuracy, macro-F1) and the
-    recall of each class at every evaluation (the rare class is the one that fails)."""
+    rest), pseudo-labels (share kept, their accuracy, each class's share of them), evaluation (accuracy, balanced
+    accuracy, macro-F1) and the recall of each class at every evaluation (the rare class is the one that fails)."""
     import matplotlib
 
     matplotlib.use("Agg")

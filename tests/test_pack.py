@@ -150,8 +150,9 @@ def test_catalog_columns_by_name_as_sdss_tables_spell_them(sim_catalog, tmp_path
     from astropy.table import Table
 
     frame = pd.read_csv(sim_catalog, dtype=str)
+    ids = [str(1237650000000000000 + i) for i in range(len(frame))]
     sdss = pd.DataFrame({"cutout": [str(sim_catalog.parent / path) for path in frame["image_path"]],
-                         "class": frame["Class"], "specObjID": [str(1237650000000000000 + i) for i in range(len(frame))]})
+                         "class": frame["Class"], "specObjID": ids})
     table = Table.from_pandas(sdss)
     table["specObjID"] = [int(value) for value in sdss["specObjID"]]
     table.write(tmp_path / "sdss.fits")
