@@ -48,9 +48,12 @@ def test_exports_give_pytorchs_probabilities(sim_shards, tmp_path, plain_run):
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(images).softmax(-1).numpy()
-    for fmt, name in (("torchscript", "model.torchscript.pt"), ("onnx", "model.onnx")):
+    for fmt, name in (("torchscript", "model.torchscript.pt"), ("onnx", "model.onnx"), ("pt2", "model.pt2")):
         result = run_cli("export", "--model", str(run), "--format", fmt)
         assert f"wrote {run / 'model' / name}" in result.stdout
+        assert "Warning" not in result.stderr, result.stderr  # no deprecation or archive warnings
+    program = torch.export.load(str(run / "model" / "model.pt2")).module()
+    assert np.abs(program(images).detach().numpy() - expected).max() < 1e-4
     scripted = torch.jit.load(str(run / "model" / "model.torchscript.pt"))
     assert np.abs(scripted(images).detach().numpy() - expected).max() < 1e-4
     session = onnxruntime.InferenceSession(str(run / "model" / "model.onnx"), providers=["CPUExecutionProvider"])

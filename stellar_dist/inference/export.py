@@ -1,6 +1,8 @@
-"""`stellar-dist export`: the model folder's network as TorchScript or ONNX, checked against PyTorch.
+"""`stellar-dist export`: the model folder's network as ONNX, a torch.export program or TorchScript, checked
+against PyTorch.
 
     stellar-dist export --model runs/demo --format onnx          # writes runs/demo/model/model.onnx
+    stellar-dist export --model runs/demo --format pt2           # runs/demo/model/model.pt2 (torch.export.load)
     stellar-dist export --model runs/demo/model --format torchscript --out classifier.pt
 
 The exported graph takes images as the model saw them in training (N x 3 x size x size, pixel / 255, prepared as
@@ -22,6 +24,7 @@ from ..outputs import atomic_file, check_paths, claim, take_files
 from .model_folder import DESCRIPTION, WEIGHTS, find_model_folder, load_model
 
 TOLERANCE = 1e-4
+FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt"}  # format: default file
 
 
 class Probabilities(nn.Module):
@@ -45,10 +48,10 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, over
            ) -> tuple[Path, float]:
     """Write the export (atomically, after the check); returns its path and the largest difference seen. An
     existing file is replaced only when export wrote it (or with `overwrite`); the model's own files never."""
-    if fmt not in ("torchscript", "onnx"):
-        raise UserError(f"--format {fmt!r} must be torchscript or onnx")
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} must be one of {', '.join(FORMATS)}")
     folder = find_model_folder(model_path)
-    out = Path(out) if out else folder / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    out = Path(out) if out else folder / FORMATS[fmt]
     check_paths({"--out": out}, {"the model's weights": folder / WEIGHTS, "the model's config": folder / DESCRIPTION})
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
@@ -70,11 +73,26 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
     example, check = (torch.rand(n, channels, size, size, generator=generator) for n in (2, 5))
     with torch.no_grad():
         expected = wrapper(check)
+    if fmt == "pt2":
+        # plain (contiguous) weights: channels_last ones make torch.export's archive warn about "incomplete" tensors
+        wrapper = wrapper.to(memory_format=torch.contiguous_format)
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        with open(temporary, "wb") as handle:
+            torch.export.save(program, handle)
+        with open(temporary, "rb") as handle, torch.no_grad():
+            loaded = torch.export.load(handle).module()
+            return _check("torch.export", expected, loaded(check).numpy())
     if fmt == "torchscript":
-        with torch.no_grad():
-            traced = torch.jit.trace(wrapper, example)
-        traced.save(str(temporary))
-        return _check("TorchScript", expected, torch.jit.load(str(temporary))(check).detach().numpy())
+        import warnings
+
+        with warnings.catch_warnings():  # one line of ours instead of three FutureWarnings from torch.jit
+            warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+            with torch.no_grad():
+                traced = torch.jit.trace(wrapper, example)
+            traced.save(str(temporary))
+            got = torch.jit.load(str(temporary))(check).detach().numpy()
+        print("note: PyTorch deprecates TorchScript; --format pt2 (torch.export) or onnx are its successors")
+        return _check("TorchScript", expected, got)
     try:
         import onnxruntime
     except ImportError:
@@ -89,8 +107,10 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a run folder, its model/ folder or a checkpoints/step_*")
-    parser.add_argument("--format", required=True, choices=["torchscript", "onnx"])
-    parser.add_argument("--out", help="file to write (default: model.onnx / model.torchscript.pt in the model folder)")
+    parser.add_argument("--format", required=True, choices=list(FORMATS), help="onnx (onnxruntime-checked), pt2 "
+                        "(torch.export, load with torch.export.load) or torchscript (deprecated by PyTorch)")
+    parser.add_argument("--out", help="file to write (default: model.onnx / model.pt2 / model.torchscript.pt in the "
+                        "model folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that export did not "
                         "write (its own earlier exports are replaced without it)")
     return parser
