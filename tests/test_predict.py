@@ -48,6 +48,7 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     with open(tmp_path / "p.rejected.csv") as handle:
         rejected = list(csv.DictReader(handle))
     assert [int(row["row"]) for row in rejected] == [3, 4] and all(row["reason"] for row in rejected)
+    assert [row["objid"] for row in rejected] == ["1", "2"] and rejected[0]["image_path"].endswith("missing.jpg")
     truth = [row["Class"] for index, row in enumerate(rows) if index not in (3, 4)]
     accuracy = float(np.mean(out["predicted_class"].to_numpy() == np.array(truth)))
     assert accuracy == pytest.approx(json.loads((trained / "metrics.json").read_text())["test"]["accuracy"])

@@ -163,7 +163,9 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
         for chunk in _chunks(rows, CHUNK_ROWS):
             kept, probabilities, features, rejected = classify_rows(model, chunk[rank::world], description, device,
                                                                 batch_size, workers)
-            rejected_all.extend(rejected)
+            by_index = dict(chunk)  # the rejected rows' objid and image path, so the list joins back
+            rejected_all.extend((index, by_index[index][0] or "", by_index[index][1], reason)
+                                for index, reason in rejected)
             assignment = distance = None
             if clusters is not None:
                 assignment, distance = nearest_cluster(features, clusters)

@@ -124,13 +124,13 @@ def finish_outputs(writer, features_file, embeddings: str | None) -> None:
 def gather_rejected(rejected: list, out: Path) -> list:
     """Every rank's rejected rows, written by rank 0 to OUT.rejected.csv (input order); an earlier list of
     predict's own is removed (a stale list would misreport this run), a file of the user's never."""
-    rejected = dist.gather_objects(rejected)  # small: (row, reason) pairs
+    rejected = dist.gather_objects(rejected)  # small: (row, objid, image path, reason)
     side = rejected_path(out)
     if dist.is_main():
         if rejected:
             with atomic_file(side) as temporary, open(temporary, "w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["row", "reason"])
+                writer.writerow(["row", "objid", "image_path", "reason"])
                 writer.writerows(sorted(rejected))
             claim(side, "predict")
         else:
