@@ -103,6 +103,11 @@ def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_s
         assert text(other["predicted_class"]) == one["predicted_class"].tolist()
         assert np.allclose(other["p_GALAXY"].to_numpy(), one["p_GALAXY"].to_numpy(), atol=1e-5)
     assert np.allclose(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"), atol=1e-4)
+    import pyarrow.parquet as pq  # provenance: which model (path, hash), classes, date, in the file itself
+
+    recorded = json.loads(pq.read_schema(tmp_path / "two.parquet").metadata[b"stellar_dist"])
+    assert recorded["classes"] == "GALAXY,QSO,STAR" and len(recorded["model_sha256"]) == 16
+    assert Table.read(tmp_path / "one.fits").meta["SDSHA256"] == recorded["model_sha256"]
 
     # a partitioned parquet dataset, 2 ranks each writing its own parts: the same rows as the single file
     parts = tmp_path / "parts"

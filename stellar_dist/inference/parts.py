@@ -109,6 +109,9 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     else:
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
+    from .predict import provenance  # here: predict imports this module when asked for a FOLDER/
+
+    recorded = wanted | provenance(model_folder, description)
     mine = [part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()]
     done, current, held = 0, None, []
     for index, row in enumerate(rows):  # every rank reads the row list; only its own parts' images are prepared
@@ -116,13 +119,13 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
         if part != current:
             if held:
                 done += _finish(out_dir, current, held, model, description, device, batch_size, unusual_below,
-                                workers, wanted)
+                                workers, recorded)
             current, held = part, []
         if part in mine:
             held.append((index, row))
     if held:
         done += _finish(out_dir, current, held, model, description, device, batch_size, unusual_below, workers,
-                        wanted)
+                        recorded)
     if not task:
         dist.barrier()
     if not dist.is_main():
@@ -138,7 +141,8 @@ def _finish(out_dir, part, held, model, description, device, batch_size, unusual
     frame = predictions_of_rows(model, description, held, device, batch_size=batch_size, workers=workers,
                                 unusual_below=unusual_below)
     frame.insert(0, "row", [index for index, _ in held])
-    frame.insert(1, "objid", [objid for _, (objid, _, _) in held])
-    frame.insert(2, "image_path", [path for _, (_, path, _) in held])
+    # text columns typed as text even when a part has no objid at all: every part then has one schema
+    frame.insert(1, "objid", pd.array([objid for _, (objid, _, _) in held], dtype="string"))
+    frame.insert(2, "image_path", pd.array([path for _, (_, path, _) in held], dtype="string"))
     _write_part(_part_path(out_dir, part), frame, wanted | {"part": part})
     return 1

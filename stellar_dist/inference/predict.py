@@ -120,7 +120,8 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     if main:
         try:
             locks = claim_outputs(outputs, model_folder, source_path, image_paths, overwrite)
-            writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"])
+            writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"],
+                            provenance(model_folder, description))
         except UserError as error:
             refusal = str(error)
     raise_if_any(refusal)
@@ -187,6 +188,23 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
         raise
     return {"rows": total, "predicted": predicted, "seconds": time.perf_counter() - started,
             "rejected_rows": rejected_all, "features_file": features_file}
+
+
+def provenance(model_folder: Path, description: dict) -> dict:
+    """What an output table records about where its predictions come from."""
+    import datetime
+    import hashlib
+
+    from .. import __version__
+    from .model_folder import WEIGHTS
+
+    digest = hashlib.sha256()
+    with open(model_folder / WEIGHTS, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"model": str(Path(model_folder).resolve()), "model_sha256": digest.hexdigest()[:16],
+            "model_commit": description.get("git_commit") or "", "classes": ",".join(description["classes"]),
+            "stellar_dist": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:19]}
 
 
 class NothingPredicted(Exception):

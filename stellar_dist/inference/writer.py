@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -14,11 +15,16 @@ from ..errors import UserError
 from ..outputs import atomic_file, check_paths, claim, follow_umask, release, take_files
 
 
+FITS_KEYWORDS = {"model": "SDMODEL", "model_sha256": "SDSHA256", "model_commit": "SDCOMMIT", "classes": "SDCLASS",
+                 "stellar_dist": "SDVERSN", "date": "SDDATE"}
+
+
 class Writer:
     """Rank 0's output: CSV or parquet written chunk by chunk; FITS written at the end (astropy tables)."""
 
-    def __init__(self, out: Path, classes: list[str], clusters: bool = False):
+    def __init__(self, out: Path, classes: list[str], clusters: bool = False, provenance: dict | None = None):
         self.out, self.classes, self.kind = out, classes, out.suffix.lower().lstrip(".")
+        self.provenance = provenance or {}  # model, its commit, classes, date: in the parquet metadata / FITS header
         self.clusters = clusters
         if self.kind not in ("csv", "parquet", "fits"):
             raise UserError(f"--out {out} must end in .csv, .parquet or .fits")
@@ -43,7 +49,8 @@ class Writer:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist(rows, schema=self._schema(pa))
+            schema = self._schema(pa).with_metadata({b"stellar_dist": json.dumps(self.provenance).encode()})
+            table = pa.Table.from_pylist(rows, schema=schema)
             self.parquet = self.parquet or pq.ParquetWriter(self.temporary, table.schema)
             self.parquet.write_table(table)
         else:
@@ -62,6 +69,8 @@ class Writer:
 
             table = Table(rows=[[row[column] if row[column] is not None else "" for column in self.columns]
                                 for row in self.held], names=self.columns) if self.held else Table(names=self.columns)
+            for key, value in self.provenance.items():  # 8-character FITS keywords (long values: CONTINUE cards)
+                table.meta[FITS_KEYWORDS.get(key, key[:8].upper())] = str(value)
             table.write(self.temporary, format="fits", overwrite=True)
         elif self.handle is not None:
             self.handle.close()
