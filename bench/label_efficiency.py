@@ -88,8 +88,11 @@ def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None
     for tree in (wanted, ran):  # "auto" (the default since issue 20) is the backend it resolves to here
         tree["cluster.backend"] = resolve_backend(tree.get("cluster.backend", "auto"))
     defaults = flat(to_dict(Config()))  # a key added since the run behaved as its default (new keys are additive)
-    # runs may be moved; a run with a pretraining stage names that stage's checkpoint in model.weights
+    # runs may be moved; a run with a pretraining stage names that stage's checkpoint in model.weights; the
+    # options of algorithms the run does not use (ssl.<other>.*) cannot change it
     ignored = {"output_dir"} | ({"model.weights"} if wanted.get("pretrain.steps") else set())
+    ignored |= {key for key in wanted.keys() | ran.keys() if key.count(".") == 2 and key.startswith("ssl.")
+                and key.split(".")[1] != wanted.get("ssl.algorithm")}
     changed = sorted(key for key in wanted.keys() | ran.keys() if key not in ignored
                      and wanted.get(key) != ran.get(key, defaults.get(key)))
     if changed:
