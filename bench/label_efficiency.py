@@ -234,8 +234,8 @@ def plot(rows: list[dict], path: Path, rare: str = "QSO") -> None:
         axis.set_xticks(counts, [str(count) for count in counts])
         axis.xaxis.set_minor_formatter(NullFormatter())
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
-    figure.tight_layout(rect=(0, 0.22, 1, 1))
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.03 + 0.045 * -(-len(labels) // 3), 1, 1))  # room for the legend's rows
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
