@@ -11,7 +11,7 @@ an astropy Table comes back as a Table, anything else as a DataFrame. Every inpu
 with its own columns untouched, plus `predicted_class`, `p_<class>`, `max_probability`, `cluster` and
 `cluster_distance` (models that carry a clustering), `unusual`, and `rejected_reason` (empty when the image was
 read; otherwise why not, and the prediction columns are empty). One process: a GPU when there is one.
-`stellar-dist predict` shares the same image preparation and classification (predict.classify_rows).
+`stellar-dist predict` shares the same image preparation and classification (classify.classify_rows).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError
 from .model_folder import find_model_folder, load_model
-from .predict import CHUNK_ROWS, classify_rows, nearest_cluster
+from .classify import CHUNK_ROWS, classify_rows, nearest_cluster
 
 TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet", ".vot", ".xml")
 

@@ -27,6 +27,7 @@ import torch
 from .. import __version__, dist
 from ..errors import UserError, raise_if_any
 from .catalog import predictions_of_rows
+from .classify import provenance
 from .inputs import check_input_matches, input_rows
 from .model_folder import find_model_folder, load_model
 
@@ -109,8 +110,6 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     else:
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
-    from .predict import provenance  # here: predict imports this module when asked for a FOLDER/
-
     recorded = wanted | provenance(model_folder, description)
     mine = [part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()]
     done, current, held = 0, None, []
