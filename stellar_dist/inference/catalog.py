@@ -18,16 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from ..errors import UserError
+from .classify import predictions_of_rows
 from .model_folder import find_model_folder, load_model
-from .classify import CHUNK_ROWS, classify_rows, nearest_cluster
-
-TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet", ".vot", ".xml")
-
 
 def _as_frame(catalog, image_column: str) -> tuple[pd.DataFrame, str, Path | None]:
     """(the catalog as a DataFrame, "table" or "frame": what to return, the folder of a catalog file)."""
@@ -35,13 +31,13 @@ def _as_frame(catalog, image_column: str) -> tuple[pd.DataFrame, str, Path | Non
         path = Path(catalog)
         if not path.is_file():
             raise UserError(f"catalog {path} is not a file: pass a table file, an astropy Table or a DataFrame")
+        from ..data.catalog import TABLE_SUFFIXES, _read_csv
+
         if path.name.lower().endswith(TABLE_SUFFIXES):
             from astropy.table import Table
 
             return Table.read(path).to_pandas(), "frame", path.parent
-        from ..data.catalog import _read_csv  # every cell as text: 19-digit ids stay exact
-
-        return _read_csv(path), "frame", path.parent
+        return _read_csv(path), "frame", path.parent  # every cell as text: 19-digit ids stay exact
     if isinstance(catalog, pd.DataFrame):
         return catalog, "frame", None
     if hasattr(catalog, "colnames") and hasattr(catalog, "to_pandas"):  # astropy Table (imported only if given)
@@ -65,41 +61,6 @@ def predictions(model_path, image_paths: list[str], *, batch_size: int = 256, wo
     rows = [(index, (None, path, None)) for index, path in enumerate(image_paths)]
     return predictions_of_rows(model, description, rows, device, batch_size=batch_size, workers=workers,
                                unusual_below=unusual_below)
-
-
-def predictions_of_rows(model, description: dict, rows: list[tuple[int, tuple]], device, *, batch_size: int,
-                        workers: int, unusual_below: float) -> pd.DataFrame:
-    """The prediction columns of `rows` ((input index, (objid, path, payload)) as predict's inputs yield them),
-    one output row per input row in the given order, prepared and classified in chunks."""
-    classes, clusters = description["classes"], description["cluster_tensors"]
-    clusters = clusters if "centroids" in clusters else None
-    far = (description.get("cluster") or {}).get("far_distance", float("inf"))
-    count = len(rows)
-    position = {index: place for place, (index, _) in enumerate(rows)}
-    probabilities = np.full((count, len(classes)), np.nan, dtype=np.float32)
-    cluster, distance = np.full(count, -1, dtype=np.int64), np.full(count, np.nan)
-    reasons = [""] * count
-    for start in range(0, count, CHUNK_ROWS):
-        kept, values, features, rejected = classify_rows(model, rows[start : start + CHUNK_ROWS], description,
-                                                         device, batch_size, workers)
-        places = np.array([position[int(index)] for index in kept.tolist()], dtype=np.int64)
-        probabilities[places] = values.cpu().numpy()
-        if clusters is not None and len(places):
-            assignment, far_from = nearest_cluster(features, clusters)
-            cluster[places], distance[places] = assignment.cpu().numpy(), far_from.cpu().numpy()
-        for index, reason in rejected:
-            reasons[position[int(index)]] = reason
-    read = np.array([not reason for reason in reasons], dtype=bool)
-    best = np.nan_to_num(probabilities).argmax(1) if count else np.zeros(0, dtype=np.int64)
-    maximum = np.where(read, np.nan_to_num(probabilities, nan=-1.0).max(1, initial=-1.0), np.nan)
-    table = {"predicted_class": [classes[index] if ok else "" for index, ok in zip(best, read)],
-             **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
-             "max_probability": maximum.astype(np.float32)}
-    unusual = read & (np.nan_to_num(maximum, nan=1.0) < unusual_below)
-    if clusters is not None:
-        table |= {"cluster": cluster, "cluster_distance": distance.astype(np.float32)}
-        unusual |= read & (np.nan_to_num(distance, nan=0.0) > far)
-    return pd.DataFrame(table | {"unusual": unusual, "rejected_reason": reasons})
 
 
 def predict_catalog(model, catalog, *, image_column: str = "image_path", base_dir: str | Path | None = None,

@@ -26,8 +26,7 @@ import torch
 
 from .. import __version__, dist
 from ..errors import UserError, raise_if_any
-from .catalog import predictions_of_rows
-from .classify import provenance
+from .classify import predictions_of_rows, provenance
 from .inputs import check_input_matches, input_rows
 from .model_folder import find_model_folder, load_model
 
@@ -111,7 +110,7 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
     recorded = wanted | provenance(model_folder, description)
-    mine = [part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()]
+    mine = {part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()}
     done, current, held = 0, None, []
     for index, row in enumerate(rows):  # every rank reads the row list; only its own parts' images are prepared
         part = index // part_rows

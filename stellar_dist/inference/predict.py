@@ -119,9 +119,10 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
         for chunk in _chunks(rows, CHUNK_ROWS):
             kept, probabilities, features, rejected = classify_rows(model, chunk[rank::world], description, device,
                                                                 batch_size, workers)
-            by_index = dict(chunk)  # the rejected rows' objid and image path, so the list joins back
-            rejected_all.extend((index, by_index[index][0] or "", by_index[index][1], reason)
-                                for index, reason in rejected)
+            if rejected:  # with their objid and image path, so the list joins back
+                by_index = dict(chunk)
+                rejected_all.extend((index, by_index[index][0] or "", by_index[index][1], reason)
+                                    for index, reason in rejected)
             assignment = distance = None
             if clusters is not None:
                 assignment, distance = nearest_cluster(features, clusters)
