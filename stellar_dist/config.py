@@ -64,7 +64,7 @@ class SSLConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "mobilenet_v2"  # any torchvision classification model
-    weights: str = "none"  # "none", "imagenet" (needs the torchvision cache or internet), or a .pt/.pth path
+    weights: str = "none"  # "none", "imagenet" (needs the torchvision cache or internet), or a .pt/.pth/.safetensors path
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 import torchvision
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import UserError
+
+WEIGHT_FILES = (".pt", ".pth", ".safetensors")  # a local state dict: torch.load(weights_only=True) or safetensors
 
 
 def _strip_last_linear(model: nn.Module) -> int:
@@ -28,10 +31,10 @@ def _load_backbone(arch: str, weights: str) -> nn.Module:
     if arch not in torchvision.models.list_models(module=torchvision.models):
         raise UserError(f"model.arch={arch!r} is not a torchvision classification model "
                         "(e.g. mobilenet_v2, resnet18, efficientnet_b0, convnext_tiny)")
-    if weights == "none" or Path(weights).suffix in (".pt", ".pth"):
+    if weights == "none" or Path(weights).suffix in WEIGHT_FILES:
         return torchvision.models.get_model(arch, weights=None)
     if weights != "imagenet":
-        raise UserError(f"model.weights={weights!r} must be none, imagenet, or a path to a .pt/.pth state dict")
+        raise UserError(f"model.weights={weights!r} must be none, imagenet, or a path to a .pt/.pth/.safetensors state dict")
     try:
         return torchvision.models.get_model(arch, weights="DEFAULT")
     except Exception as error:  # no network, no cache: torchvision raises URLError/RuntimeError
@@ -81,8 +84,11 @@ class StellarNet(nn.Module):
     def _load_local(self, path: Path) -> None:
         if not path.exists():
             raise UserError(f"model.weights file {path} does not exist: fix the path or use model.weights=none")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        if path.suffix == ".safetensors":  # a model folder's weights (a checkpoint's model/model.safetensors)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
         own = self.backbone.state_dict()
         usable = {key.removeprefix("backbone."): value for key, value in state.items()
                   if key.removeprefix("backbone.") in own and own[key.removeprefix("backbone.")].shape == value.shape}

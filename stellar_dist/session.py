@@ -157,10 +157,10 @@ def _load_checkpoint(run: Run, folder: Path) -> str | None:
         run.accelerator.load_state(str(folder))
         part = checkpoint.TRAINER_STATE
         state = checkpoint.load_trainer_state(folder)
-        if "ema" in state:  # written before the EMA weights were kept once, in ema.pt
+        if "ema" in state:  # written before the EMA weights were kept once
             run.ema.load_state_dict(state["ema"])
         else:
-            part = checkpoint.EMA_WEIGHTS
+            part = checkpoint.ema_weights_file(folder).relative_to(folder)
             weights = checkpoint.load_ema_weights(folder)
             if not checkpoint.all_finite(weights):  # completeness is decided without reading weights
                 raise ValueError("it holds non-finite weights")
@@ -244,7 +244,7 @@ def stop_if_non_finite(run: Run, step: int, flag: torch.Tensor, what: str) -> No
 
 
 def trainer_state(run: Run, step: int) -> dict:
-    # The EMA weights themselves are ema.pt (saved beside this): only the count of averaged steps goes here.
+    # The EMA weights themselves are the checkpoint's model/ folder: only the count of averaged steps goes here.
     state = {"step": step, "ema_n_averaged": run.ema.n_averaged, "scheduler": run.scheduler.state_dict(),
              "classes": list(run.manifest["classes"]), "world_size": run.accelerator.num_processes,
              "algorithm": run.algorithm.state_dict()}
@@ -260,7 +260,7 @@ def save(run: Run, step: int, final: bool = False) -> Path:
     ema_state = run.ema.module.state_dict()
     model_folder = (model_tensors(ema_state, run.head.state),
                     describe(run.config, run.manifest, step, run.head.state))
-    folder = checkpoint.save(run.accelerator, run.output_dir, step, trainer_state(run, step), ema_state,
+    folder = checkpoint.save(run.accelerator, run.output_dir, step, trainer_state(run, step),
                              run.config.checkpoint.keep_last, model_folder)
     if final:
         publish_model(run, folder)

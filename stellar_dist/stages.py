@@ -42,12 +42,12 @@ def finetune_config(config: Config, weights: Path) -> Config:
 
 
 def pretrained_weights(stage_dir: Path) -> Path:
-    """Stage 1's final EMA weights (ema.pt of its newest complete checkpoint)."""
+    """Stage 1's final EMA weights (the model folder of its newest complete checkpoint)."""
     latest = checkpoint.find_latest(stage_dir)
     if latest is None or not (stage_dir / "metrics.json").is_file():
         raise UserError(f"pretraining in {stage_dir} has no finished checkpoint: run the command again with "
                         "resume=auto")
-    return latest / checkpoint.EMA_WEIGHTS
+    return checkpoint.ema_weights_file(latest)
 
 
 def train_in_stages(config: Config):

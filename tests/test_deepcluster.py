@@ -97,12 +97,12 @@ def test_pretraining_then_fine_tuning_is_one_resumable_command(sim_shards, tmp_p
     import yaml
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    weights = (out / "pretrain" / "checkpoints" / "step_0000004" / "ema.pt").resolve()
+    weights = (out / "pretrain" / "checkpoints" / "step_0000004" / "model" / "model.safetensors").resolve()
     assert saved["model"]["weights"] == str(weights) and saved["ssl"]["algorithm"] == "softmatch"
     # stage 2 starts from stage 1's backbone: model.weights loads every backbone tensor of that checkpoint
     from stellar_dist.models import StellarNet
 
-    pretrained = torch.load(weights, weights_only=True)
+    pretrained = load_file(weights)
     model = StellarNet("resnet18", 3, str(weights))
     loaded = {f"backbone.{key}": value for key, value in model.backbone.state_dict().items()}
     backbone = [key for key in pretrained if key.startswith("backbone.") and pretrained[key].is_floating_point()]

@@ -34,11 +34,13 @@ def test_resume_falls_back_past_broken_checkpoints_and_refused_runs_write_nothin
         assert (run / "config.yaml").read_bytes() == config_before
         assert sorted((run / "wandb").iterdir()) == wandb_before
     # latest is damaged: resume from the newest complete checkpoint, say so, keep the damaged one aside.
-    (ckpt(run, 6) / "ema.pt").write_bytes((ckpt(run, 6) / "ema.pt").read_bytes()[:1000])
+    weights = ckpt(run, 6) / "model" / "model.safetensors"
+    weights.unlink()  # the file, not the run/model/ it is hard-linked to, is damaged
+    weights.write_bytes((run / "model" / "model.safetensors").read_bytes()[:1000])
     result = train(f"data.shards={sim_shards}", f"output_dir={run}", "resume=auto", "data.num_workers=1")
     assert "warning: checkpoint step_0000006 is unreadable" in result.stdout
     assert "at step 3" in result.stdout and "data.num_workers 2 -> 1" in result.stdout
-    assert (run / "checkpoints" / "unreadable-step_0000006" / "ema.pt").exists()
+    assert (run / "checkpoints" / "unreadable-step_0000006" / "model" / "model.safetensors").exists()
     assert checkpoint.problem(ckpt(run, 6)) is None and checkpoint.find_latest(run) == ckpt(run, 6)
     # Shards of other classes, or a k the shards cannot hold: one line each, the run untouched.
     other = tmp_path / "other"

@@ -55,6 +55,15 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     assert "train step 6/6: sup=" in stdout and "it/s]" not in stdout  # (stdout + stderr)
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000006"]
+    # Weights stored once per checkpoint: the training weights, the optimizer's, the EMA's (in model/, which
+    # OUTPUT_DIR/model links to); nothing else of weight size.
+    weights = (out / "model" / "model.safetensors").stat().st_size
+    big = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file()
+                 and path.stat().st_size > weights / 2 and "step_0000006" in str(path))
+    assert big == [f"checkpoints/step_0000006/{name}" for name in ("model.safetensors", "model/model.safetensors",
+                                                                    "optimizer.bin")]
+    assert (out / "model" / "model.safetensors").samefile(out / "checkpoints" / "step_0000006" / "model" /
+                                                          "model.safetensors")
     run_files = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(run_files) == 1
     config, summary = config_and_summary(run_files[0])
@@ -112,8 +121,8 @@ def test_resume_from_mid_run_checkpoint_reaches_the_same_weights(sim_shards, tmp
     final_resumed = load_file(resumed / "checkpoints" / "step_0000006" / "model.safetensors")
     for key, value in final_full.items():
         assert torch.equal(value, final_resumed[key]), key
-    ema_full = torch.load(full / "checkpoints" / "step_0000006" / "ema.pt", weights_only=True)
-    ema_resumed = torch.load(resumed / "checkpoints" / "step_0000006" / "ema.pt", weights_only=True)
+    ema_full = load_file(full / "checkpoints" / "step_0000006" / "model" / "model.safetensors")
+    ema_resumed = load_file(resumed / "checkpoints" / "step_0000006" / "model" / "model.safetensors")
     assert all(torch.equal(value, ema_resumed[key]) for key, value in ema_full.items())
 
 

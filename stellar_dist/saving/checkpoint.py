@@ -2,8 +2,9 @@
 
     OUTPUT_DIR/checkpoints/step_0000200/   model.safetensors, optimizer.bin, random_states_*.pkl (Accelerate)
                                            trainer_state.pt (step, EMA count, scheduler, algorithm and cluster
-                                           state, classes), ema.pt (the EMA weights), model/ (the portable model),
-                                           complete.json (written last: every file's size)
+                                           state, classes), model/ (the portable model: the EMA weights, stored
+                                           once; resuming reads them there), complete.json (written last: every
+                                           file's size)
     OUTPUT_DIR/checkpoints/latest          the name of the newest complete checkpoint
 
 A checkpoint is built in a hidden `.step_*.tmp` folder and renamed when complete; `latest` is replaced atomically
@@ -31,7 +32,8 @@ from ..errors import UserError, storage_failure
 from .model_folder import write_model
 
 TRAINER_STATE = "trainer_state.pt"
-EMA_WEIGHTS = "ema.pt"
+EMA_WEIGHTS = "ema.pt"  # only in checkpoints written before the EMA weights were kept once, in model/
+PORTABLE_WEIGHTS = "model/model.safetensors"  # the EMA weights (and the clustering's space, cluster.*)
 MODEL_WEIGHTS = "model.safetensors"
 OPTIMIZER_STATE = "optimizer.bin"  # Accelerate's; with random_states_*.pkl, read when a run resumes
 COMPLETE = "complete.json"  # written last: {"step", "files": {relative path: bytes}}
@@ -41,9 +43,10 @@ def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ema_state: dict, keep_last: int,
-         model_folder: tuple[dict, dict] | None = None) -> Path:
-    """`model_folder`: (tensors, description) of the portable model written into the checkpoint's model/."""
+def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, keep_last: int,
+         model_folder: tuple[dict, dict]) -> Path:
+    """`model_folder`: (tensors, description) of the portable model written into the checkpoint's model/; its
+    tensors are the EMA weights, which resuming reads back from there (no second copy)."""
     root = checkpoint_root(output_dir)
     final, staging = root / f"step_{step:07d}", root / f".step_{step:07d}.tmp"
     if dist.is_main():
@@ -57,9 +60,7 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, em
         accelerator.wait_for_everyone()
         if dist.is_main():
             torch.save(trainer_state, staging / TRAINER_STATE)
-            torch.save(ema_state, staging / EMA_WEIGHTS)
-            if model_folder is not None:
-                write_model(staging / "model", *model_folder)
+            write_model(staging / "model", *model_folder)
             _write_complete(staging, step)
             _delete(final)
             staging.rename(final)
@@ -217,5 +218,19 @@ def load_trainer_state(checkpoint: Path) -> dict:
     return _load(checkpoint / TRAINER_STATE)
 
 
+def ema_weights_file(checkpoint: Path) -> Path:
+    """Where a checkpoint keeps its EMA weights: model/model.safetensors (ema.pt in older checkpoints)."""
+    return checkpoint / EMA_WEIGHTS if (checkpoint / EMA_WEIGHTS).is_file() else checkpoint / PORTABLE_WEIGHTS
+
+
 def load_ema_weights(checkpoint: Path) -> dict:
-    return _load(checkpoint / EMA_WEIGHTS)
+    """The network's EMA weights (without the clustering's space that the model folder also holds)."""
+    path = ema_weights_file(checkpoint)
+    if path.name == EMA_WEIGHTS:
+        return _load(path)
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path} is unreadable ({' '.join(str(error).split())[:160]}): use another checkpoint "
+                        "(checkpoints/step_*)") from None
+    return {key: value for key, value in tensors.items() if not key.startswith("cluster.")}
