@@ -13,8 +13,10 @@ overrides name a variant (e.g. "300 fixmatch 0 ssl.distribution_alignment=true")
 evaluates every run on a validation split carved from the training pool (`pack --validation-fraction`), never on
 the test split: choose recipes and hyperparameters with it, then report the chosen ones without it. Every count or
 fraction is packed with the same seed and test fraction, so the test split is the same sample set for all of them
-and smaller labeled splits are subsets of
-larger ones. Finished runs are kept and skipped, so the command can be re-run to extend a sweep; `--report`
+and smaller labeled splits are subsets of larger ones. By default a run's seed varies the initialisation and the
+order only: every seed learns from the same labeled objects. `--labeled-sets` packs the shards once per seed with
+`pack --labeled-seed SEED`, so that each seed also labels other objects (same test and validation rows): the spread
+then includes the luck of which objects have spectra, which at 30 labels moves macro-F1 more than any algorithm. Finished runs are kept and skipped, so the command can be re-run to extend a sweep; `--report`
 only rebuilds the table and plot. Writes OUT/results.json, OUT/table.md and OUT/label_efficiency.png.
 """
 
@@ -50,14 +52,21 @@ def parse_run(text: str) -> dict:
             "overrides": overrides, "label": label}
 
 
-def shards_dir(out: Path, labels: str, validation: bool) -> Path:
-    return out / "shards" / f"labeled_{labels}{'_validation' if validation else ''}"
+def split_tag(validation: bool, labeled_sets: bool) -> str:
+    """How a sweep's shards were split, in its folder names: "", "_validation", "_sets", "_validation_sets"."""
+    return ("_validation" if validation else "") + ("_sets" if labeled_sets else "")
 
 
-def pack(catalog: str, out: Path, labels: str, pack_args: str, test_fraction: float, validation: bool) -> Path:
-    shards = shards_dir(out, labels, validation)
+def shards_dir(out: Path, labels: str, tag: str, seed: int) -> Path:
+    folder = out / "shards" / f"labeled_{labels}{tag}"
+    return folder / f"set{seed}" if tag.endswith("_sets") else folder  # one labeled set per seed
+
+
+def pack(catalog: str, out: Path, labels: str, pack_args: str, test_fraction: float, tag: str, seed: int) -> Path:
+    shards = shards_dir(out, labels, tag, seed)
     amount = ["--labeled-count", labels] if labels.isdigit() else ["--labeled-fraction", labels]
-    held = ["--validation-fraction", str(VALIDATION_FRACTION)] if validation else []
+    held = ["--validation-fraction", str(VALIDATION_FRACTION)] if "_validation" in tag else []
+    held += ["--labeled-seed", str(seed)] if tag.endswith("_sets") else []
     if not (shards / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", catalog, "--out", str(shards),
                         *amount, "--test-fraction", str(test_fraction), *held, *shlex.split(pack_args)],
@@ -65,9 +74,9 @@ def pack(catalog: str, out: Path, labels: str, pack_args: str, test_fraction: fl
     return shards
 
 
-def run_dir(out: Path, run: dict, seed: int, validation: bool) -> Path:
+def run_dir(out: Path, run: dict, seed: int, tag: str) -> Path:
     name = run["label"].replace(" ", "_").replace("=", "-")
-    return out / "runs" / f"labeled_{run['labels']}{'_validation' if validation else ''}" / name / f"seed{seed}"
+    return out / "runs" / f"labeled_{run['labels']}{tag}" / name / f"seed{seed}"
 
 
 def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None:
@@ -106,7 +115,7 @@ def run_overrides(shards: Path, folder: Path, run: dict, seed: int, extra: list[
             "resume=auto", "tracking=none", *extra, *run["overrides"]]
 
 
-def share_pretraining(folder: Path, run: dict, seed: int, validation: bool) -> None:
+def share_pretraining(folder: Path, run: dict, seed: int, tag: str) -> None:
     """A pretraining stage reads no label and the same images at every count (labeled + unlabeled = the same
     training pool), so the curve trains it once per seed and row: a finished stage of the same row and seed at
     another count is linked (hard links, no copy) into this run, which then trains stage 2 only. The stage's
@@ -115,9 +124,10 @@ def share_pretraining(folder: Path, run: dict, seed: int, validation: bool) -> N
     if not any(item.startswith("pretrain.steps=") and item != "pretrain.steps=0" for item in run["overrides"]) \
             or (stage / "metrics.json").exists():
         return
-    runs = folder.parents[2]  # OUT/runs/labeled_<count>[_validation]/<row>/seed<seed>
+    runs = folder.parents[2]  # OUT/runs/labeled_<count><tag>/<row>/seed<seed>
     for other in sorted(runs.glob(f"labeled_*/{folder.parent.name}/{folder.name}/pretrain")):
-        same_split = other.parents[2].name.endswith("_validation") == validation
+        # the same training pool (labeled + unlabeled): the same split kind; labels (the name's 2nd part) differ
+        same_split = other.parents[2].name.split("_", 2)[2:] == folder.parents[1].name.split("_", 2)[2:]
         if other != stage and same_split and (other / "metrics.json").exists():
             sys.path.insert(0, str(REPO))
             from stellar_dist.resume import RUN_MARKER
@@ -132,13 +142,12 @@ def share_pretraining(folder: Path, run: dict, seed: int, validation: bool) -> N
             return
 
 
-def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str],
-          validation: bool = False) -> None:
+def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str], tag: str = "") -> None:
     overrides = run_overrides(shards, folder, run, seed, extra)
     if (folder / "metrics.json").exists():
         same_config_or_exit(config, overrides, folder)
         return
-    share_pretraining(folder, run, seed, validation)
+    share_pretraining(folder, run, seed, tag)
     command = [sys.executable, str(REPO / "launch" / "train.py"), "--config", config, *overrides]
     started = time.perf_counter()
     print(f"[label-efficiency] {' '.join(command[1:])}", flush=True)
@@ -155,21 +164,22 @@ def pseudo_label_share(folder: Path, name: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def collect(out: Path, runs: list[dict], validation: bool) -> list[dict]:
+def collect(out: Path, runs: list[dict], tag: str) -> list[dict]:
     rows = []
     for run in runs:
         found = []
         for seed in run["seeds"]:
-            folder = run_dir(out, run, seed, validation)
+            folder = run_dir(out, run, seed, tag)
             if (folder / "metrics.json").exists():
                 metrics = json.loads((folder / "metrics.json").read_text())
                 wall = folder / "wall_seconds.txt"
                 found.append((seed, metrics, float(wall.read_text()) if wall.exists() else None))
         if not found:
             continue
-        manifest = json.loads((shards_dir(out, run["labels"], validation) / "manifest.json").read_text())
+        manifest = json.loads((shards_dir(out, run["labels"], tag, found[0][0]) / "manifest.json").read_text())
         row = {"labels": run["labels"], "num_labeled": manifest["num_samples"]["labeled"], "label": run["label"],
-               "evaluated_on": "validation" if validation else "test", "seeds": [seed for seed, _, _ in found],
+               "evaluated_on": "validation" if "_validation" in tag else "test",
+               "labeled_sets": "one per seed" if tag.endswith("_sets") else "one", "seeds": [seed for seed, _, _ in found],
                "wall_seconds": [wall for _, _, wall in found]}
         tests = [metrics["test"] for _, metrics, _ in found]
         for key in METRICS:
@@ -183,7 +193,7 @@ def collect(out: Path, runs: list[dict], validation: bool) -> list[dict]:
             values = [test["per_class"][rare][key] for test in tests]
             row[f"{key}_{rare}"] = (float(np.mean(values)), float(np.std(values)))
         shares = [share for seed, _, _ in found
-                  if (share := pseudo_label_share(run_dir(out, run, seed, validation), rare))
+                  if (share := pseudo_label_share(run_dir(out, run, seed, tag), rare))
                   is not None]  # runs older than the diagnostic have none
         row["rare"], row[f"pseudo_label_share_{rare}"] = rare, float(np.mean(shares)) if shares else None
         rows.append(row)
@@ -250,25 +260,27 @@ def main() -> None:
     parser.add_argument("--run", action="append", default=[], help='"LABELS ALGORITHM SEEDS [KEY=VALUE ...]"')
     parser.add_argument("--validation", action="store_true", help="evaluate on a validation split carved from the "
                         "training pool (for choosing), not on the test split")
+    parser.add_argument("--labeled-sets", action="store_true", help="each seed labels other objects too (pack "
+                        "--labeled-seed SEED); the test and validation rows stay the same")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for every run (e.g. train.steps=500)")
     args = parser.parse_args()
     # Paths as the user typed them, from the user's folder (packing and training run from the repository root).
     args.catalog, args.config = str(Path(args.catalog).resolve()), str(Path(args.config).resolve())
     out, runs = Path(args.out).resolve(), [parse_run(text) for text in args.run]
+    tag = split_tag(args.validation, args.labeled_sets)
     if not args.report:
         for run in runs:
-            shards = pack(args.catalog, out, run["labels"], args.pack, args.test_fraction, args.validation)
             for seed in run["seeds"]:
-                train(args.config, shards, run_dir(out, run, seed, args.validation), run, seed, args.overrides,
-                      args.validation)
+                shards = pack(args.catalog, out, run["labels"], args.pack, args.test_fraction, tag, seed)
+                train(args.config, shards, run_dir(out, run, seed, tag), run, seed, args.overrides, tag)
     for run in runs:  # --report too: a table never mixes configs
         for seed in run["seeds"]:
-            folder = run_dir(out, run, seed, args.validation)
+            folder = run_dir(out, run, seed, tag)
             if (folder / "metrics.json").exists():
-                shards = shards_dir(out, run["labels"], args.validation)
+                shards = shards_dir(out, run["labels"], tag, seed)
                 same_config_or_exit(args.config, run_overrides(shards, folder, run, seed, args.overrides), folder)
-    rows = collect(out, runs, args.validation)
+    rows = collect(out, runs, tag)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     (out / "table.md").write_text(table(rows))

@@ -58,6 +58,8 @@ def _add_pack(commands) -> None:
                              "larger than png, read without decoding (the fastest input path)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split into labeled / unlabeled / test "
                         "(default 0; the same seed gives the same test split)")
+    parser.add_argument("--labeled-seed", type=int, default=-1, help="draw the labeled objects with this seed "
+                        "instead, keeping --seed's test and validation rows (default -1: --seed decides)")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     parser.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     parser.add_argument("--strict", action="store_true", help="abort on an unreadable image instead of skipping it")
@@ -190,7 +192,8 @@ def _run_pack(args) -> None:
     options = PackOptions(
         labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, labeled_count=args.labeled_count,
         validation_fraction=args.validation_fraction, image_size=args.image_size,
-        preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, shard_size=args.shard_size,
+        preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, labeled_seed=args.labeled_seed,
+        shard_size=args.shard_size,
         workers=args.workers, strict=args.strict, bands=args.bands, path_column=args.path_column,
         label_column=args.label_column, id_column=args.id_column,
     )

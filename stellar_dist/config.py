@@ -222,7 +222,7 @@ def _build(cls, values: dict, prefix: str):
             if expected in (int, float):
                 _check_range(prefix + name, kwargs[name], RANGES.get(prefix + name) or
                              getattr(cls, "RANGES", {}).get(name))
-            allowed = CHOICES.get(prefix + name)
+            allowed = CHOICES.get(prefix + name) or getattr(cls, "CHOICES", {}).get(name)
             if allowed and kwargs[name] not in allowed:
                 raise UserError(f"config key {prefix}{name}={value!r} is not one of {', '.join(allowed)}")
     if cls is SSLConfig:

@@ -12,6 +12,7 @@ from stellar_dist.algorithms.flexmatch import class_thresholds, learning_effect
 from stellar_dist.algorithms.freematch import fairness_loss
 from stellar_dist.algorithms.mixmatch import mixmatch_loss, mixup, sharpen
 from stellar_dist.config import load_config
+from stellar_dist.errors import UserError
 
 MANIFEST = {"classes": ["GALAXY", "QSO", "STAR"], "num_input": 12, "num_samples": {"unlabeled": 10},
             "counts": {"labeled": {"GALAXY": 6, "QSO": 1, "STAR": 3}}}
@@ -64,7 +65,7 @@ def test_freematch_thresholds_follow_the_ema_and_fairness_loss():
 
 
 def test_softmatch_weights_every_pseudo_label_by_a_truncated_gaussian():
-    algorithm = make("softmatch", "ssl.softmatch.ema_momentum=0.0", "ssl.softmatch.uniform_alignment=false")
+    algorithm = make("softmatch", "ssl.softmatch.ema_momentum=0.0", "ssl.softmatch.alignment=none")
     probabilities = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.2, 0.3, 0.5]])
     weights = algorithm.threshold_mask(probabilities, torch.arange(3))
     # EMA = this batch: mean confidence 0.6, unbiased variance 0.01; at or above the mean: 1; below: Gaussian
@@ -83,6 +84,13 @@ def test_softmatch_weights_every_pseudo_label_by_a_truncated_gaussian():
     loss, stats = aligned.loss(lambda images: images, {"image": torch.randn(2, 3), "label": torch.tensor([0, 1])},
                                {"weak": skewed.log(), "strong": torch.randn(3, 3), "id": torch.arange(3)}, 0)
     assert stats["mask"].shape == (3,) and 0 < stats["mask"].min() <= stats["mask"].max() <= 1
+    # Aligned to the labeled split's class shares instead: the batch mean is pulled there, not to uniform.
+    labeled = make("softmatch", "ssl.softmatch.ema_momentum=0.0", "ssl.softmatch.alignment=labeled")
+    assert torch.equal(labeled.alignment.target, labeled.labeled_prior)
+    assert torch.allclose(labeled.alignment(skewed).mean(0), labeled.labeled_prior, atol=0.05)
+    assert not torch.allclose(labeled.labeled_prior, torch.full((3,), 1 / 3), atol=0.05)
+    with pytest.raises(UserError, match="ssl.softmatch.alignment='balanced' is not one of uniform, labeled, none"):
+        make("softmatch", "ssl.softmatch.alignment=balanced")
 
 
 def test_mixmatch_sharpen_mixup_and_loss():

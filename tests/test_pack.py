@@ -132,6 +132,19 @@ def test_labeled_counts_are_nested_stratified_and_keep_the_test_split():
     assert abs((validation == "test").sum() - 300) <= 3
     with pytest.raises(UserError, match="fewer than the 3 classes"):
         stratified_split(classes, 0.1, 0.2, seed=0, labeled_count=2)
+    # --labeled-seed: other labeled objects (still nested, stratified), the same test and validation rows.
+    for kind in ({"labeled_count": 30}, {"labeled_count": 100, "validation_fraction": 0.1}, {}):
+        base = stratified_split(classes, 0.1, 0.2, seed=0, **kind)
+        drawn = [stratified_split(classes, 0.1, 0.2, seed=0, labeled_seed=seed, **kind) for seed in (0, 1)]
+        for splits in drawn:
+            assert all(np.array_equal(splits == name, base == name) for name in ("test", "heldout"))
+            assert (splits == "labeled").sum() == (base == "labeled").sum()
+            assert classes[splits == "labeled"].value_counts().equals(classes[base == "labeled"].value_counts())
+        labeled = [set(np.flatnonzero(splits == "labeled")) for splits in drawn]
+        assert len(labeled[0] & labeled[1]) < len(labeled[0]) / 2  # mostly other objects
+    smaller = stratified_split(classes, 0.1, 0.2, seed=0, labeled_count=30, labeled_seed=1) == "labeled"
+    larger = stratified_split(classes, 0.1, 0.2, seed=0, labeled_count=100, labeled_seed=1) == "labeled"
+    assert not (smaller & ~larger).any()
 
 
 def test_pack_labeled_count_end_to_end(sim_catalog, tmp_path):

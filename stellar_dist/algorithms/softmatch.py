@@ -4,7 +4,9 @@ A weak view whose confidence reaches the running mean confidence mu gets weight 
 exp(-(confidence - mu)^2 / (2 sigma^2 / n_sigma^2)), with mu and sigma^2 EMAs of the batch mean and variance of
 the confidence. Low-confidence classes (QSOs, early in training) keep contributing, softly, instead of being cut
 off by a hard threshold. Uniform alignment (UA) first rescales the weak-view probabilities so that their running
-mean is uniform over classes: the weights are not dominated by the classes the model already favours. Batch
+mean is uniform over classes: the weights are not dominated by the classes the model already favours.
+`alignment=labeled` aligns to the labeled split's class shares instead (SDSS is ~57/32/11, not balanced: uniform
+alignment pushes a third of the pseudo-labels towards QSO once the model finds them). Batch
 statistics are all-reduced over ranks before they update the EMAs, so every rank holds the same state.
 """
 
@@ -26,8 +28,10 @@ class SoftMatchOptions:
 
     ema_momentum: float = 0.999  # EMA of the confidence's mean and variance, and of UA's class mean (paper: 0.999)
     n_sigma: float = 2.0  # the Gaussian's width is sigma / n_sigma (paper and USB: 2)
-    uniform_alignment: bool = True  # align weak-view probabilities to a uniform class mean (paper: on)
+    alignment: str = "uniform"  # the class mean weak-view probabilities are aligned to: "uniform" (paper),
+    #                             "labeled" (the labeled split's class shares) or "none"
     RANGES: ClassVar[dict] = {"ema_momentum": "[0, 1)", "n_sigma": "(0, 100]"}
+    CHOICES: ClassVar[dict] = {"alignment": ("uniform", "labeled", "none")}
 
 
 def truncated_gaussian_weight(confidence: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor,
@@ -39,13 +43,14 @@ def truncated_gaussian_weight(confidence: torch.Tensor, mean: torch.Tensor, vari
 
 class SoftMatch(FixMatch):
     Options = SoftMatchOptions
-    aligns_distribution = False  # its own (uniform) alignment, not ssl.distribution_alignment's labeled prior
+    aligns_distribution = False  # its own alignment (ssl.softmatch.alignment), not ssl.distribution_alignment
 
     def __init__(self, config, manifest, device):
         super().__init__(config, manifest, device)
         uniform = torch.full((self.num_classes,), 1.0 / self.num_classes, device=device)
-        if self.options.uniform_alignment:
-            self.alignment = DistributionAlignment(uniform, momentum=self.options.ema_momentum)
+        target = {"uniform": uniform, "labeled": self.labeled_prior}.get(self.options.alignment)
+        if target is not None:
+            self.alignment = DistributionAlignment(target, momentum=self.options.ema_momentum)
         self.mean = uniform.mean().clone()  # running mean confidence: starts at chance
         self.variance = torch.ones((), device=device)
 

@@ -222,7 +222,7 @@ def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
 
 def stratified_split(
     classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int, exclude: np.ndarray | None = None,
-    labeled_count: int = 0, validation_fraction: float = 0.0,
+    labeled_count: int = 0, validation_fraction: float = 0.0, labeled_seed: int = -1,
 ) -> np.ndarray:
     """Assign each row to a split (an array of split names), stratified by class.
 
@@ -238,6 +238,9 @@ def stratified_split(
     `validation_fraction` > 0: the test rows are set aside ("heldout": never packed) and the next
     round(n * validation_fraction) rows of each class become the test split, a validation split carved from the
     training pool, for choosing a recipe without ever looking at the test split.
+    `labeled_seed` >= 0: each class's training pool is shuffled again with that seed before the labeled rows are
+    taken from it: the test and validation rows stay those of `seed`, the labeled objects change with
+    `labeled_seed` (still nested in the fraction or count).
     """
     if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
         raise UserError(
@@ -249,6 +252,7 @@ def stratified_split(
                         f"--labeled-count {labeled_count} must be 0 or more")
     everything_labeled = labeled_count == 0 and labeled_fraction + test_fraction > 1 - 1e-9
     rng = np.random.default_rng(seed)
+    labeled_rng = np.random.default_rng([labeled_seed, 1]) if labeled_seed >= 0 else None
     assignment = np.full(len(classes), "unlabeled", dtype=object)
     keep = np.ones(len(classes), dtype=bool) if exclude is None else ~exclude
     assignment[~keep] = "duplicate"  # in no split
@@ -276,9 +280,9 @@ def stratified_split(
         if validation_fraction:
             assignment[rows[num_test : num_test + num_validation]] = "test"
             start += num_validation
-        pools[name] = rows[start:]
+        pools[name] = rows[start:] if labeled_rng is None else labeled_rng.permutation(rows[start:])
         if not labeled_count:
-            assignment[rows[start : start + num_labeled]] = "labeled"
+            assignment[pools[name][:num_labeled]] = "labeled"
     if labeled_count:
         order = _count_order(pools)
         if labeled_count > len(order) - len(pools):

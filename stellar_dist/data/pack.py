@@ -48,6 +48,8 @@ class PackOptions:
     preprocess: str = "resize"  # "resize": whole field, area-averaged; "crop": centre crop at full resolution
     encoding: str = "png"  # "png" is lossless; "jpg" (quality 95) is ~3x smaller; "u8": raw uint8 arrays (no decode)
     seed: int = 0  # seeds the split and the shard order
+    labeled_seed: int = -1  # >= 0: which training-pool rows are labeled is drawn with this seed instead (the test
+    # and validation rows stay those of `seed`): seeds of a label-efficiency curve that vary the labeled objects
     shard_size: int = 1000  # samples per shard
     workers: int = 0  # 0 = all CPU cores
     strict: bool = False  # an unreadable image aborts the pack instead of being skipped and listed
@@ -178,7 +180,7 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
                         f"{', '.join(class_names)}: a classifier needs labelled rows of at least two classes")
     exclude, duplicates = find_duplicates(frame)
     splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed, exclude,
-                              options.labeled_count, options.validation_fraction)
+                              options.labeled_count, options.validation_fraction, options.labeled_seed)
     pixels = fits_bands.input_pixels(frame, splits, options, catalog)
     return frame, class_names, splits, pixels | {"duplicates": duplicates}
 
