@@ -22,6 +22,30 @@ def trained(plain_run):
     return plain_run
 
 
+def test_object_ids_keep_their_type_and_every_digit(tmp_path):
+    """Integer ids (SDSS's 19-digit objID) become 64-bit integer columns in parquet and FITS, a missing one
+    masked; any id that is not an integer keeps the column text."""
+    from stellar_dist.data.catalog import id_type
+    from stellar_dist.inference.writer import Writer
+
+    big = "1237648720693755918"  # > 2**53: float64 would change it
+    assert id_type([big, None, "-5", ""]) == "int64" and id_type([big, "J1234+5678"]) == "string"
+    assert id_type(["9223372036854775808"]) == "string" and id_type([None, ""]) is None
+    rows = [{"row": index, "objid": objid, "image_path": "a.png", "predicted_class": "QSO", "p_GALAXY": 0.1,
+             "p_QSO": 0.9, "max_probability": 0.9, "unusual": False} for index, objid in enumerate([big, None])]
+    for name in ("t.parquet", "t.fits"):
+        writer = Writer(tmp_path / name, ["GALAXY", "QSO"], integer_ids=True)
+        writer.write(rows)
+        writer.close()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(tmp_path / "t.parquet")["objid"]  # pandas: read_parquet(..., dtype_backend="pyarrow")
+    assert ids.type == pa.int64() and ids.to_pylist() == [int(big), None]
+    fits = Table.read(tmp_path / "t.fits")
+    assert fits["objid"].dtype.str[1:] == "i8" and str(fits["objid"][0]) == big and fits["objid"].mask[1]
+
+
 def split_catalog_with_bad_rows(sim_catalog, sim_shards, folder):
     """The test split as a user's CSV (absolute paths, objid as text), with a missing and a corrupt image."""
     rows = []
@@ -97,6 +121,9 @@ def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_s
     def text(values):  # FITS string columns come back as bytes
         return [(value.decode() if isinstance(value, bytes) else str(value)).strip() for value in values]
 
+    # SDSS-like 19-digit ids (every id an integer: pack recorded it): 64-bit integers in parquet and FITS, exact
+    assert two["objid"].dtype == np.int64 and fits["objid"].dtype.str[1:] == "i8"
+    assert one["objid"].str.len().eq(19).all()
     for other in (two, fits):
         assert other["row"].tolist() == one["row"].tolist()
         assert text(other["objid"]) == one["objid"].tolist()
@@ -119,6 +146,7 @@ def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_s
     assert names == [f"part-{part:06d}.parquet" for part in range(4)]  # 200 rows / 60 per part
     dataset = pd.read_parquet(parts)
     assert dataset["row"].tolist() == one["row"].tolist() and (dataset["rejected_reason"] == "").all()
+    assert str(dataset["objid"].dtype) == "Int64"
     assert text(dataset["objid"]) == one["objid"].tolist()
     assert dataset["predicted_class"].tolist() == one["predicted_class"].tolist()
     assert np.allclose(dataset["p_GALAXY"].to_numpy(), one["p_GALAXY"].to_numpy(), atol=1e-5)

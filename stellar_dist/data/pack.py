@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import bands as fits_bands
-from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
+from .catalog import SPLITS, find_duplicates, id_type, read_catalog, stratified_split
 from .images import encode, preprocess_image
 from ..errors import UserError, sigterm_as_exit
 from ..outputs import OutputLock, follow_umask, inside
@@ -182,7 +182,8 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
     splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed, exclude,
                               options.labeled_count, options.validation_fraction, options.labeled_seed)
     pixels = fits_bands.input_pixels(frame, splits, options, catalog)
-    return frame, class_names, splits, pixels | {"duplicates": duplicates}
+    ids = id_type(frame["objid"]) if "objid" in frame.columns else None  # predict types its objid column by it
+    return frame, class_names, splits, pixels | {"objid_type": ids, "duplicates": duplicates}
 
 
 def write_shards(catalog, frame, splits, class_names, pixels: dict, options: PackOptions, staging: Path,

@@ -39,7 +39,8 @@ def check_input_matches(source: Path, description: dict) -> None:
 
 def input_rows(source: Path, fits: bool = False):
     """(number of rows, generator of (objid or None, image path or shard member name, payload or None), the image
-    paths read (outputs must not be one of them)).
+    paths read (outputs must not be one of them), the objid column's type in FITS and parquet outputs: "int64",
+    "string" or None; data/catalog.id_type).
     A folder is searched for the files the model reads: FITS cutouts (`fits`) or 8-bit images. A shard member's
     payload is its bytes (N-band) or (encoding, bytes) for 8-bit shards."""
     if (source / "manifest.json").is_file():
@@ -59,7 +60,8 @@ def input_rows(source: Path, fits: bool = False):
                 payload = raw.get(encoding) if encoding == "npy" else (encoding, raw.get(encoding))
                 yield (None if objid is None else str(objid)), record.get("source", raw["__key__"]), payload
 
-        return sum(manifest["num_samples"].values()), from_shards(), []
+        # shards packed before pack recorded the ids' type: text (exact either way)
+        return sum(manifest["num_samples"].values()), from_shards(), [], manifest.get("objid_type", "string")
     if source.is_dir():
         wanted = is_fits if fits else (lambda path: path.suffix.lower() in IMAGE_SUFFIXES)
         images = sorted(path for path in source.rglob("*") if wanted(path)
@@ -68,8 +70,8 @@ def input_rows(source: Path, fits: bool = False):
             kind = "FITS cutouts" if fits else f"8-bit images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             raise UserError(f"--input {source} holds no {kind}, the kind of image this model reads: pass a folder "
                             "of them, a CSV or shards")
-        return len(images), ((None, str(path), None) for path in images), [str(path) for path in images]
-    from ..data.catalog import TABLE_SUFFIXES, _read_csv, _read_table
+        return len(images), ((None, str(path), None) for path in images), [str(path) for path in images], None
+    from ..data.catalog import TABLE_SUFFIXES, _read_csv, _read_table, id_type
 
     table = source.name.lower().endswith(TABLE_SUFFIXES)
     if source.suffix.lower() != ".csv" and not table:
@@ -88,7 +90,8 @@ def input_rows(source: Path, fits: bool = False):
         raise UserError(f"--input {source} lists {'FITS cutouts' if is_fits(first) else '8-bit images'} "
                         f"(first {first}), but the model was trained on {'FITS cutouts' if fits else '8-bit images'}"
                         ": classify them with a model trained on the same kind of image")
-    return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths
+    ids_type = id_type(ids) if "objid" in frame.columns else None
+    return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths, ids_type
 
 
 def prepare(row: tuple, maker: ItemMaker, description: dict) -> tuple[torch.Tensor | None, str | None]:

@@ -94,7 +94,7 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     model_folder = find_model_folder(model_path)
     model, description = load_model(model_folder, device)
     check_input_matches(source_path, description)
-    total, rows, _ = input_rows(source_path, fits=description["encoding"] == "npy")
+    total, rows, _, ids_type = input_rows(source_path, fits=description["encoding"] == "npy")
     wanted = {"model": str(model_folder.resolve()), "input": str(source_path.resolve()), "rows": total,
               "part_rows": part_rows, "classes": description["classes"], "stellar_dist": __version__}
     refusal = None
@@ -109,7 +109,7 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     else:
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
-    recorded = wanted | provenance(model_folder, description)
+    recorded = wanted | provenance(model_folder, description) | {"objid_type": ids_type}
     mine = {part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()}
     done, current, held = 0, None, []
     for index, row in enumerate(rows):  # every rank reads the row list; only its own parts' images are prepared
@@ -139,8 +139,10 @@ def _finish(out_dir, part, held, model, description, device, batch_size, unusual
     frame = predictions_of_rows(model, description, held, device, batch_size=batch_size, workers=workers,
                                 unusual_below=unusual_below)
     frame.insert(0, "row", [index for index, _ in held])
-    # text columns typed as text even when a part has no objid at all: every part then has one schema
-    frame.insert(1, "objid", pd.array([objid for _, (objid, _, _) in held], dtype="string"))
+    # typed by the whole input (not by this part's ids): every part has one schema; integer ids as 64-bit integers
+    integers = wanted.get("objid_type") == "int64"
+    frame.insert(1, "objid", pd.array([(int(objid) if integers else objid) if objid else None
+                                       for _, (objid, _, _) in held], dtype="Int64" if integers else "string"))
     frame.insert(2, "image_path", pd.array([path for _, (_, path, _) in held], dtype="string"))
     _write_part(_part_path(out_dir, part), frame, wanted | {"part": part})
     return 1

@@ -6,8 +6,8 @@
         --model runs/demo --input data/sim-shards --out predictions.fits
 
 Input: a table (CSV, or FITS, ECSV, parquet, VOTable as `pack` reads them) with an `image_path` column (relative
-to the table; an `objid` column, if any, is copied as text, so
-19-digit ids join back exactly), a folder of images (searched recursively, sorted by path) or a shards folder.
+to the table; an `objid` column, if any, is copied exactly: as a 64-bit integer column in FITS and parquet when
+every id is an integer, as SDSS's 19-digit ids are, else as text), a folder of images (searched recursively, sorted by path) or a shards folder.
 Images are prepared as in training, from the model's config.json (centre crop or area resize to its image size,
 JPEG round trip if it was trained on JPEG shards). Rows are processed in chunks: every rank takes every
 world_size-th row of a chunk, rank 0 writes the chunk in input order, so memory stays flat in the number of
@@ -70,13 +70,13 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     model_folder = find_model_folder(model_path)
     model, description = load_model(model_folder, device)
     check_input_matches(source_path, description)
-    total, rows, image_paths = input_rows(source_path, fits=description["encoding"] == "npy")
+    total, rows, image_paths, ids_type = input_rows(source_path, fits=description["encoding"] == "npy")
     outputs, locks, refusal = output_paths(out_path, embeddings), [], None
     if main:
         try:
             locks = claim_outputs(outputs, model_folder, source_path, image_paths, overwrite)
             writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"],
-                            provenance(model_folder, description))
+                            provenance(model_folder, description), integer_ids=ids_type == "int64")
         except UserError as error:
             refusal = str(error)
     raise_if_any(refusal)

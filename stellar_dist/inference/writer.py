@@ -22,10 +22,12 @@ FITS_KEYWORDS = {"model": "SDMODEL", "model_sha256": "SDSHA256", "model_commit":
 class Writer:
     """Rank 0's output: CSV or parquet written chunk by chunk; FITS written at the end (astropy tables)."""
 
-    def __init__(self, out: Path, classes: list[str], clusters: bool = False, provenance: dict | None = None):
+    def __init__(self, out: Path, classes: list[str], clusters: bool = False, provenance: dict | None = None,
+                 integer_ids: bool = False):
         self.out, self.classes, self.kind = out, classes, out.suffix.lower().lstrip(".")
         self.provenance = provenance or {}  # model, its commit, classes, date: in the parquet metadata / FITS header
         self.clusters = clusters
+        self.integer_ids = integer_ids  # objid as a 64-bit integer column in parquet and FITS (CSV: text, exact)
         if self.kind not in ("csv", "parquet", "fits"):
             raise UserError(f"--out {out} must end in .csv, .parquet or .fits")
         needed = {"parquet": "pyarrow", "fits": "astropy"}.get(self.kind)
@@ -50,14 +52,15 @@ class Writer:
             import pyarrow.parquet as pq
 
             schema = self._schema(pa).with_metadata({b"stellar_dist": json.dumps(self.provenance).encode()})
-            table = pa.Table.from_pylist(rows, schema=schema)
+            table = pa.Table.from_pylist(self._typed(rows), schema=schema)
             self.parquet = self.parquet or pq.ParquetWriter(self.temporary, table.schema)
             self.parquet.write_table(table)
         else:
             self.held.extend(rows)
 
     def _schema(self, pa):
-        return pa.schema([("row", pa.int64()), ("objid", pa.string()), ("image_path", pa.string()),
+        return pa.schema([("row", pa.int64()), ("objid", pa.int64() if self.integer_ids else pa.string()),
+                          ("image_path", pa.string()),
                           ("predicted_class", pa.string()), *((f"p_{name}", pa.float32()) for name in self.classes),
                           ("max_probability", pa.float32()),
                           *((("cluster", pa.int32()), ("cluster_distance", pa.float32())) if self.clusters else ()),
@@ -67,8 +70,7 @@ class Writer:
         if self.kind == "fits":
             from astropy.table import Table
 
-            table = Table(rows=[[row[column] if row[column] is not None else "" for column in self.columns]
-                                for row in self.held], names=self.columns) if self.held else Table(names=self.columns)
+            table = self._fits_table(Table)
             for key, value in self.provenance.items():  # 8-character FITS keywords (long values: CONTINUE cards)
                 table.meta[FITS_KEYWORDS.get(key, key[:8].upper())] = str(value)
             table.write(self.temporary, format="fits", overwrite=True)
@@ -82,6 +84,25 @@ class Writer:
             return
         follow_umask(self.temporary)
         self.temporary.replace(self.out)  # a finished file or none
+
+    def _typed(self, rows: list[dict]) -> list[dict]:
+        return [row | {"objid": int(row["objid"]) if row["objid"] else None} for row in rows] \
+            if self.integer_ids else rows
+
+    def _fits_table(self, Table):
+        """The held rows as an astropy table; integer ids as an int64 column (a missing id masked: TNULL)."""
+        import numpy as np
+
+        if not self.held:
+            return Table(names=self.columns)
+        columns = {column: [row.get(column) for row in self.held] for column in self.columns}
+        if self.integer_ids:
+            missing = np.array([value is None for value in columns["objid"]])
+            values = np.array([0 if value is None else int(value) for value in columns["objid"]], dtype=np.int64)
+            columns["objid"] = np.ma.masked_array(values, mask=missing) if missing.any() else values
+        else:
+            columns["objid"] = ["" if value is None else value for value in columns["objid"]]
+        return Table([columns[column] for column in self.columns], names=self.columns)
 
     def discard(self) -> None:
         """Nothing of an unfinished or refused output stays behind."""
