@@ -173,5 +173,21 @@ def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path
     assert len(joined) == 200 and (joined["cluster"] == joined["cluster_predict"]).mean() > 0.98
     assert np.allclose(joined["distance"], joined["cluster_distance_predict"], atol=1e-3)
     description = json.loads((run / "model" / "config.json").read_text())
-    far = description["cluster"]["far_distance"]
-    assert (predicted["unusual"] == ((predicted["max_probability"] < 0.6) | (predicted["cluster_distance"] > far))).all()
+    far = description["cluster"]["far_feature_distance"]
+    beyond = predicted["feature_distance"] > far
+    assert (predicted["unusual"] == ((predicted["max_probability"] < 0.6) | beyond)).all()
+    # calibrated: ~1% of the images the clustering was fit on lie beyond the threshold (histogram bins: 0.2%)
+    fit = joined["split"].isin(["labeled", "unlabeled"])
+    assert fit.sum() > 100 and beyond[joined.index[fit]].mean() <= 0.02
+    # images unlike the training ones (noise fields): flagged one by one, and the share gives a warning
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for index in range(60):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    result = run_cli("predict", "--model", str(run), "--input", str(folder), "--out", str(tmp_path / "noise.csv"))
+    noise = pd.read_csv(tmp_path / "noise.csv")
+    assert (noise["feature_distance"] > far).mean() > 0.9 and noise["unusual"].all()
+    assert "warning: 60 of 60 objects (100.0%) lie farther from the training images' features" in result.stdout

@@ -46,15 +46,20 @@ class ClusterState:
     inertia: float = 0.0
     # How a new sample's backbone features reach the centroids' space (predict): reduced = L2-normalise((f - mean)
     # @ projection); no projection when cluster.pca_dim is 0. `far_distance`: mean + 3 std of the fit samples'
-    # distances to their centroid, beyond which a sample is unlike anything clustered.
+    # distances to their centroid. `far_feature_distance`: the FAR_QUANTILE of the fit samples' whitened distance
+    # from the mean feature, ||(f - mean) @ projection|| (a Mahalanobis distance over the top pca_dim axes, before
+    # the L2 normalisation that makes every sample look near some centroid): 1% of the training samples lie beyond
+    # it by construction, so a larger share among new objects says they differ from the training images.
     pca_mean: torch.Tensor | None = None
     pca_projection: torch.Tensor | None = None
     far_distance: float = float("inf")
+    far_feature_distance: float = float("inf")
 
     def state_dict(self) -> dict:
         return {"assignments": self.assignments, "centroids": self.centroids, "cluster_weights": self.cluster_weights,
                 "num_reclusterings": self.num_reclusterings, "inertia": self.inertia, "pca_mean": self.pca_mean,
-                "pca_projection": self.pca_projection, "far_distance": self.far_distance}
+                "pca_projection": self.pca_projection, "far_distance": self.far_distance,
+                "far_feature_distance": self.far_feature_distance}
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> "ClusterState":
@@ -100,6 +105,31 @@ def reduce_features(features: torch.Tensor, mean: torch.Tensor | None, projectio
         parts.append(F.normalize(x, dim=1).float())
     width = features.shape[1] if projection is None else projection.shape[1]
     return torch.cat(parts) if parts else features.new_zeros(0, width, dtype=torch.float32)
+
+
+def whitened_distance(features: torch.Tensor, mean: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Each sample's distance from the mean training feature in whitened units (see ClusterState), in row blocks."""
+    parts = [((features[start : start + ROW_BLOCK].double() - mean.to(features.device, torch.float64))
+              @ projection.to(features.device, torch.float64)).norm(dim=1).float()
+             for start in range(0, len(features), ROW_BLOCK)]
+    return torch.cat(parts) if parts else features.new_zeros(0)
+
+
+FAR_QUANTILE = 0.99  # of the training samples' whitened distances: the `unusual` threshold of predict
+
+
+def quantile_over_ranks(values: torch.Tensor, quantile: float, low: float = 1e-3, high: float = 1e6,
+                        bins: int = 8192) -> float:
+    """The `quantile` of `values` (positive) over all ranks, from an all-reduced histogram of their logarithm
+    (bins 0.17% wide): memory and traffic flat in the number of samples."""
+    logs = values.double().clamp(min=low, max=high).log()
+    counts = torch.histc(logs, bins=bins, min=float(torch.tensor(low).log()), max=float(torch.tensor(high).log()))
+    counts = dist.all_reduce_sum(counts.double())
+    if counts.sum() == 0:
+        return float("inf")
+    place = int(torch.searchsorted(counts.cumsum(0), quantile * counts.sum()).clamp(max=bins - 1))
+    width = (torch.tensor(high).log() - torch.tensor(low).log()) / bins
+    return float((torch.tensor(low).log() + (place + 1) * width).exp())  # the bin's upper edge
 
 
 def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int):
@@ -158,7 +188,9 @@ def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_d
                                                (distance**2).sum()]))
     average = moments[1] / moments[0].clamp(min=1)
     spread = (moments[2] / moments[0].clamp(min=1) - average**2).clamp(min=0).sqrt()
+    far_feature = float("inf") if projection is None else quantile_over_ranks(
+        whitened_distance(local.features[fit], mean, projection), FAR_QUANTILE)
     state = ClusterState(table, centroids.float(), weights.float(), num_reclusterings + 1, inertia,
                          None if mean is None else mean.float(), None if projection is None else projection.float(),
-                         float(average + 3 * spread))
+                         float(average + 3 * spread), far_feature)
     return state, reduced, assignment

@@ -8,21 +8,23 @@
 
 `catalog` is an astropy Table, a pandas DataFrame, or the path of a table (CSV, FITS, ECSV, parquet, VOTable);
 an astropy Table comes back as a Table, anything else as a DataFrame. Every input row comes back, in input order,
-with its own columns untouched, plus `predicted_class`, `p_<class>`, `max_probability`, `cluster` and
-`cluster_distance` (models that carry a clustering), `unusual`, and `rejected_reason` (empty when the image was
-read; otherwise why not, and the prediction columns are empty). One process: a GPU when there is one.
+with its own columns untouched, plus `predicted_class`, `p_<class>`, `max_probability`, `cluster`,
+`cluster_distance` and `feature_distance` (models that carry a clustering), `unusual`, and `rejected_reason` (empty
+when the image was read; otherwise why not, and the prediction columns are empty). When far more objects than the
+1% expected lie beyond the training images' 99th-percentile feature distance, a warning says so (a domain shift). One process: a GPU when there is one.
 `stellar-dist predict` shares the same image preparation and classification (classify.classify_rows).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ..errors import UserError
-from .classify import predictions_of_rows
+from .classify import predictions_of_rows, shift_warning
 from .model_folder import find_model_folder, load_model
 
 def _as_frame(catalog, image_column: str) -> tuple[pd.DataFrame, str, Path | None]:
@@ -59,8 +61,12 @@ def predictions(model_path, image_paths: list[str], *, batch_size: int = 256, wo
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, description = load_model(find_model_folder(str(model_path)), device)
     rows = [(index, (None, path, None)) for index, path in enumerate(image_paths)]
-    return predictions_of_rows(model, description, rows, device, batch_size=batch_size, workers=workers,
-                               unusual_below=unusual_below)
+    frame = predictions_of_rows(model, description, rows, device, batch_size=batch_size, workers=workers,
+                                unusual_below=unusual_below)
+    warning = shift_warning(*frame.attrs["far"])
+    if warning:
+        print(warning, file=sys.stderr)
+    return frame
 
 
 def predict_catalog(model, catalog, *, image_column: str = "image_path", base_dir: str | Path | None = None,

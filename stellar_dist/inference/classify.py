@@ -48,14 +48,52 @@ def classify_rows(model, rows: list[tuple[int, tuple]], description: dict, devic
     return kept, probabilities, features, rejected
 
 
-def nearest_cluster(features: torch.Tensor, clusters: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cluster id, distance to its centroid) in the space the run's last clustering was fit in."""
+def nearest_cluster(features: torch.Tensor, clusters: dict) -> dict[str, torch.Tensor]:
+    """Each object's cluster and distance to its centroid in the space the run's last clustering was fit in, and,
+    where that space is a whitened PCA, its distance from the mean training feature in whitened units
+    (`feature_distance`, the measure `unusual` uses; clustering/recluster.py's ClusterState)."""
     from ..clustering.cluster import assign
-    from ..clustering.recluster import reduce_features
+    from ..clustering.recluster import reduce_features, whitened_distance
 
     reduced = reduce_features(features, clusters.get("pca_mean"), clusters.get("pca_projection"))
     assignment, squared = assign(reduced, clusters["centroids"].to(reduced.device))
-    return assignment, squared.clamp(min=0).sqrt()
+    columns = {"cluster": assignment, "cluster_distance": squared.clamp(min=0).sqrt()}
+    if clusters.get("pca_projection") is not None:
+        columns["feature_distance"] = whitened_distance(features, clusters["pca_mean"], clusters["pca_projection"])
+    return columns
+
+
+def cluster_columns(description: dict) -> tuple[str, ...]:
+    """The clustering columns a model's predictions have (none without a clustering)."""
+    tensors = description["cluster_tensors"]
+    if "centroids" not in tensors:
+        return ()
+    return ("cluster", "cluster_distance", *(("feature_distance",) if "pca_projection" in tensors else ()))
+
+
+def far_rule(description: dict) -> tuple[str | None, float]:
+    """(column, threshold) beyond which an object is `unusual` as unlike the training images: the whitened feature
+    distance's 99th training percentile (calibrated: 1% of the training images lie beyond it); models saved before
+    it existed: the cluster distance's mean + 3 std; no clustering: none."""
+    info = description.get("cluster") or {}
+    if info.get("far_feature_distance") is not None and "feature_distance" in cluster_columns(description):
+        return "feature_distance", float(info["far_feature_distance"])
+    return ("cluster_distance", float(info["far_distance"])) if info.get("far_distance") is not None else (None, 0.0)
+
+
+def shift_warning(num_far: int, num_classified: int, quantile: float = 0.99) -> str | None:
+    """One line when far more objects lie beyond the training images' `quantile` than the 1 - quantile expected
+    of images like the training ones (binomial test, p < 0.001): a domain shift no single-object flag shows."""
+    from scipy.stats import binomtest
+
+    expected = 1 - quantile
+    if num_classified < 50 or num_far <= expected * num_classified or \
+            binomtest(num_far, num_classified, expected, alternative="greater").pvalue >= 1e-3:
+        return None
+    return (f"warning: {num_far} of {num_classified} objects ({num_far / num_classified:.1%}) lie farther from the "
+            f"training images' features than {quantile:.0%} of the training images ({expected:.0%} expected): "
+            "these images may differ from the training ones (another survey, filters, pixel scale or "
+            "preprocessing); check the `unusual` rows before trusting the predictions")
 
 
 def provenance(model_folder: Path, description: dict) -> dict:
@@ -80,21 +118,22 @@ def predictions_of_rows(model, description: dict, rows: list[tuple[int, tuple]],
     """The prediction columns of `rows` ((input index, (objid, path, payload)) as predict's inputs yield them),
     one output row per input row in the given order, prepared and classified in chunks."""
     classes, clusters = description["classes"], description["cluster_tensors"]
-    clusters = clusters if "centroids" in clusters else None
-    far = (description.get("cluster") or {}).get("far_distance", float("inf"))
+    names = cluster_columns(description)
+    far_column, far = far_rule(description)
     count = len(rows)
     position = {index: place for place, (index, _) in enumerate(rows)}
     probabilities = np.full((count, len(classes)), np.nan, dtype=np.float32)
-    cluster, distance = np.full(count, -1, dtype=np.int64), np.full(count, np.nan)
+    columns = {name: np.full(count, -1, dtype=np.int64) if name == "cluster" else np.full(count, np.nan)
+               for name in names}
     reasons = [""] * count
     for start in range(0, count, CHUNK_ROWS):
         kept, values, features, rejected = classify_rows(model, rows[start : start + CHUNK_ROWS], description,
                                                          device, batch_size, workers)
         places = np.array([position[int(index)] for index in kept.tolist()], dtype=np.int64)
         probabilities[places] = values.cpu().numpy()
-        if clusters is not None and len(places):
-            assignment, far_from = nearest_cluster(features, clusters)
-            cluster[places], distance[places] = assignment.cpu().numpy(), far_from.cpu().numpy()
+        if names and len(places):
+            for name, value in nearest_cluster(features, clusters).items():
+                columns[name][places] = value.cpu().numpy()
         for index, reason in rejected:
             reasons[position[int(index)]] = reason
     read = np.array([not reason for reason in reasons], dtype=bool)
@@ -104,7 +143,8 @@ def predictions_of_rows(model, description: dict, rows: list[tuple[int, tuple]],
              **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
              "max_probability": maximum.astype(np.float32)}
     unusual = read & (np.nan_to_num(maximum, nan=1.0) < unusual_below)
-    if clusters is not None:
-        table |= {"cluster": cluster, "cluster_distance": distance.astype(np.float32)}
-        unusual |= read & (np.nan_to_num(distance, nan=0.0) > far)
-    return pd.DataFrame(table | {"unusual": unusual, "rejected_reason": reasons})
+    table |= {name: value if name == "cluster" else value.astype(np.float32) for name, value in columns.items()}
+    beyond = read & (np.nan_to_num(columns[far_column], nan=0.0) > far) if far_column else np.zeros(count, bool)
+    frame = pd.DataFrame(table | {"unusual": unusual | beyond, "rejected_reason": reasons})
+    frame.attrs["far"] = (int(beyond.sum()), int(read.sum()))  # for shift_warning: (beyond the threshold, read)
+    return frame

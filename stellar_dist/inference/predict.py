@@ -16,9 +16,10 @@ OUT.rejected.csv (and counted on the console), never dropped silently.
 
 Columns: row, objid, image_path, predicted_class, p_<class> for each class, max_probability; where the model
 carries a clustering (a run with cluster.at_end or a cluster head), cluster and cluster_distance (to its centroid,
-in the space the clusters were fit in); and `unusual`: max_probability below --unusual-below (0.6 by default: the
-model hesitates between classes), or a cluster distance beyond the clustering's mean + 3 std (unlike anything
-the clusters were fit on).
+in the space the clusters were fit in) and feature_distance (from the mean training feature, in whitened units);
+and `unusual`: max_probability below --unusual-below (0.6 by default: the model hesitates between classes), or a
+feature distance beyond the training images' 99th percentile (unlike the training images: 1% of them are flagged
+by construction). When far more than 1% of the objects lie beyond it, predict warns of a domain shift.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..errors import UserError, raise_if_any
-from .classify import CHUNK_ROWS, classify_rows, nearest_cluster, provenance
+from .classify import CHUNK_ROWS, classify_rows, cluster_columns, far_rule, nearest_cluster, provenance, shift_warning
 from .inputs import check_input_matches, input_rows
 from .model_folder import find_model_folder, load_model
 from .writer import (Writer, claim_outputs, drop_embeddings, finish_outputs, gather_rejected, output_paths,
@@ -75,7 +76,7 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     if main:
         try:
             locks = claim_outputs(outputs, model_folder, source_path, image_paths, overwrite)
-            writer = Writer(out_path, description["classes"], "centroids" in description["cluster_tensors"],
+            writer = Writer(out_path, description["classes"], cluster_columns(description),
                             provenance(model_folder, description), integer_ids=ids_type == "int64")
         except UserError as error:
             refusal = str(error)
@@ -105,15 +106,15 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
                   batch_size: int, unusual_below: float, workers: int) -> dict:
     device, rank, world = where
     classes = description["classes"]
-    clusters = description["cluster_tensors"] if "centroids" in description["cluster_tensors"] else None
-    far = (description.get("cluster") or {}).get("far_distance", float("inf"))
+    clusters = description["cluster_tensors"] if cluster_columns(description) else None
+    far = far_rule(description)
     features_file = None
     if embeddings and dist.is_main():
         temporary = Path(embeddings).with_name(f".{Path(embeddings).name}.tmp-{os.getpid()}.npy")
         features_file = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
                                                   shape=(total, model.feature_dim))
         features_file[:] = np.nan  # rejected rows stay NaN
-    rejected_all, started, predicted = [], time.perf_counter(), 0
+    rejected_all, started, predicted, num_far = [], time.perf_counter(), 0, 0
     progress = tqdm(total=total, desc="predict", unit="img", disable=not dist.is_main())
     try:
         for chunk in _chunks(rows, CHUNK_ROWS):
@@ -123,17 +124,16 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
                 by_index = dict(chunk)
                 rejected_all.extend((index, by_index[index][0] or "", by_index[index][1], reason)
                                     for index, reason in rejected)
-            assignment = distance = None
-            if clusters is not None:
-                assignment, distance = nearest_cluster(features, clusters)
-                assignment = dist.gather_variable(assignment).cpu().numpy()
-                distance = dist.gather_variable(distance).cpu().numpy()
+            columns = {} if clusters is None else {
+                name: dist.gather_variable(value).cpu().numpy()
+                for name, value in nearest_cluster(features, clusters).items()}
             kept, probabilities = dist.gather_variable(kept), dist.gather_variable(probabilities)
             features = dist.gather_variable(features) if embeddings else features
             predicted += len(kept)
             if dist.is_main():
-                writer.write(_output_rows(chunk, kept, probabilities.cpu().numpy(), classes, unusual_below,
-                                          assignment, distance, far))
+                output = _output_rows(chunk, kept, probabilities.cpu().numpy(), classes, unusual_below, columns, far)
+                num_far += sum(row["far"] for row in output)
+                writer.write([{key: value for key, value in row.items() if key != "far"} for row in output])
                 if features_file is not None and len(kept):
                     features_file[kept.cpu().numpy()] = features.cpu().numpy()
                 progress.update(len(chunk))
@@ -142,7 +142,7 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
     except BaseException:
         drop_embeddings(features_file)
         raise
-    return {"rows": total, "predicted": predicted, "seconds": time.perf_counter() - started,
+    return {"rows": total, "predicted": predicted, "seconds": time.perf_counter() - started, "far": num_far,
             "rejected_rows": rejected_all, "features_file": features_file}
 
 
@@ -150,8 +150,11 @@ class NothingPredicted(Exception):
     """No row could be classified: the output is not written; the rejected list says why."""
 
 
-def _output_rows(chunk, kept, values, classes, unusual_below, assignment, distance, far) -> list[dict]:
+def _output_rows(chunk, kept, values, classes, unusual_below, columns: dict, far: tuple) -> list[dict]:
+    """Rank 0: the output rows of a chunk, in input order; `far` (column, threshold) of far_rule. Each row's
+    "far" (beyond the threshold) is counted for the domain-shift warning, not written."""
     by_row = {int(row): position for position, row in enumerate(kept.tolist())}
+    far_column, threshold = far
     output = []
     for index, (objid, path, _) in chunk:
         if index not in by_row:
@@ -160,11 +163,10 @@ def _output_rows(chunk, kept, values, classes, unusual_below, assignment, distan
         p = values[position]
         row = {"row": index, "objid": objid, "image_path": path, "predicted_class": classes[int(p.argmax())],
                **{f"p_{name}": float(p[i]) for i, name in enumerate(classes)}, "max_probability": float(p.max())}
-        unusual = p.max() < unusual_below
-        if assignment is not None:
-            row |= {"cluster": int(assignment[position]), "cluster_distance": float(distance[position])}
-            unusual = unusual or distance[position] > far
-        output.append(row | {"unusual": bool(unusual)})
+        row |= {name: int(value[position]) if name == "cluster" else float(value[position])
+                for name, value in columns.items()}
+        beyond = bool(far_column in row and row[far_column] > threshold)
+        output.append(row | {"unusual": bool(p.max() < unusual_below) or beyond, "far": beyond})
     return output
 
 
@@ -246,6 +248,9 @@ def run(args: argparse.Namespace) -> None:
     if counts:
         print(f"predicted {counts['predicted']} of {counts['rows']} objects into {args.out} "
               f"({counts['predicted'] / max(counts['seconds'], 1e-9):.0f} images/s)")
+        warning = shift_warning(counts["far"], counts["predicted"])
+        if warning:
+            print(warning)
         if counts["rejected"]:
             side = Path(args.out).with_name(f"{Path(args.out).stem}.rejected.csv")
             print(f"{counts['rejected']} unreadable input(s) listed with the reason in {side}")

@@ -22,11 +22,11 @@ FITS_KEYWORDS = {"model": "SDMODEL", "model_sha256": "SDSHA256", "model_commit":
 class Writer:
     """Rank 0's output: CSV or parquet written chunk by chunk; FITS written at the end (astropy tables)."""
 
-    def __init__(self, out: Path, classes: list[str], clusters: bool = False, provenance: dict | None = None,
+    def __init__(self, out: Path, classes: list[str], clusters: tuple[str, ...] = (), provenance: dict | None = None,
                  integer_ids: bool = False):
         self.out, self.classes, self.kind = out, classes, out.suffix.lower().lstrip(".")
         self.provenance = provenance or {}  # model, its commit, classes, date: in the parquet metadata / FITS header
-        self.clusters = clusters
+        self.clusters = tuple(clusters)  # the clustering columns (classify.cluster_columns)
         self.integer_ids = integer_ids  # objid as a 64-bit integer column in parquet and FITS (CSV: text, exact)
         if self.kind not in ("csv", "parquet", "fits"):
             raise UserError(f"--out {out} must end in .csv, .parquet or .fits")
@@ -36,7 +36,7 @@ class Writer:
         except ImportError:
             raise UserError(f"--out {out} needs {needed}: pip install {needed} (or write .csv)") from None
         self.columns = ["row", "objid", "image_path", "predicted_class", *(f"p_{name}" for name in classes),
-                        "max_probability", *(("cluster", "cluster_distance") if clusters else ()), "unusual"]
+                        "max_probability", *self.clusters, "unusual"]
         self.temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # unique to this process
         self.handle, self.parquet, self.held = None, None, []
 
@@ -63,7 +63,7 @@ class Writer:
                           ("image_path", pa.string()),
                           ("predicted_class", pa.string()), *((f"p_{name}", pa.float32()) for name in self.classes),
                           ("max_probability", pa.float32()),
-                          *((("cluster", pa.int32()), ("cluster_distance", pa.float32())) if self.clusters else ()),
+                          *((name, pa.int32() if name == "cluster" else pa.float32()) for name in self.clusters),
                           ("unusual", pa.bool_())])
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ checkpoint (`checkpoints/step_*/model/`) by checkpoint.save and, at the end of a
 from __future__ import annotations
 
 import functools
+import math
 import json
 import os
 import shutil
@@ -70,6 +71,9 @@ def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
         "run_config": to_dict(config),  # evaluate / cluster read their options here, wherever the folder is moved
         "cluster": None if cluster_state is None else {
             "k": int(cluster_state.centroids.shape[0]), "far_distance": cluster_state.far_distance,
+            # predict's `unusual` threshold: 99th percentile of the training features' whitened distance (None: no PCA)
+            "far_feature_distance": None if math.isinf(cluster_state.far_feature_distance)
+            else cluster_state.far_feature_distance,
             "space": "L2-normalised whitened PCA of the backbone features" if cluster_state.pca_projection is not None
             else "L2-normalised backbone features"},
         "package_version": version,
