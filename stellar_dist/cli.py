@@ -58,6 +58,8 @@ def _add_pack(commands) -> None:
                              "larger than png, read without decoding (the fastest input path)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split into labeled / unlabeled / test "
                         "(default 0; the same seed gives the same test split)")
+    parser.add_argument("--pixel-scale", type=float, default=0.0, help="arcsec per pixel of the input images "
+                        "(SDSS: 0.396), for the figures' scale bars (default 0: a FITS cutout's WCS, else unknown)")
     parser.add_argument("--labeled-seed", type=int, default=-1, help="draw the labeled objects with this seed "
                         "instead, keeping --seed's test and validation rows (default -1: --seed decides)")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
@@ -193,6 +195,7 @@ def _run_pack(args) -> None:
         labeled_fraction=args.labeled_fraction, test_fraction=args.test_fraction, labeled_count=args.labeled_count,
         validation_fraction=args.validation_fraction, image_size=args.image_size,
         preprocess=args.preprocess, encoding=args.encoding, seed=args.seed, labeled_seed=args.labeled_seed,
+        pixel_scale=args.pixel_scale,
         shard_size=args.shard_size,
         workers=args.workers, strict=args.strict, bands=args.bands, path_column=args.path_column,
         label_column=args.label_column, id_column=args.id_column,

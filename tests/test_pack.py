@@ -150,10 +150,38 @@ def test_labeled_counts_are_nested_stratified_and_keep_the_test_split():
 def test_pack_labeled_count_end_to_end(sim_catalog, tmp_path):
     out = tmp_path / "shards"
     run_cli("pack", "--catalog", str(sim_catalog), "--out", str(out), "--labeled-count", "9", "--image-size", "16",
-            "--shard-size", "500", "--workers", "1")
+            "--shard-size", "500", "--workers", "1", "--pixel-scale", "0.396")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["num_samples"]["labeled"] == 9 and all(manifest["counts"]["labeled"].values())
     assert manifest["arguments"]["labeled_count"] == 9
+    # 128 px at 0.396"/px area-resized to 16 px: 3.168"/px (the figures' scale bars); ids all integers
+    assert abs(manifest["pixel_scale_arcsec"] - 0.396 * 128 / 16) < 1e-9 and manifest["objid_type"] == "int64"
+    refused = run_cli("pack", "--catalog", str(sim_catalog), "--out", str(tmp_path / "no"), "--pixel-scale", "-1",
+                      check=False)
+    assert refused.returncode == 2 and "--pixel-scale -1.0 must be arcseconds per input pixel" in refused.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_fits_cutouts_wcs_gives_the_pixel_scale(tmp_path):
+    """FITS cutouts: arcsec per pixel from the celestial WCS; none without one; a crop keeps it, a resize scales."""
+    import numpy as np
+    from astropy.io import fits
+
+    from stellar_dist.data.bands import input_pixel_scale, packed_pixel_scale
+    from stellar_dist.data.pack import PackOptions
+
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CDELT1": -0.262 / 3600, "CDELT2": 0.262 / 3600,
+                          "CRPIX1": 32, "CRPIX2": 32, "CRVAL1": 150.0, "CRVAL2": 2.0})
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((64, 64), np.float32), header, name="r")]).writeto(
+        tmp_path / "wcs.fits")
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((64, 64), np.float32), name="r")]).writeto(
+        tmp_path / "plain.fits")
+    assert abs(input_pixel_scale(str(tmp_path / "wcs.fits")) - 0.262) < 1e-9
+    assert input_pixel_scale(str(tmp_path / "plain.fits")) is None
+    crop, resize = PackOptions(preprocess="crop", image_size=32), PackOptions(preprocess="resize", image_size=32)
+    assert abs(packed_pixel_scale(str(tmp_path / "wcs.fits"), crop) - 0.262) < 1e-9
+    assert abs(packed_pixel_scale(str(tmp_path / "wcs.fits"), resize) - 0.524) < 1e-9
+    assert packed_pixel_scale(str(tmp_path / "plain.fits"), resize) is None
 
 
 def test_catalog_columns_by_name_as_sdss_tables_spell_them(sim_catalog, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +140,9 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
             for spine in axis.spines.values():
                 spine.set(color=CLASS_COLOURS[label % len(CLASS_COLOURS)] if label is not None else "0.75",
                           linewidth=3 if label is not None else 1)
-        axes[row][0].set_ylabel(f"cluster {cluster}\nn = {metrics['cluster_sizes'][cluster]:,}\n-> "
+        if row == 0 and chosen[cluster]:
+            _scale_bar(axes[0][0], manifest)
+        axes[row][0].set_ylabel(f"cluster {cluster}\nn = {metrics['cluster_sizes'][cluster]:,}\nmajority: "
                                 f"{metrics['cluster_to_class'][cluster]}", rotation=0, ha="right", va="center",
                                 fontsize=9)
     legend = [plt.Line2D([], [], color=CLASS_COLOURS[index % len(CLASS_COLOURS)], linewidth=3, label=name)
@@ -147,15 +150,42 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     figure.legend(handles=legend, loc="upper center", ncol=len(legend), fontsize=9, frameon=False)
     bands = ("FITS bands shown as R, G, B = i, r, g where present (else the last three)"
              if manifest["encoding"] == "npy" else "the cutouts' own colours (SDSS: the gri composite)")
-    figure.text(0.5, 0.005, f"The {per_cluster} objects nearest each centroid. Tiles: the central half of the "
-                f"{manifest['image_size']} px packed cutouts ({manifest.get('preprocess', 'resize')} at pack), "
-                f"contrast-stretched per tile; {bands}. Frame: spectroscopic class.", ha="center", va="bottom",
-                fontsize=8, wrap=True)
-    figure.tight_layout(rect=(0, 0.03, 1, 0.97))
+    scale = manifest.get("pixel_scale_arcsec")
+    across = f" ({manifest['image_size'] / 2 * scale:.1f}\" across; scale bar in the first tile)" if scale else \
+        " (angular scale unknown: pack --pixel-scale)"
+    caption = textwrap.fill(
+        f"The {per_cluster} objects nearest each centroid. Tiles: the central half of the {manifest['image_size']} px "
+        f"packed cutouts{across} ({manifest.get('preprocess', 'resize')} at pack), contrast-stretched per tile; "
+        f"{bands}. Frame: spectroscopic class; majority: the class of most of the cluster's labeled objects.",
+        int(figure.get_figwidth() * 15))  # characters per line at 8 pt
+    figure.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8)
+    lines = caption.count("\n") + 1
+    figure.tight_layout(rect=(0, (0.2 * lines + 0.1) / figure.get_figheight(), 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _scale_bar(axis, manifest: dict) -> None:
+    """A bar of a round number of arcseconds, about a third of the tile wide, drawn on `axis` (tile pixels)."""
+    from matplotlib import patheffects
+
+    scale = manifest.get("pixel_scale_arcsec")
+    if not scale:
+        return
+    tile_arcsec = manifest["image_size"] / 2 * scale  # the tile shows the central half
+    length = max((value for value in (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300) if value <= tile_arcsec / 2.5),
+                 default=tile_arcsec / 3)
+    width = axis.get_images()[0].get_array().shape[1]
+    pixels = length / tile_arcsec * width
+    limits = axis.get_xlim(), axis.get_ylim()
+    outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]  # readable over a bright source
+    axis.plot([0.08 * width, 0.08 * width + pixels], [0.88 * width] * 2, color="white", linewidth=2,
+              path_effects=[patheffects.withStroke(linewidth=3.5, foreground="black")])
+    axis.text(0.08 * width + pixels / 2, 0.84 * width, f'{length:g}"', color="white", ha="center", va="bottom",
+              fontsize=7, path_effects=outline)
+    axis.set(xlim=limits[0], ylim=limits[1])
 
 
 def plot_cluster_table(metrics: dict, path: Path) -> Path:

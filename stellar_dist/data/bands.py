@@ -62,6 +62,45 @@ def infer_bands(path: str) -> tuple[str, ...]:
     return tuple(f"band{index}" for index in range(len(names)))
 
 
+def input_pixel_scale(path: str) -> float | None:
+    """Arcseconds per pixel of an input image: a FITS cutout's celestial WCS (None without one); 8-bit images
+    carry none (pack --pixel-scale gives it)."""
+    if not is_fits(path):
+        return None
+    try:
+        from astropy.wcs import WCS
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        with warnings.catch_warnings(), _open(path) as hdul:
+            warnings.simplefilter("ignore")
+            wcs = WCS(_image_hdus(hdul)[0].header).celestial
+            return float(proj_plane_pixel_scales(wcs).mean() * 3600) if wcs.naxis == 2 and wcs.has_celestial else None
+    except Exception:  # noqa: BLE001  (no usable WCS: the scale is unknown, not an error)
+        return None
+
+
+def packed_pixel_scale(first_path: str, options) -> float | None:
+    """Arcseconds per packed pixel: the input scale (--pixel-scale, else a FITS cutout's WCS) for a centre crop;
+    times input width / image size for an area resize (the first image's width: cutouts of one survey share it)."""
+    scale = options.pixel_scale or input_pixel_scale(first_path)
+    if not scale:
+        return None
+    if options.preprocess == "crop":
+        return scale
+    try:
+        if is_fits(first_path):
+            with _open(first_path) as hdul:
+                width = _image_hdus(hdul)[0].data.shape[-1]
+        else:
+            from PIL import Image
+
+            with Image.open(first_path) as image:
+                width = image.size[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return scale * width / options.image_size
+
+
 def _select(hdus: list, bands: tuple[str, ...]) -> list[np.ndarray]:
     by_name = {_hdu_name(hdu).casefold(): hdu for hdu in hdus}
     if all(band.casefold() in by_name for band in bands):

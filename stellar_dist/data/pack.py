@@ -48,6 +48,7 @@ class PackOptions:
     preprocess: str = "resize"  # "resize": whole field, area-averaged; "crop": centre crop at full resolution
     encoding: str = "png"  # "png" is lossless; "jpg" (quality 95) is ~3x smaller; "u8": raw uint8 arrays (no decode)
     seed: int = 0  # seeds the split and the shard order
+    pixel_scale: float = 0.0  # arcsec per pixel of the input images (SDSS: 0.396); 0: a FITS cutout's WCS, else unknown
     labeled_seed: int = -1  # >= 0: which training-pool rows are labeled is drawn with this seed instead (the test
     # and validation rows stay those of `seed`): seeds of a label-efficiency curve that vary the labeled objects
     shard_size: int = 1000  # samples per shard
@@ -169,6 +170,9 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
             and 0 <= options.workers <= 1024):
         raise UserError(f"--image-size must lie in [8, {MAX_IMAGE_SIZE}], --shard-size in [1, 1000000] and --workers "
                         f"in [0, 1024] (got {options.image_size}, {options.shard_size}, {options.workers})")
+    if not 0 <= options.pixel_scale <= 3600:
+        raise UserError(f"--pixel-scale {options.pixel_scale} must be arcseconds per input pixel in [0, 3600] (SDSS "
+                        "images: 0.396; 0: unknown)")
     out = Path(out)
     check_out_dir(out, overwrite, Path(catalog))
     frame = read_catalog(catalog, {"image_path": options.path_column, "Class": options.label_column,
@@ -183,7 +187,9 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
                               options.labeled_count, options.validation_fraction, options.labeled_seed)
     pixels = fits_bands.input_pixels(frame, splits, options, catalog)
     ids = id_type(frame["objid"]) if "objid" in frame.columns else None  # predict types its objid column by it
-    return frame, class_names, splits, pixels | {"objid_type": ids, "duplicates": duplicates}
+    scale = fits_bands.packed_pixel_scale(frame["image_path"].iloc[0], options)  # figures' scale bars
+    return frame, class_names, splits, pixels | {"objid_type": ids, "pixel_scale_arcsec": scale,
+                                                 "duplicates": duplicates}
 
 
 def write_shards(catalog, frame, splits, class_names, pixels: dict, options: PackOptions, staging: Path,
