@@ -1,9 +1,13 @@
-"""Training diagnostics summed over a log interval on each rank, then over ranks.
+"""Training diagnostics summed over a log interval on each rank, then over ranks; the run's phase times and peak
+memory (metrics.json).
 
 Per step, everything stays where it was computed: device values are added on the device and host counts on the
 host, so a step never waits for the GPU; the one synchronisation is `reduce`, once per log interval."""
 
 from __future__ import annotations
+
+import time
+from contextlib import contextmanager
 
 import torch
 
@@ -56,3 +60,20 @@ class IntervalStats:
                 metrics[f"train/pseudo_label_share/{name}"] = per_class[0, index].item() / accepted if accepted else None
         self.scalars.zero_(), self.per_class.zero_()
         return metrics | {"train/images": scalars[7].item()}
+
+
+@contextmanager
+def phase(seconds: dict, name: str):
+    """Add the wall time of the `with` block to seconds[name] (metrics.json's phase_seconds)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+
+def peak_rss_mb_of_this_process() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports ru_maxrss in kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -24,7 +24,7 @@ from .config import Config
 from .data.batch_augment import make_views
 from .data.manifest import evaluated_on
 from .data.streams import ItemMaker, TrainStream, make_loader, shard_paths
-from .diagnostics import IntervalStats
+from .diagnostics import IntervalStats, peak_rss_mb_of_this_process, phase
 from .errors import UserError, peer_failure, user_message
 from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
                        write_predictions)
@@ -125,13 +125,16 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
     return report
 
 
-def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clusters: dict | None) -> None:
+def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clusters: dict | None,
+                   peak_rss_mb: list[float]) -> None:
     if not dist.is_main():
         return
     # Without a class head (DeepCluster alone) there is no test report: its linear probe is under "cluster".
+    # phase_seconds and peak_rss_mb (per rank) are what bench/scale.py compares across catalog sizes.
     metrics = {"steps": step, "world_size": run.accelerator.num_processes, "algorithm": run.config.ssl.algorithm,
-               "arch": run.config.model.arch, "train_seconds": seconds, "evaluated_on": evaluated_on(run.manifest)
-               } | ({"test": report} if report else {})
+               "arch": run.config.model.arch, "train_seconds": seconds, "evaluated_on": evaluated_on(run.manifest),
+               "phase_seconds": {name: round(value, 3) for name, value in run.phase_seconds.items()},
+               "peak_rss_mb": [round(value, 1) for value in peak_rss_mb]} | ({"test": report} if report else {})
     if clusters is not None:
         metrics["cluster"] = clusters
     temporary = run.output_dir / "metrics.json.tmp"
@@ -226,8 +229,11 @@ def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
     had_clustering = run.head.state is not None
     resumed_at_end = run.resumed_from is not None and run.start_step == steps
     try:
-        report = evaluate_run(run, steps, final=True) if classifier else None
-        clusters = run.head.final_report(steps, run.output_dir) if config.cluster.at_end or not classifier else None
+        with phase(run.phase_seconds, "final_evaluation"):  # with predictions.csv
+            report = evaluate_run(run, steps, final=True) if classifier else None
+        with phase(run.phase_seconds, "final_clustering"):  # with assignments.csv and the plots
+            clusters = run.head.final_report(steps, run.output_dir) if config.cluster.at_end or not classifier \
+                else None
     except Exception as error:
         if peer_failure(error) is not None:  # another rank is gone: a save would wait for it in a collective
             raise
@@ -239,7 +245,8 @@ def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
         run.accelerator.print(f"the trained model is saved in {final}", file=sys.stderr)
         raise
     keep = resumed_at_end and (had_clustering or run.head.state is None)
-    final = run.resumed_from if keep else save(run, steps, final=True)
+    with phase(run.phase_seconds, "final_save"):
+        final = run.resumed_from if keep else save(run, steps, final=True)
     if keep:
         publish_model(run, final)
     return report, clusters, final
@@ -256,9 +263,11 @@ def train(config: Config) -> dict | None:
                   "run again (its report is in metrics.json; a larger train.steps continues it)")
         return finished.get("test")
     run = setup(config)
+    run.phase_seconds["setup"] = time.perf_counter() - started  # the shard checks, the model, a resume
     try:
         try:
-            steps = train_loop(run)
+            with phase(run.phase_seconds, "train"):
+                steps = train_loop(run)
             report, clusters, final = _finish(run, steps)
         except Stopped as stopped:
             if stopped.by_user:
@@ -278,7 +287,8 @@ def train(config: Config) -> dict | None:
                             f"dist.timeout_s={config.dist.timeout_s:g} s); the last good checkpoint is "
                             f"{latest or 'none (no checkpoint yet)'}: run the same command with resume=auto to "
                             "continue from it") from None
-        _write_metrics(run, report, steps, time.perf_counter() - started, clusters)
+        peak_rss_mb = dist.gather_objects([peak_rss_mb_of_this_process()])  # every rank takes part
+        _write_metrics(run, report, steps, time.perf_counter() - started, clusters, peak_rss_mb)
         if dist.is_main():
             if report:
                 if evaluated_on(run.manifest) == "validation":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class Run:
     start_step: int = 0
     step: int = 0  # the step being trained now (named when another rank is lost)
     resumed_from: Path | None = None
+    phase_seconds: dict = field(default_factory=dict)  # wall time of setup, training and the final reports
 
 
 def _mixed_precision(config: Config) -> str:

@@ -31,6 +31,10 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
     assert metrics["steps"] == 6 and metrics["world_size"] == 1
+    phases = metrics["phase_seconds"]  # wall time per phase and peak memory per rank (bench/scale.py reads them)
+    assert set(phases) == {"setup", "train", "final_evaluation", "final_clustering", "final_save"}
+    assert all(value > 0 for value in phases.values()) and sum(phases.values()) <= metrics["train_seconds"] + 1e-3
+    assert len(metrics["peak_rss_mb"]) == 1 and 100 < metrics["peak_rss_mb"][0] < 24_000
     assert sum(row["support"] for row in test["per_class"].values()) == 40 == sum(map(sum, test["confusion_matrix"]))
     assert set(test) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes"}
     assert (out / "plots" / "confusion_matrix.png").stat().st_size > 0
