@@ -41,8 +41,6 @@ def test_two_ranks_train_in_step_and_cover_the_test_split_once(sim_shards, tmp_p
     assert rank0["cluster_scored"] == 80 and rank1["cluster_scored"] == -1  # cluster report on rank 0 only
     assert rank0["cluster_sizes"].sum() == 160
     assert (tmp_path / "run" / "plots" / "cluster_grid.png").stat().st_size > 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and len(metrics["peak_rss_mb"]) == 2  # each rank's peak memory
 
 
 def test_ddp_gradients_match_one_process_with_the_global_batch(sim_shards, tmp_path):

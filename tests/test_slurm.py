@@ -94,6 +94,7 @@ def test_two_tasks_meet_as_two_machines(cluster, sim_shards, tmp_path):
     job = submit(cluster, tmp_path, sim_shards, "--ntasks-per-node=2", overrides=["tracking=none"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["world_size"] == 2, job_output(tmp_path, job)[-3000:]
+    assert len(metrics["peak_rss_mb"]) == 2  # each rank's peak memory
 
 
 def test_a_pack_job_array_and_its_merge_equal_one_pack(cluster, sim_catalog, tmp_path):
