@@ -69,3 +69,17 @@ def test_large_seeds_cluster_seed_42_after_20_reclusterings():
     assert torch.equal(centroids, again[0]) and torch.equal(assignment, again[1]) and inertia > 0
     faiss_centroids, _, _ = kmeans_faiss(features.numpy(), 5, seed=2**40, iterations=3, use_gpu=False)
     assert faiss_centroids.shape == (5, 8)
+
+
+def test_faiss_fits_on_a_bounded_sample_chosen_by_id():
+    """The faiss backend sends rank 0 about k x 256 rows, not the catalog: a sample chosen by id hash, so split
+    over ranks it is the same sample; below the limit every row is used."""
+    from stellar_dist.clustering.cluster import bounded_sample
+
+    ids = torch.randperm(100_000, generator=torch.Generator().manual_seed(0))
+    mask = bounded_sample(ids, 5_000, seed=3)
+    assert 4_700 < int(mask.sum()) < 5_300
+    chosen = set(ids[mask].tolist())
+    assert chosen == set(ids[bounded_sample(ids.flip(0), 5_000, seed=3).flip(0)].tolist())  # order-free
+    assert chosen != set(ids[bounded_sample(ids, 5_000, seed=4)].tolist())  # the seed picks another sample
+    assert bool(bounded_sample(ids[:1_000], 5_000, seed=3).all())

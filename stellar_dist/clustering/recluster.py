@@ -2,9 +2,9 @@
 
 Each rank extracts backbone features (eval mode, no augmentation) for its share of the labeled, unlabeled and test
 samples (the test stream's split). PCA statistics are all-reduced (sums and outer products), so every rank derives
-the same whitening without moving features. The `faiss` backend gathers the reduced labeled + unlabeled features
-(sorted by sample id, so the result does not depend on the number of ranks) to run Faiss on rank 0 and broadcasts
-the centroids; the `torch` backend runs a distributed k-means where only centroid sums and counts travel. Every
+the same whitening without moving features. The `faiss` backend gathers a bounded sample of the reduced labeled +
+unlabeled features (256 per centroid, chosen and sorted by sample id, so the result does not depend on the number
+of ranks) to run Faiss on rank 0 and broadcasts the centroids; the `torch` backend runs a distributed k-means where only centroid sums and counts travel. Every
 rank then assigns its own samples, and the (id -> cluster) table is all-gathered: any rank may stream any sample.
 Test samples are assigned to the nearest centroid but never fit it.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from .cluster import assign, kmeans_faiss, kmeans_torch, resolve_backend
+from .cluster import assign, bounded_sample, kmeans_faiss, kmeans_torch, resolve_backend
 from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
@@ -156,11 +156,16 @@ def pca_whiten(features: torch.Tensor, fit: torch.Tensor, dim: int):
     return reduce_features(features, mean, projection), mean, projection
 
 
+FAISS_POINTS_PER_CENTROID = 256  # faiss's own default sample: more points per centroid barely move the centroids
+
+
 def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, seed: int, iterations: int):
     if resolve_backend(backend) == "torch":
         centroids, _, _ = kmeans_torch(reduced, ids, k, seed, iterations)
         return centroids
-    gathered, gathered_ids = dist.gather_to_main(reduced), dist.gather_to_main(ids)
+    # faiss runs on rank 0: it is sent a bounded sample (chosen by id: the same for any number of ranks)
+    sample = bounded_sample(ids, k * FAISS_POINTS_PER_CENTROID, seed)
+    gathered, gathered_ids = dist.gather_to_main(reduced[sample]), dist.gather_to_main(ids[sample])
     centroids = torch.zeros(k, reduced.shape[1], device=reduced.device)
     if dist.is_main():
         order = torch.argsort(gathered_ids)
