@@ -191,3 +191,23 @@ def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path
     noise = pd.read_csv(tmp_path / "noise.csv")
     assert (noise["feature_distance"] > far).mean() > 0.9 and noise["unusual"].all()
     assert "warning: 60 of 60 objects (100.0%) lie farther from the training images' features" in result.stdout
+
+
+def test_a_rank_reads_only_the_shards_of_its_own_parts(sim_shards, tmp_path):
+    """input_rows(needed=...): a shard none of whose rows is needed is never opened (its rows come as None), the
+    others come with their true row numbers."""
+    import shutil
+
+    from stellar_dist.inference.inputs import input_rows
+
+    shards = tmp_path / "shards"
+    shutil.copytree(sim_shards, shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    entries = [entry for split in ("labeled", "unlabeled", "test") for entry in manifest["shards"][split]]
+    first = entries[0]["num_samples"]
+    (shards / entries[1]["name"]).unlink()  # not needed below: must not be read
+    every = list(input_rows(sim_shards)[1])
+    total, rows, _, _ = input_rows(shards, needed=lambda start, stop: start == 0)
+    rows = list(rows)
+    assert len(rows) == total == len(every)
+    assert rows[:first] == every[:first] and all(row is None for row in rows[first:])

@@ -37,31 +37,22 @@ def check_input_matches(source: Path, description: dict) -> None:
                             "model's training shards, or the catalog itself")
 
 
-def input_rows(source: Path, fits: bool = False):
+def input_rows(source: Path, fits: bool = False, needed=None):
     """(number of rows, generator of (objid or None, image path or shard member name, payload or None), the image
     paths read (outputs must not be one of them), the objid column's type in FITS and parquet outputs: "int64",
     "string" or None; data/catalog.id_type).
     A folder is searched for the files the model reads: FITS cutouts (`fits`) or 8-bit images. A shard member's
-    payload is its bytes (N-band) or (encoding, bytes) for 8-bit shards."""
+    payload is its bytes (N-band) or (encoding, bytes) for 8-bit shards. `needed(start, stop)`: whether this
+    process needs any of the rows [start, stop); a shard none of whose rows is needed is not read (its rows come
+    as None): ranks sharing a partitioned predict each read only the shards of their own parts."""
     if (source / "manifest.json").is_file():
-        from ..data.streams import iter_samples, shard_paths
         from ..data.manifest import load_manifest
 
         manifest = load_manifest(source)
-        paths = [path for split in ("labeled", "unlabeled", "test") for path in shard_paths(source, split)]
-        encoding = manifest["encoding"]
-
-        def from_shards():
-            import json
-
-            for raw in iter_samples(paths):
-                record = json.loads(raw["json"])
-                objid = record.get("meta", {}).get("objid")
-                payload = raw.get(encoding) if encoding == "npy" else (encoding, raw.get(encoding))
-                yield (None if objid is None else str(objid)), record.get("source", raw["__key__"]), payload
-
-        # shards packed before pack recorded the ids' type: text (exact either way)
-        return sum(manifest["num_samples"].values()), from_shards(), [], manifest.get("objid_type", "string")
+        entries = [entry for split in ("labeled", "unlabeled", "test") for entry in manifest["shards"][split]
+                   if entry["num_samples"]]  # the order of streams.shard_paths
+        return sum(manifest["num_samples"].values()), _from_shards(source, entries, manifest["encoding"], needed), \
+            [], manifest.get("objid_type", "string")  # shards packed before pack recorded it: text (exact anyway)
     if source.is_dir():
         wanted = is_fits if fits else (lambda path: path.suffix.lower() in IMAGE_SUFFIXES)
         images = sorted(path for path in source.rglob("*") if wanted(path)
@@ -92,6 +83,25 @@ def input_rows(source: Path, fits: bool = False):
                         ": classify them with a model trained on the same kind of image")
     ids_type = id_type(ids) if "objid" in frame.columns else None
     return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths, ids_type
+
+
+def _from_shards(source: Path, entries: list[dict], encoding: str, needed):
+    import json
+
+    from ..data.streams import iter_samples
+
+    start = 0
+    for entry in entries:
+        stop = start + entry["num_samples"]
+        if needed is not None and not needed(start, stop):
+            yield from (None for _ in range(start, stop))
+        else:
+            for raw in iter_samples([str(source / entry["name"])]):
+                record = json.loads(raw["json"])
+                objid = record.get("meta", {}).get("objid")
+                payload = raw.get(encoding) if encoding == "npy" else (encoding, raw.get(encoding))
+                yield (None if objid is None else str(objid)), record.get("source", raw["__key__"]), payload
+        start = stop
 
 
 def prepare(row: tuple, maker: ItemMaker, description: dict) -> tuple[torch.Tensor | None, str | None]:

@@ -9,7 +9,8 @@ An --out ending in "/" (or an existing folder) is a dataset folder: OUT/part-000
 whose image cannot be read has empty prediction columns and its `rejected_reason`); OUT/_index.json says which
 model and input, the parts, their rows and the columns (pandas / pyarrow read the folder as one table:
 `pd.read_parquet("predictions/")`). Part p is computed by rank p mod world_size, with its images prepared in
-that rank's DataLoader workers; no rank waits for another until the end. A part is written under a temporary
+that rank's DataLoader workers; no rank waits for another until the end. From shards, a rank reads only the shards
+that hold rows of its own parts (the manifest's sample counts place every row). A part is written under a temporary
 name and renamed when complete, so a part file that exists is finished: the same command run again (after a
 kill, a preemption) computes only the missing parts. Each part carries the provenance in its parquet metadata.
 """
@@ -94,7 +95,12 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     model_folder = find_model_folder(model_path)
     model, description = load_model(model_folder, device)
     check_input_matches(source_path, description)
-    total, rows, _, ids_type = input_rows(source_path, fits=description["encoding"] == "npy")
+    mine: set[int] = set()  # this process's unfinished parts (known below; read lazily, as the rows stream)
+
+    def needed(start: int, stop: int) -> bool:  # rows [start, stop) touch one of my parts: their shard is read
+        return any(part in mine for part in range(start // part_rows, (stop - 1) // part_rows + 1))
+
+    total, rows, _, ids_type = input_rows(source_path, fits=description["encoding"] == "npy", needed=needed)
     wanted = {"model": str(model_folder.resolve()), "input": str(source_path.resolve()), "rows": total,
               "part_rows": part_rows, "classes": description["classes"], "stellar_dist": __version__}
     refusal = None
@@ -110,9 +116,9 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
     recorded = wanted | provenance(model_folder, description) | {"objid_type": ids_type}
-    mine = {part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists()}
+    mine.update(part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists())
     done, current, held = 0, None, []
-    for index, row in enumerate(rows):  # every rank reads the row list; only its own parts' images are prepared
+    for index, row in enumerate(rows):  # every rank walks the row list; only its own parts' shards are read
         part = index // part_rows
         if part != current:
             if held:
