@@ -20,7 +20,7 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dic
     """This rank's predictions: ids, labels, predicted classes, class probabilities (on `device`)."""
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": [], "shard": []}
+    parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": [], "shard": [], "objid": []}
     refused = []  # ids of samples that could not be read: counted and listed, never scored
     for batch in loader:
         valid = batch["valid"]
@@ -31,6 +31,7 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dic
         logits = model(batch["image"].to(device, non_blocking=True)).float()
         parts["id"].append(batch["id"].to(device))
         parts["shard"].append(batch["shard"].to(device))
+        parts["objid"].append(batch["objid"].to(device))
         parts["label"].append(batch["label"].to(device))
         parts["prediction"].append(logits.argmax(-1))
         parts["probability"].append(logits.softmax(-1))
@@ -38,7 +39,7 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dic
     parts["refused"] = refused
     num_classes = getattr(model, "classifier").out_features
     empty = {"id": torch.zeros(0, dtype=torch.long), "label": torch.zeros(0, dtype=torch.long),
-             "shard": torch.zeros(0, dtype=torch.long),
+             "shard": torch.zeros(0, dtype=torch.long), "objid": torch.zeros(0, dtype=torch.long),
              "prediction": torch.zeros(0, dtype=torch.long), "probability": torch.zeros(0, num_classes),
              "refused": torch.zeros(0, dtype=torch.long)}
     return {key: torch.cat(value) if value else empty[key].to(device) for key, value in parts.items()}
@@ -75,16 +76,15 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     the probability of each class. Written whole or not at all."""
     import csv
 
-    from .data.streams import objids as read_objids
+    from .data.streams import objid_texts
 
-    objids = read_objids(str(shards_dir), ("test",))
+    objids = objid_texts(gathered.get("objid"), str(shards_dir), ("test",), gathered["id"])
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "objid", "true_class", "predicted_class", *(f"p_{name}" for name in classes)])
         for index, sample_id in enumerate(gathered["id"].tolist()):
-            objid = objids.get(sample_id)
-            writer.writerow([sample_id, "" if objid is None else objid, classes[int(gathered["label"][index])],
+            writer.writerow([sample_id, objids[index], classes[int(gathered["label"][index])],
                              classes[int(gathered["prediction"][index])],
                              *(f"{value:.6g}" for value in gathered["probability"][index].tolist())])
     temporary.replace(path)

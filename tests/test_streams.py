@@ -94,3 +94,25 @@ def test_class_balanced_labeled_stream_and_only_the_declared_views(sim_shards):
     batch = next(iter(make_loader(TrainStream(shard_paths(sim_shards, "unlabeled"), views, 2, seed=0, rank=0,
                                               stream="unlabeled"), 0)))
     assert {"weak0", "weak1"} <= set(batch) and "strong" not in batch and "weak" not in batch
+
+
+def test_objids_travel_with_the_batches_and_match_the_records(sim_shards, tmp_path):
+    """Integer objids ride in the evaluation batches (the end-of-run tables then read no shard); shards whose ids
+    are text (or older shards) fall back to reading the records: the same texts either way."""
+    import shutil
+
+    from stellar_dist.data.streams import MISSING_OBJID, objid_texts, objids
+
+    manifest = json.loads((sim_shards / "manifest.json").read_text())
+    assert manifest["objid_type"] == "int64"
+    stream = OnceStream(shard_paths(sim_shards, "test"), ItemMaker.for_shards("plain", manifest), 16, rank=0,
+                        world_size=1)
+    batches = list(make_loader(stream, 0))
+    ids, values = torch.cat([b["id"] for b in batches]), torch.cat([b["objid"] for b in batches])
+    assert values.dtype == torch.int64 and bool((values != MISSING_OBJID).all())
+    from_records = objids(str(sim_shards), ("test",))
+    assert objid_texts(values, str(sim_shards), ("test",), ids) == [str(from_records[i]) for i in ids.tolist()]
+    text = tmp_path / "text"
+    shutil.copytree(sim_shards, text)
+    (text / "manifest.json").write_text(json.dumps(manifest | {"objid_type": "string"}))
+    assert objid_texts(None, str(text), ("test",), ids) == objid_texts(values, str(sim_shards), ("test",), ids)

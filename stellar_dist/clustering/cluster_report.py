@@ -14,8 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .. import dist
 from .cluster import cluster_accuracy, match_clusters
-from ..data.streams import picture, read_some
-from ..data.streams import objids as read_objids
+from ..data.streams import objid_texts, picture, read_some
 from ..evaluate import classification_report
 from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
 
@@ -28,6 +27,8 @@ def gather_local(local: LocalFeatures, reduced: torch.Tensor, assignment: torch.
     distance = (reduced - centroids.to(reduced.device)[assignment]).norm(dim=1)
     parts = {"ids": local.ids, "labels": local.labels, "splits": local.splits, "assignment": assignment,
              "distance": distance, "shards": local.shards}
+    if local.objids is not None:
+        parts["objids"] = local.objids
     gathered = {key: dist.gather_to_main(value) for key, value in parts.items()}
     probe = local.splits != SPLIT_CODES["unlabeled"]
     probe_parts = {key: dist.gather_to_main(value[probe]) for key, value in (("ids", local.ids),
@@ -230,16 +231,16 @@ def write_assignments(samples: dict, shards_dir: str, path: Path) -> Path:
     centroid (in the whitened PCA space the clusters were fit in). Written whole or not at all."""
     import csv
 
-    objids = read_objids(shards_dir, tuple(SPLIT_CODES))
+    objids = objid_texts(samples.get("objids"), shards_dir, tuple(SPLIT_CODES), samples["ids"])
     names = {code: name for name, code in SPLIT_CODES.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "objid", "split", "cluster", "distance"])
-        for sample_id, split, cluster, distance in zip(samples["ids"].tolist(), samples["splits"].tolist(),
-                                                       samples["assignment"].tolist(), samples["distance"].tolist()):
-            objid = objids.get(sample_id)
-            writer.writerow([sample_id, "" if objid is None else objid, names[split], cluster, f"{distance:.6g}"])
+        for sample_id, objid, split, cluster, distance in zip(samples["ids"].tolist(), objids,
+                                                              samples["splits"].tolist(), samples["assignment"].tolist(),
+                                                              samples["distance"].tolist()):
+            writer.writerow([sample_id, objid, names[split], cluster, f"{distance:.6g}"])
     temporary.replace(path)
     return path

@@ -33,6 +33,7 @@ class LocalFeatures:
     splits: torch.Tensor
     features: torch.Tensor
     shards: torch.Tensor
+    objids: torch.Tensor | None = None  # integer objids (streams.integer_objid): assignments.csv reads no shard
 
 
 @dataclass
@@ -72,7 +73,7 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
                      device: torch.device) -> LocalFeatures:
     was_training = model.training
     model.eval()
-    parts: dict[str, list] = {"ids": [], "labels": [], "splits": [], "features": [], "shards": []}
+    parts: dict[str, list] = {"ids": [], "labels": [], "splits": [], "features": [], "shards": [], "objids": []}
     for split, code in SPLIT_CODES.items():
         stream = OnceStream(shard_paths(shards_dir, split), ItemMaker.for_shards("plain", manifest, grayscale),
                             batch_size, rank=dist.rank(), world_size=dist.world_size())
@@ -84,6 +85,7 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
             parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(device))
             parts["splits"].append(torch.full_like(batch["id"], code).to(device))
             parts["shards"].append(batch["shard"].to(device))
+            parts["objids"].append(batch["objid"].to(device))
     model.train(was_training)
     width = getattr(model, "feature_dim", 1)
     empty = {"features": torch.zeros(0, width, device=device)}

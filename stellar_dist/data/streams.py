@@ -103,6 +103,7 @@ class ItemMaker:
         else:
             item["image"] = self.finish(image)
             item["shard"] = shard_number(raw["__url__"])  # where to fetch it again without a pass over the split
+            item["objid"] = integer_objid(record)
             item["valid"] = True
         return item
 
@@ -119,7 +120,7 @@ class ItemMaker:
         channels = self.stretch.channels if self.stretch is not None else 3
         size = self.image_size or 8
         return {"id": int(record["id"]), "label": -1, "true_label": -1, "image": torch.zeros(channels, size, size),
-                "shard": shard_number(raw["__url__"]), "valid": False}
+                "shard": shard_number(raw["__url__"]), "objid": integer_objid(record), "valid": False}
 
     def raw_item(self, raw: dict, record: dict, seed: int) -> dict:
         """Decode only: the uint8 CHW image, its labels and the seed its views will be drawn from."""
@@ -205,6 +206,32 @@ def _members(path: str, stream):
                 yield {"fname": member.name.split(".", 1)[0] + ".too_large", "data": note.encode(), "__url__": path}
                 continue
             yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": path}
+
+
+MISSING_OBJID = -(2**63)  # an "objid" item of a sample without an integer id
+
+
+def integer_objid(record: dict) -> int:
+    """The sample's objid as a 64-bit integer (shards whose manifest says objid_type int64), else MISSING_OBJID:
+    carried through the gathered tensors, so the tables written at the end never re-read the shards."""
+    value = record.get("meta", {}).get("objid")
+    try:
+        number = int(str(value), 10) if value is not None else MISSING_OBJID
+    except ValueError:
+        return MISSING_OBJID
+    return number if -(2**63) < number < 2**63 else MISSING_OBJID
+
+
+def objid_texts(values, shards_dir: str, splits: tuple[str, ...], ids) -> list[str]:
+    """The objids of the samples `ids` as text, from their integer items (`values`) where the manifest says every
+    id is an integer, else (text ids, shards packed before objid_type was recorded) read from the shards."""
+    kind = load_manifest(shards_dir).get("objid_type", "string")
+    if kind is None:
+        return [""] * len(ids)
+    if kind == "int64" and values is not None:
+        return ["" if value == MISSING_OBJID else str(value) for value in values.tolist()]
+    found = objids(shards_dir, splits)
+    return ["" if found.get(sample_id) is None else str(found[sample_id]) for sample_id in ids.tolist()]
 
 
 def objids(shards_dir: str, splits: tuple[str, ...]) -> dict:
