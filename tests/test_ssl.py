@@ -1,5 +1,6 @@
 """FixMatch's loss as training computes it (FixMatch.loss, one forward pass over labeled + weak + strong)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -100,3 +101,42 @@ def test_ema_update_matches_averaged_model_with_its_counter_on_the_host():
     assert ours.n_averaged.device.type == "cpu" and int(ours.n_averaged) == 5
     assert all(torch.equal(a, b) for a, b in zip(ours.module.parameters(), reference.module.parameters()))
     assert torch.equal(ours.module[1].running_mean, model[1].running_mean)
+
+
+HOST_READS = ("item", "cpu", "tolist", "numpy", "nonzero", "__bool__", "__int__", "__float__")
+
+
+@pytest.mark.parametrize("algorithm", ["fixmatch", "softmatch", "flexmatch"])  # all 6 measured: 0 reads
+def test_training_steps_never_read_a_tensor_on_the_host_outside_log_intervals(sim_shards, tmp_path, monkeypatch,
+                                                                                 algorithm):
+    """On a GPU every host read of a tensor (.item(), .cpu(), bool(), .nonzero(), ...) waits for the device. The
+    same code path on CPU, counted: a run of 8 steps reads exactly as often as a run of 4 when both log once, so
+    the 4 extra steps read nothing (sync-free), with the views made on the device, FixMatch, the EMA and the
+    per-step diagnostics. The EMA's counter is read every step: it lives on the host (no device to wait for). (On CUDA bench/gpu_smoke.py counts the same with torch.cuda.set_sync_debug_mode.)
+    Images are read in a DataLoader worker (another process: not counted)."""
+    from stellar_dist.engine import train_loop
+    from stellar_dist.session import setup
+
+    reads, on_host = [], []  # on_host: the EMA's update counter, kept on the host by design (optim.py)
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, __original=original, **kwargs):
+            if not any(self is tensor for tensor in on_host):
+                reads.append(1)
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    totals = []
+    for steps in (4, 8):
+        config = load_config(None, [f"data.shards={sim_shards}", f"output_dir={tmp_path / str(steps)}",
+                                    "model.arch=resnet18", f"ssl.algorithm={algorithm}", f"train.steps={steps}",
+                                    f"train.log_every_steps={steps}", "eval.every_steps=0", "checkpoint.every_steps=0",
+                                    "cluster.at_end=false", "data.num_workers=1", "data.augment_on=device",
+                                    "train.batch_size=4", "ssl.mu=2", "tracking=none"])
+        run = setup(config)
+        on_host[:] = [run.ema.n_averaged]
+        reads.clear()
+        assert train_loop(run) == steps
+        totals.append(len(reads))
+    assert totals[0] == totals[1] and totals[0] > 0  # reads happen, at the one log interval only
