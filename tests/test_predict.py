@@ -25,7 +25,7 @@ def trained(plain_run):
 def test_object_ids_keep_their_type_and_every_digit(tmp_path):
     """Integer ids (SDSS's 19-digit objID) become 64-bit integer columns in parquet and FITS, a missing one
     masked; any id that is not an integer keeps the column text."""
-    from stellar_dist.data.catalog import id_type
+    from stellar_dist.data.objids import id_type
     from stellar_dist.inference.writer import Writer
 
     big = "1237648720693755918"  # > 2**53: float64 would change it

@@ -33,7 +33,7 @@ class LocalFeatures:
     splits: torch.Tensor
     features: torch.Tensor
     shards: torch.Tensor
-    objids: torch.Tensor | None = None  # integer objids (streams.integer_objid): assignments.csv reads no shard
+    objids: torch.Tensor | None = None  # integer objids (data/objids.py): assignments.csv reads no shard
 
 
 @dataclass

@@ -207,22 +207,6 @@ def find_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, list[dict]]:
     return exclude, duplicates
 
 
-INT64_RANGE = (-(2**63), 2**63 - 1)
-
-
-def id_type(ids) -> str | None:
-    """How object ids are written to FITS and parquet: "int64" when every id given is a decimal integer that fits
-    in 64 bits (SDSS's objID and specObjID: 19 digits, exact only as integers, never as float64), else "string";
-    None when there are no ids. Ids are read as text (exact); this decides the output column's type."""
-    present = [str(value).strip() for value in ids if value is not None and str(value).strip() not in ("", "<NA>")]
-    if not present:
-        return None
-    try:
-        return "int64" if all(INT64_RANGE[0] <= int(value, 10) <= INT64_RANGE[1] for value in present) else "string"
-    except ValueError:
-        return "string"
-
-
 def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
     for column in ("image_path", "objid"):
         if column not in frame.columns:

@@ -26,7 +26,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import bands as fits_bands
-from .catalog import SPLITS, find_duplicates, id_type, read_catalog, stratified_split
+from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
+from .objids import id_type
 from .images import encode, preprocess_image
 from ..errors import UserError, sigterm_as_exit
 from ..outputs import OutputLock, follow_umask, inside

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import augment, bands
 from ..errors import UserError
 from .manifest import load_manifest
+from .objids import integer_objid
 
 STREAM_TAGS = {"labeled": 1, "unlabeled": 2, "test": 3, "features": 4}
 # A shard member larger than this is never read into memory: its sample is refused (a 64 px PNG is ~12 kB, a
@@ -206,42 +207,6 @@ def _members(path: str, stream):
                 yield {"fname": member.name.split(".", 1)[0] + ".too_large", "data": note.encode(), "__url__": path}
                 continue
             yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": path}
-
-
-MISSING_OBJID = -(2**63)  # an "objid" item of a sample without an integer id
-
-
-def integer_objid(record: dict) -> int:
-    """The sample's objid as a 64-bit integer (shards whose manifest says objid_type int64), else MISSING_OBJID:
-    carried through the gathered tensors, so the tables written at the end never re-read the shards."""
-    value = record.get("meta", {}).get("objid")
-    try:
-        number = int(str(value), 10) if value is not None else MISSING_OBJID
-    except ValueError:
-        return MISSING_OBJID
-    return number if -(2**63) < number < 2**63 else MISSING_OBJID
-
-
-def objid_texts(values, shards_dir: str, splits: tuple[str, ...], ids) -> list[str]:
-    """The objids of the samples `ids` as text, from their integer items (`values`) where the manifest says every
-    id is an integer, else (text ids, shards packed before objid_type was recorded) read from the shards."""
-    kind = load_manifest(shards_dir).get("objid_type", "string")
-    if kind is None:
-        return [""] * len(ids)
-    if kind == "int64" and values is not None:
-        return ["" if value == MISSING_OBJID else str(value) for value in values.tolist()]
-    found = objids(shards_dir, splits)
-    return ["" if found.get(sample_id) is None else str(found[sample_id]) for sample_id in ids.tolist()]
-
-
-def objids(shards_dir: str, splits: tuple[str, ...]) -> dict:
-    """{sample id: the catalog's objid (None when absent)} of the given splits, from the samples' records."""
-    found = {}
-    for split in splits:
-        for raw in iter_samples(shard_paths(shards_dir, split)):
-            record = json.loads(raw["json"])
-            found[record["id"]] = record.get("meta", {}).get("objid")
-    return found
 
 
 class TrainStream(IterableDataset):

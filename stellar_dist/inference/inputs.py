@@ -40,7 +40,7 @@ def check_input_matches(source: Path, description: dict) -> None:
 def input_rows(source: Path, fits: bool = False, needed=None):
     """(number of rows, generator of (objid or None, image path or shard member name, payload or None), the image
     paths read (outputs must not be one of them), the objid column's type in FITS and parquet outputs: "int64",
-    "string" or None; data/catalog.id_type).
+    "string" or None; data/objids.py).
     A folder is searched for the files the model reads: FITS cutouts (`fits`) or 8-bit images. A shard member's
     payload is its bytes (N-band) or (encoding, bytes) for 8-bit shards. `needed(start, stop)`: whether this
     process needs any of the rows [start, stop); a shard none of whose rows is needed is not read (its rows come
@@ -62,7 +62,8 @@ def input_rows(source: Path, fits: bool = False, needed=None):
             raise UserError(f"--input {source} holds no {kind}, the kind of image this model reads: pass a folder "
                             "of them, a CSV or shards")
         return len(images), ((None, str(path), None) for path in images), [str(path) for path in images], None
-    from ..data.catalog import TABLE_SUFFIXES, _read_csv, _read_table, id_type
+    from ..data.catalog import TABLE_SUFFIXES, _read_csv, _read_table
+    from ..data.objids import id_type
 
     table = source.name.lower().endswith(TABLE_SUFFIXES)
     if source.suffix.lower() != ".csv" and not table:
