@@ -222,11 +222,18 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/stellar-scale")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--report", action="store_true", help="only rebuild the table and plot")
+    parser.add_argument("--images-only", action="store_true", help="only write the cutouts and catalogs (not "
+                        "measured; e.g. while another job runs)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "scale.json"
     results = {item["samples"]: item for item in json.loads(saved.read_text())} if saved.exists() else {}
+    if args.images_only:
+        for size in (int(text) for text in args.sizes.split(",")):
+            (out / f"n{size}").mkdir(parents=True, exist_ok=True)
+            make_catalog(out / f"n{size}", size)
+        return
     if not args.report:
         for size in (int(text) for text in args.sizes.split(",")):
             if size not in results:
