@@ -76,7 +76,7 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     the probability of each class. Written whole or not at all."""
     import csv
 
-    from .data.objids import objid_texts
+    from .data.eval_data import objid_texts
 
     objids = objid_texts(gathered.get("objid"), str(shards_dir), ("test",), gathered["id"])
     temporary = path.with_name(f".{path.name}.tmp")

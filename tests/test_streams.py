@@ -101,7 +101,8 @@ def test_objids_travel_with_the_batches_and_match_the_records(sim_shards, tmp_pa
     are text (or older shards) fall back to reading the records: the same texts either way."""
     import shutil
 
-    from stellar_dist.data.objids import MISSING_OBJID, objid_texts, objids
+    from stellar_dist.data.eval_data import objid_texts, objids
+    from stellar_dist.data.objids import MISSING_OBJID
 
     manifest = json.loads((sim_shards / "manifest.json").read_text())
     assert manifest["objid_type"] == "int64"

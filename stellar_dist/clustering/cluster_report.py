@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .. import dist
 from .cluster import cluster_accuracy, match_clusters
-from ..data.objids import objid_texts
+from ..data.eval_data import objid_texts
 from ..data.streams import picture, read_some
 from ..evaluate import classification_report
 from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
