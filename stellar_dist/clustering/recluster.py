@@ -81,11 +81,15 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
             if not bool(batch["valid"].all()):  # an unreadable sample is left out of the clustering
                 batch = {key: value[batch["valid"]] for key, value in batch.items()}
             parts["features"].append(model.features(batch["image"].to(device)).float())
-            parts["ids"].append(batch["id"].to(device))
-            parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(device))
+            # Copies: a tensor received from a DataLoader worker holds a shared-memory file descriptor for as
+            # long as it lives; keeping ~5 per batch ran out of descriptors ("Too many open files") at 10^6
+            # samples in one process.
+            parts["ids"].append(batch["id"].to(device, copy=True))
+            parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(
+                device, copy=True))
             parts["splits"].append(torch.full_like(batch["id"], code).to(device))
-            parts["shards"].append(batch["shard"].to(device))
-            parts["objids"].append(batch["objid"].to(device))
+            parts["shards"].append(batch["shard"].to(device, copy=True))
+            parts["objids"].append(batch["objid"].to(device, copy=True))
     model.train(was_training)
     width = getattr(model, "feature_dim", 1)
     empty = {"features": torch.zeros(0, width, device=device)}
