@@ -57,8 +57,13 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+# gloo moves neither int16 nor bool ("Invalid scalar type"): such tensors travel as int32 and are cast back.
+WIDENED = {torch.int16: torch.int32, torch.bool: torch.int32}
+
+
 def _pad_to_longest(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Every rank's row count, and this rank's tensor zero-padded to the longest (collectives need equal shapes)."""
+    tensor = tensor.to(WIDENED.get(tensor.dtype, tensor.dtype))
     length = torch.tensor([tensor.shape[0]], device=tensor.device)
     lengths = [torch.zeros_like(length) for _ in range(world_size())]
     dist.all_gather(lengths, length)
@@ -75,7 +80,7 @@ def gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     padded, sizes = _pad_to_longest(tensor)
     parts = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(tensor.dtype)
 
 
 def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -85,7 +90,7 @@ def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
     padded, sizes = _pad_to_longest(tensor)
     parts = [torch.zeros_like(padded) for _ in sizes] if rank() == 0 else None
     dist.gather(padded, parts, dst=0)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)]) if rank() == 0 else None
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(tensor.dtype) if rank() == 0 else None
 
 
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:

@@ -57,6 +57,33 @@ def algorithm_states(model, manifest, device, rank: int, shards: str, world_size
     return states
 
 
+def sampled_clustering(run, shards: str, local, out_dir: Path) -> dict:
+    """The two-pass path of a catalog beyond the fit sample (limits made small), and assignments.csv written by
+    every rank a few ids at a time."""
+    from stellar_dist.clustering import cluster_report
+    from stellar_dist.clustering.features import assign_kept, assign_stream, extract_features, plan_selection
+    from stellar_dist.clustering.recluster import finish_clustering, fit_clustering, recluster
+
+    passes = {"batch_size": 16, "num_workers": 1, "grayscale": False, "device": run.accelerator.device}
+    selection = plan_selection(run.manifest, 5, fit_limit=60, probe_limit=20)
+    sampled = extract_features(run.ema.module, shards, run.manifest, selection=selection, **passes)
+    state = fit_clustering(sampled, k=6, backend="torch", pca_dim=16, seed=0, iterations=10)
+    assigned = assign_stream(run.ema.module, shards, run.manifest, state, **passes)
+    state = finish_clustering(state, assigned, run.manifest["num_input"])
+    full, _ = recluster(local, k=6, num_ids=run.manifest["num_input"], backend="torch", pca_dim=16, seed=0,
+                        iterations=10)
+    streamed, kept = assign_stream(run.ema.module, shards, run.manifest, full, **passes), assign_kept(local, full)
+    cluster_report.IDS_PER_ROUND = 37  # several rounds over the 200 ids
+    world = run.accelerator.num_processes
+    cluster_report.write_assignments(assigned, shards, out_dir / f"assignments_of{world}.csv")
+    return {"table_sampled": state.assignments, "kept_ids": dist.gather_variable(sampled.ids),
+            "fit_ids": dist.gather_variable(sampled.ids[sampled.fit]),
+            "streamed": dist.gather_variable(torch.stack([streamed.ids, streamed.assignment.long()], 1)),
+            "kept": dist.gather_variable(torch.stack([kept.ids, kept.assignment.long()], 1)),
+            "streamed_distance": dist.gather_variable(streamed.distance),
+            "kept_distance": dist.gather_variable(kept.distance)}
+
+
 def main() -> None:
     mode, out_dir, shards = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     extra = ["cluster.lambda_c=0.5", "cluster.every_steps=2"] if mode == "train" else []  # DeepCluster head too
@@ -75,15 +102,17 @@ def main() -> None:
                     "cluster_sizes": torch.tensor(clusters["cluster_sizes"] if clusters else [])},
                    out_dir / f"rank{rank}.pt")
     elif mode == "cluster":
-        from stellar_dist.clustering.recluster import extract_features, recluster
+        from stellar_dist.clustering.features import extract_features
+        from stellar_dist.clustering.recluster import recluster
 
         local = extract_features(run.ema.module, shards, run.manifest, batch_size=16, num_workers=1,
                                  grayscale=False, device=run.accelerator.device)
         result = {"ids": dist.gather_variable(local.ids), "features": dist.gather_variable(local.features)}
         for backend in ("faiss", "torch"):
-            state, _, _ = recluster(local, k=6, num_ids=run.manifest["num_input"], backend=backend, pca_dim=16,
+            state, _ = recluster(local, k=6, num_ids=run.manifest["num_input"], backend=backend, pca_dim=16,
                                     seed=0, iterations=10)
             result[f"table_{backend}"], result[f"inertia_{backend}"] = state.assignments, torch.tensor(state.inertia)
+        result |= sampled_clustering(run, shards, local, out_dir)
         torch.save(result, out_dir / f"cluster{rank}_of{run.accelerator.num_processes}.pt")
     elif mode == "state":
         run.model.eval()  # frozen batch-norm statistics, so that both ranks' logits equal one process's

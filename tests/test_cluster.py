@@ -83,3 +83,23 @@ def test_faiss_fits_on_a_bounded_sample_chosen_by_id():
     assert chosen == set(ids[bounded_sample(ids.flip(0), 5_000, seed=3).flip(0)].tolist())  # order-free
     assert chosen != set(ids[bounded_sample(ids, 5_000, seed=4)].tolist())  # the seed picks another sample
     assert bool(bounded_sample(ids[:1_000], 5_000, seed=3).all())
+
+
+def test_stream_filter_hash_equals_the_tensor_hash_and_bounds_the_sample():
+    """Pass 1 of a large clustering skips samples before decoding them by a Python hash of their id: it must pick
+    exactly the rows the tensor hash picks (int64 wrap-around included), and keep about the limit."""
+    from stellar_dist.clustering.cluster import id_hash, id_hash_int
+    from stellar_dist.clustering.features import plan_selection
+
+    ids = torch.cat([torch.arange(2000), torch.tensor([2**40 + 7, 2**62 - 1, 123456789012])])
+    for seed in (0, 7, 42, 10**6):
+        assert id_hash(ids, seed).tolist() == [id_hash_int(value, seed) for value in ids.tolist()]
+    counts = {"labeled": 1_000, "unlabeled": 99_000, "test": 20_000}
+    selection = plan_selection({"num_samples": counts}, seed=3, fit_limit=5_000, probe_limit=500)
+    assert not selection.complete
+    everything = torch.arange(120_000)
+    fit = selection.fit_mask(everything[:100_000], "unlabeled")
+    assert 4_700 < int(fit.sum()) < 5_300
+    test_kept = id_hash(everything[100_000:], 3) < selection.keep_threshold("test")
+    assert 400 < int(test_kept.sum()) < 600
+    assert plan_selection({"num_samples": counts}, seed=3).complete  # the default limits keep all 120,000

@@ -82,3 +82,21 @@ def test_two_rank_clustering_equals_one_rank(sim_shards, tmp_path):
         assert torch.equal(table, single[f"table_{backend}"]), backend  # 2 ranks == 1 rank
         assert abs(rank0[f"inertia_{backend}"] - single[f"inertia_{backend}"]) < 1e-3 * single[f"inertia_{backend}"]
     assert abs(single["inertia_faiss"] - single["inertia_torch"]) < 0.01 * single["inertia_torch"]
+    # A catalog beyond the fit sample (limits 60 fit, 20 probe): pass 1 keeps a bounded sample chosen by id, the
+    # same on 1 and 2 ranks; pass 2 assigns every sample; the clusters and assignments.csv do not depend on ranks.
+    fit_ids = set(single["fit_ids"].tolist())
+    assert set(rank0["fit_ids"].tolist()) == fit_ids and 40 <= len(fit_ids) <= 85
+    assert len(single["kept_ids"]) < 130  # of 200: the fit sample plus at most ~20 probe rows of each split
+    assert torch.equal(rank0["table_sampled"], single["table_sampled"])
+    assert (single["table_sampled"] >= 0).sum() == 160  # every labeled + unlabeled sample, not only the fit ones
+    for result in (rank0, single):  # streaming pass 2 gives exactly what the kept features give
+        streamed, kept = (result[name][torch.argsort(result[name][:, 0])] for name in ("streamed", "kept"))
+        assert torch.equal(streamed, kept)
+        assert torch.allclose(result["streamed_distance"].sort().values, result["kept_distance"].sort().values,
+                              atol=1e-5)
+    written = [[line.split(",") for line in (tmp_path / f"assignments_of{world}.csv").read_text().splitlines()]
+               for world in (1, 2)]
+    assert written[0][0] == written[1][0] == ["id", "objid", "split", "cluster", "distance"]
+    assert [row[:4] for row in written[0]] == [row[:4] for row in written[1]] and len(written[0]) == 201
+    assert [int(row[0]) for row in written[0][1:]] == sorted(single["ids"].tolist())  # every sample, id order
+    assert all(abs(float(a[4]) - float(b[4])) < 1e-3 for a, b in zip(written[0][1:], written[1][1:]))

@@ -92,6 +92,14 @@ def id_hash(ids: torch.Tensor, seed: int) -> torch.Tensor:
     return (ids.long() * 6364136223846793005 + (seed * 1442695040888963407) % HASH_PRIME) % HASH_PRIME
 
 
+def id_hash_int(sample_id: int, seed: int) -> int:
+    """`id_hash` of one id in plain Python (a stream filter decides before decoding): int64 wrap-around included."""
+    def wrapped(value: int) -> int:
+        return (value + 2**63) % 2**64 - 2**63
+
+    return wrapped(wrapped(sample_id * 6364136223846793005) + (seed * 1442695040888963407) % HASH_PRIME) % HASH_PRIME
+
+
 def bounded_sample(ids: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     """A mask of about `limit` samples over all ranks (every one when there are fewer), chosen by id hash: the same
     samples whatever the number of ranks. What faiss fits its centroids on (rank 0 then holds a bounded number of

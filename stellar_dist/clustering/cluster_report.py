@@ -14,35 +14,55 @@ from sklearn.preprocessing import StandardScaler
 
 from .. import dist
 from .cluster import cluster_accuracy, match_clusters
-from ..data.eval_data import objid_texts
+from ..data.eval_data import objid_lookup, objid_texts
 from ..data.streams import picture, read_some
 from ..evaluate import classification_report
-from .recluster import SPLIT_CODES, ClusterState, LocalFeatures
+from .features import SPLIT_CODES, Assigned, LocalFeatures
+from .recluster import ClusterState
 
 
-def gather_local(local: LocalFeatures, reduced: torch.Tensor, assignment: torch.Tensor,
-                 centroids: torch.Tensor) -> dict[str, np.ndarray] | None:
-    """On rank 0 (None elsewhere): ids, classes, splits, clusters and centroid distances of every rank's samples,
-    sorted by id; backbone features only for the labeled and test samples (the linear probe's), not the large
-    unlabeled split."""
-    distance = (reduced - centroids.to(reduced.device)[assignment]).norm(dim=1)
-    parts = {"ids": local.ids, "labels": local.labels, "splits": local.splits, "assignment": assignment,
-             "distance": distance, "shards": local.shards}
-    if local.objids is not None:
-        parts["objids"] = local.objids
+GRID_PER_CLUSTER = 8  # objects shown per cluster in the grid (the nearest to its centroid)
+
+
+def _to_main(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray] | None:
+    """Every rank's rows on rank 0 (None elsewhere), as numpy arrays sorted by sample id."""
     gathered = {key: dist.gather_to_main(value) for key, value in parts.items()}
-    probe = local.splits != SPLIT_CODES["unlabeled"]
-    probe_parts = {key: dist.gather_to_main(value[probe]) for key, value in (("ids", local.ids),
-                                                                              ("features", local.features))}
-    if dist.rank() != 0:
+    if not dist.is_main():
         return None
     gathered = {key: value.cpu().numpy() for key, value in gathered.items()}
-    probe_parts = {key: value.cpu().numpy() for key, value in probe_parts.items()}
-    order = np.argsort(gathered["ids"])
-    gathered = {key: value[order] for key, value in gathered.items()}
-    order = np.argsort(probe_parts["ids"])
-    gathered["probe_ids"], gathered["probe_features"] = probe_parts["ids"][order], probe_parts["features"][order]
-    return gathered
+    order = np.argsort(gathered["ids"], kind="stable")
+    return {key: value[order] for key, value in gathered.items()}
+
+
+def _nearest_rows(assigned: Assigned, per_cluster: int) -> torch.Tensor:
+    """This rank's `per_cluster` fit samples nearest each centroid (a mask): the grid's candidates."""
+    fit = torch.nonzero(assigned.fit).flatten()
+    by_distance = fit[torch.argsort(assigned.distance[fit], stable=True)]
+    grouped = by_distance[torch.argsort(assigned.assignment[by_distance], stable=True)]
+    clusters = assigned.assignment[grouped].long()
+    first = torch.searchsorted(clusters, clusters, right=False)  # each row's cluster starts here
+    chosen = torch.zeros(len(assigned.ids), dtype=torch.bool, device=assigned.ids.device)
+    chosen[grouped[torch.arange(len(grouped), device=grouped.device) - first < per_cluster]] = True
+    return chosen
+
+
+def gather_report(assigned: Assigned, local: LocalFeatures, k: int,
+                  per_cluster: int = GRID_PER_CLUSTER) -> dict | None:
+    """What the report needs, on rank 0 (None elsewhere), bounded by the labeled + test splits and never by the
+    unlabeled one: the labeled and test samples (id, class, split, cluster, distance, shard, objid; sorted by id),
+    the grid's candidates (`nearest`), the cluster sizes (all-reduced counts) and the probe's backbone features
+    (pass 1's labeled and test rows, at most PROBE_LIMIT of each)."""
+    fields = ("ids", "labels", "splits", "assignment", "distance", "shards", "objids")
+    scored = assigned.splits != SPLIT_CODES["unlabeled"]
+    samples = _to_main({key: getattr(assigned, key)[scored] for key in fields})
+    nearest = _to_main({key: getattr(assigned, key)[_nearest_rows(assigned, per_cluster)] for key in fields})
+    sizes = dist.all_reduce_sum(torch.bincount(assigned.assignment[assigned.fit].long(), minlength=k).double())
+    probe = local.splits != SPLIT_CODES["unlabeled"]
+    probe_parts = _to_main({"ids": local.ids[probe], "features": local.features[probe]})
+    if samples is None:
+        return None
+    return samples | {"nearest": nearest, "cluster_sizes": sizes.long().tolist(),
+                      "probe_ids": probe_parts["ids"], "probe_features": probe_parts["features"]}
 
 
 def cluster_metrics(samples: dict, state: ClusterState, classes: list[str]) -> dict:
@@ -53,7 +73,6 @@ def cluster_metrics(samples: dict, state: ClusterState, classes: list[str]) -> d
     table = np.zeros((k, len(classes)), dtype=np.int64)
     np.add.at(table, (clusters, labels), 1)
     mapping = match_clusters(labels, clusters, len(classes), k)
-    fit = samples["splits"] != SPLIT_CODES["test"]
     return {
         "k": k,
         "accuracy": cluster_accuracy(labels, clusters, len(classes), k),
@@ -62,7 +81,7 @@ def cluster_metrics(samples: dict, state: ClusterState, classes: list[str]) -> d
         "inertia": state.inertia,
         "cluster_to_class": [classes[index] for index in mapping],
         "cluster_class_table": table.tolist(),
-        "cluster_sizes": np.bincount(samples["assignment"][fit], minlength=k).tolist(),
+        "cluster_sizes": samples["cluster_sizes"],
         "num_scored": int(known.sum()),
         "classes": list(classes),
     }
@@ -80,11 +99,13 @@ def linear_probe(samples: dict, classes: list[str], seed: int) -> dict:
 
 
 def nearest_ids(samples: dict, cluster_ids: list[int], per_cluster: int) -> dict[int, list[int]]:
-    fit = samples["splits"] != SPLIT_CODES["test"]
+    """The fit samples nearest each centroid, from every rank's candidates (`samples["nearest"]`)."""
+    nearest = samples["nearest"]
     chosen = {}
     for cluster in cluster_ids:
-        members = np.flatnonzero(fit & (samples["assignment"] == cluster))
-        chosen[cluster] = samples["ids"][members[np.argsort(samples["distance"][members])[:per_cluster]]].tolist()
+        members = np.flatnonzero(nearest["assignment"] == cluster)
+        chosen[cluster] = nearest["ids"][members[np.argsort(nearest["distance"][members], kind="stable")
+                                                 [:per_cluster]]].tolist()
     return chosen
 
 
@@ -103,7 +124,7 @@ CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b
 
 
 def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: ClusterState, metrics: dict,
-                      path: Path, num_clusters: int, per_cluster: int = 8) -> Path:
+                      path: Path, num_clusters: int, per_cluster: int = GRID_PER_CLUSTER) -> Path:
     """One row per cluster (largest first): the samples nearest its centroid. Each row is labelled with the
     cluster, its size and the class it is matched to; each tile is framed in the colour of its spectroscopic class
     where the pipeline knows it (labeled and test objects), in grey where it does not (unlabeled); the caption
@@ -116,15 +137,16 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     largest = np.argsort(metrics["cluster_sizes"])[::-1][:num_clusters].tolist()
     chosen = nearest_ids(samples, largest, per_cluster)
     wanted = {sample_id for ids in chosen.values() for sample_id in ids}
-    rows = np.flatnonzero(np.isin(samples["ids"], list(wanted)))
+    nearest = samples["nearest"]
+    rows = np.flatnonzero(np.isin(nearest["ids"], list(wanted)))
     names = {code: split for split, code in SPLIT_CODES.items()}
     shards: dict[str, set[int]] = {}
     for row in rows:  # only the shards holding the chosen samples are read
-        shards.setdefault(names[int(samples["splits"][row])], set()).add(int(samples["shards"][row]))
+        shards.setdefault(names[int(nearest["splits"][row])], set()).add(int(nearest["shards"][row]))
     images = {sample_id: Image.fromarray(picture(raw, manifest))
               for sample_id, raw in read_some(shards_dir, shards, wanted).items()}
-    known = {int(samples["ids"][row]): int(samples["labels"][row]) for row in rows
-             if samples["splits"][row] != SPLIT_CODES["unlabeled"] and samples["labels"][row] >= 0}
+    known = {int(nearest["ids"][row]): int(nearest["labels"][row]) for row in rows
+             if nearest["splits"][row] != SPLIT_CODES["unlabeled"] and nearest["labels"][row] >= 0}
     classes = metrics["classes"]
     figure, axes = plt.subplots(len(largest), per_cluster, figsize=(1.25 * per_cluster + 1.6, 1.3 * len(largest)
                                                                      + 0.9), squeeze=False)
@@ -227,21 +249,49 @@ def plot_cluster_table(metrics: dict, path: Path) -> Path:
     return path
 
 
-def write_assignments(samples: dict, shards_dir: str, path: Path) -> Path:
+IDS_PER_ROUND = 2**20  # sample ids whose rows rank 0 receives and writes at a time: its memory stays flat in N
+
+
+def write_assignments(assigned: Assigned, shards_dir: str, path: Path) -> Path | None:
     """assignments.csv: every clustered sample (id order): id, objid (as text), split, cluster, distance to its
-    centroid (in the whitened PCA space the clusters were fit in). Written whole or not at all."""
+    centroid (in the whitened PCA space the clusters were fit in). Every rank takes part: rank 0 receives the rows
+    one id range at a time and writes them; the file is written whole or not at all."""
     import csv
 
-    objids = objid_texts(samples.get("objids"), shards_dir, tuple(SPLIT_CODES), samples["ids"])
+    order = torch.argsort(assigned.ids)
+    fields = {key: getattr(assigned, key)[order] for key in ("ids", "objids", "splits", "assignment", "distance")}
+    last = fields["ids"][-1:].double() + 1 if len(order) else torch.zeros(1, dtype=torch.float64)
+    num_ids = int(dist.all_reduce_max(last.to(fields["ids"].device)).item())  # one past the largest id anywhere
+    lookup = objid_lookup(shards_dir, tuple(SPLIT_CODES)) if dist.is_main() else None
     names = {code: name for name, code in SPLIT_CODES.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "objid", "split", "cluster", "distance"])
-        for sample_id, objid, split, cluster, distance in zip(samples["ids"].tolist(), objids,
-                                                              samples["splits"].tolist(), samples["assignment"].tolist(),
-                                                              samples["distance"].tolist()):
-            writer.writerow([sample_id, objid, names[split], cluster, f"{distance:.6g}"])
+    handle = None
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(temporary, "w", newline="")
+    try:
+        writer = csv.writer(handle) if handle else None
+        if writer:
+            writer.writerow(["id", "objid", "split", "cluster", "distance"])
+        for start in range(0, max(num_ids, 1), IDS_PER_ROUND):
+            bounds = torch.searchsorted(fields["ids"], torch.tensor([start, start + IDS_PER_ROUND],
+                                                                    device=fields["ids"].device))
+            rows = _to_main({key: value[bounds[0] : bounds[1]] for key, value in fields.items()})
+            if rows is None:
+                continue
+            objids = objid_texts(rows["objids"], shards_dir, tuple(SPLIT_CODES), rows["ids"], lookup)
+            for sample_id, objid, split, cluster, distance in zip(rows["ids"].tolist(), objids,
+                                                                  rows["splits"].tolist(), rows["assignment"].tolist(),
+                                                                  rows["distance"].tolist()):
+                writer.writerow([sample_id, objid, names[split], cluster, f"{distance:.6g}"])
+    except BaseException:
+        if handle:
+            handle.close()
+            temporary.unlink(missing_ok=True)
+        raise
+    if handle:
+        handle.close()
+    if not dist.is_main():
+        return None
     temporary.replace(path)
     return path

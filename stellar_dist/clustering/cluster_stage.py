@@ -1,15 +1,17 @@
-"""One clustering stage, as training and `stellar-dist cluster` run it: extract -> recluster -> (report)."""
+"""One clustering stage, as training and `stellar-dist cluster` run it: extract a bounded sample -> fit PCA and
+k-means -> assign every sample -> (report)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .cluster_report import (cluster_metrics, gather_local, linear_probe, plot_cluster_grid, plot_cluster_table,
+from .cluster_report import (cluster_metrics, gather_report, linear_probe, plot_cluster_grid, plot_cluster_table,
                              write_assignments)
 from .. import dist
 from ..config import ClusterConfig
 from ..data.eval_data import EvalData
-from .recluster import ClusterState, extract_features, recluster
+from .features import assign_kept, assign_stream, extract_features, plan_selection
+from .recluster import ClusterState, finish_clustering, fit_clustering
 
 
 def num_clusters(cluster: ClusterConfig, num_classes: int) -> int:
@@ -22,22 +24,27 @@ def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, 
     """Cluster the features of `model` (all ranks take part); metrics on the main process when `report` (and
     the per-sample `assignments` CSV when given)."""
     shards_dir, manifest = data.shards, data.manifest
-    local = extract_features(model, shards_dir, manifest, batch_size=data.batch_size, num_workers=data.num_workers,
-                             grayscale=data.grayscale, device=data.device)
-    state, reduced, assignment = recluster(
-        local, k=num_clusters(cluster, len(manifest["classes"])), num_ids=manifest["num_input"],
-        backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed, iterations=cluster.iterations,
-        num_reclusterings=num_reclusterings)
+    k = num_clusters(cluster, len(manifest["classes"]))
+    selection = plan_selection(manifest, seed + num_reclusterings)
+    passes = {"batch_size": data.batch_size, "num_workers": data.num_workers, "grayscale": data.grayscale,
+              "device": data.device}
+    local = extract_features(model, shards_dir, manifest, selection=selection, **passes)
+    state = fit_clustering(local, k=k, backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed,
+                           iterations=cluster.iterations, num_reclusterings=num_reclusterings)
+    # A catalog beyond the sample is streamed again (each sample reduced and assigned as it passes, no feature kept)
+    assigned = assign_kept(local, state) if selection.complete else assign_stream(model, shards_dir, manifest, state,
+                                                                                  **passes)
+    state = finish_clustering(state, assigned, manifest["num_input"])
     if not report:
         return state, None
-    samples = gather_local(local, reduced, assignment, state.centroids)
+    samples = gather_report(assigned, local, k)
+    if assignments is not None:
+        write_assignments(assigned, shards_dir, assignments)  # every rank sends its rows, id range by id range
     if samples is None or not dist.is_main():
         return state, None
     classes = manifest["classes"]
     metrics = cluster_metrics(samples, state, classes)
     metrics["linear_probe"] = linear_probe(samples, classes, seed)
-    if assignments is not None:
-        write_assignments(samples, shards_dir, assignments)
     if plots_dir is not None:
         metrics["plots"] = {
             "cluster_grid": str(plot_cluster_grid(shards_dir, manifest, samples, state, metrics,

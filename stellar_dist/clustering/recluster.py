@@ -1,39 +1,25 @@
 """DeepCluster re-clustering across ranks: features -> PCA-whitening -> L2 -> k-means -> assignment table.
 
-Each rank extracts backbone features (eval mode, no augmentation) for its share of the labeled, unlabeled and test
-samples (the test stream's split). PCA statistics are all-reduced (sums and outer products), so every rank derives
-the same whitening without moving features. The `faiss` backend gathers a bounded sample of the reduced labeled +
-unlabeled features (256 per centroid, chosen and sorted by sample id, so the result does not depend on the number
-of ranks) to run Faiss on rank 0 and broadcasts the centroids; the `torch` backend runs a distributed k-means where only centroid sums and counts travel. Every
-rank then assigns its own samples, and the (id -> cluster) table is all-gathered: any rank may stream any sample.
-Test samples are assigned to the nearest centroid but never fit it.
+Each rank extracts backbone features (eval mode, no augmentation) for its share of a bounded sample of the
+samples (clustering/features.py: every sample of a small catalog). PCA statistics are all-reduced (sums and outer
+products), so every rank derives the same whitening without moving features. The `faiss` backend gathers a
+bounded sample of the reduced labeled + unlabeled features (256 per centroid, chosen and sorted by sample id, so the
+result does not depend on the number of ranks) to run Faiss on rank 0 and broadcasts the centroids; the `torch`
+backend runs a distributed k-means where only centroid sums and counts travel (`fit_clustering`). Every rank then
+assigns every one of its samples (`features.assign_kept` / `assign_stream`), and the (id -> cluster) table is
+all-gathered (`finish_clustering`): any rank may stream any sample. Test samples are assigned to the nearest
+centroid but never fit it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from .. import dist
-from .cluster import assign, bounded_sample, kmeans_faiss, kmeans_torch, resolve_backend
-from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
-
-SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
-
-
-@dataclass
-class LocalFeatures:
-    """This rank's share of the samples: ids, true class (-1 unknown), split code, backbone features, and the
-    number of the shard each came from (to fetch a few images again without a pass over the split)."""
-
-    ids: torch.Tensor
-    labels: torch.Tensor
-    splits: torch.Tensor
-    features: torch.Tensor
-    shards: torch.Tensor
-    objids: torch.Tensor | None = None  # integer objids (data/objids.py): assignments.csv reads no shard
+from .cluster import bounded_sample, kmeans_faiss, kmeans_torch, resolve_backend
+from .features import ROW_BLOCK, SPLIT_CODES, Assigned, LocalFeatures, assign_kept, reduce_features  # noqa: F401
 
 
 @dataclass
@@ -66,51 +52,6 @@ class ClusterState:
     def from_state_dict(cls, state: dict, device: torch.device | str = "cpu") -> "ClusterState":
         tensors = {key: value.to(device) for key, value in state.items() if torch.is_tensor(value)}
         return cls(**(state | tensors))
-
-
-@torch.no_grad()
-def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int, num_workers: int, grayscale: bool,
-                     device: torch.device) -> LocalFeatures:
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list] = {"ids": [], "labels": [], "splits": [], "features": [], "shards": [], "objids": []}
-    for split, code in SPLIT_CODES.items():
-        stream = OnceStream(shard_paths(shards_dir, split), ItemMaker.for_shards("plain", manifest, grayscale),
-                            batch_size, rank=dist.rank(), world_size=dist.world_size())
-        for batch in make_loader(stream, num_workers):
-            if not bool(batch["valid"].all()):  # an unreadable sample is left out of the clustering
-                batch = {key: value[batch["valid"]] for key, value in batch.items()}
-            parts["features"].append(model.features(batch["image"].to(device)).float())
-            # Copies: a tensor received from a DataLoader worker holds a shared-memory file descriptor for as
-            # long as it lives; keeping ~5 per batch ran out of descriptors ("Too many open files") at 10^6
-            # samples in one process.
-            parts["ids"].append(batch["id"].to(device, copy=True))
-            parts["labels"].append((batch["true_label"] if split == "unlabeled" else batch["label"]).to(
-                device, copy=True))
-            parts["splits"].append(torch.full_like(batch["id"], code).to(device))
-            parts["shards"].append(batch["shard"].to(device, copy=True))
-            parts["objids"].append(batch["objid"].to(device, copy=True))
-    model.train(was_training)
-    width = getattr(model, "feature_dim", 1)
-    empty = {"features": torch.zeros(0, width, device=device)}
-    return LocalFeatures(**{key: torch.cat(value) if value else empty.get(key, torch.zeros(0, dtype=torch.long,
-                                                                                            device=device))
-                            for key, value in parts.items()})
-
-
-ROW_BLOCK = 65536  # rows converted to float64 at a time: memory flat in N (1M x 1,280 float64 would be 10 GB)
-
-
-def reduce_features(features: torch.Tensor, mean: torch.Tensor | None, projection: torch.Tensor | None):
-    """New samples into the space of a clustering (see ClusterState), in row blocks."""
-    parts = []
-    for start in range(0, len(features), ROW_BLOCK):
-        x = features[start : start + ROW_BLOCK].double()
-        if projection is not None:
-            x = (x - mean.to(x.device, x.dtype)) @ projection.to(x.device, x.dtype)
-        parts.append(F.normalize(x, dim=1).float())
-    width = features.shape[1] if projection is None else projection.shape[1]
-    return torch.cat(parts) if parts else features.new_zeros(0, width, dtype=torch.float32)
 
 
 def whitened_distance(features: torch.Tensor, mean: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -180,28 +121,46 @@ def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, s
     return dist.broadcast(centroids)
 
 
-def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_dim: int, seed: int,
-              iterations: int, num_reclusterings: int = 0) -> tuple[ClusterState, torch.Tensor, torch.Tensor]:
-    """Cluster the labeled + unlabeled samples of all ranks; returns the state (same on every rank) and this
-    rank's reduced features and assignments (for reports)."""
-    fit = local.splits != SPLIT_CODES["test"]
-    reduced, mean, projection = pca_whiten(local.features, fit, pca_dim)
-    centroids = _centroids(reduced[fit], local.ids[fit], k, backend, seed + num_reclusterings, iterations)
-    assignment, squared = assign(reduced, centroids)
+def fit_clustering(local: LocalFeatures, *, k: int, backend: str, pca_dim: int, seed: int, iterations: int,
+                   num_reclusterings: int = 0) -> ClusterState:
+    """PCA and centroids from the fit rows of every rank (same on every rank); no assignment table yet."""
+    reduced, mean, projection = pca_whiten(local.features, local.fit, pca_dim)
+    fit_ids = local.ids[local.fit]
+    centroids = _centroids(reduced[local.fit], fit_ids, k, backend, seed + num_reclusterings, iterations)
+    far_feature = float("inf") if projection is None else quantile_over_ranks(
+        whitened_distance(local.features[local.fit], mean, projection), FAR_QUANTILE)
+    empty = torch.zeros(0, dtype=torch.int16, device=centroids.device)
+    return ClusterState(empty, centroids.float(), torch.zeros(k, device=centroids.device), num_reclusterings + 1,
+                        0.0, None if mean is None else mean.float(), None if projection is None else projection.float(),
+                        float("inf"), far_feature)
+
+
+def finish_clustering(state: ClusterState, assigned: Assigned, num_ids: int) -> ClusterState:
+    """The (id -> cluster) table of every rank's fit samples, cluster weights, inertia and the far distance."""
+    k = state.centroids.shape[0]
+    fit = assigned.fit
     # One entry per sample id on every rank: int16 (2 bytes; 200 MB per rank at 10^8 samples) while k fits in it.
-    table = torch.full((num_ids,), -1, dtype=torch.int16 if k < 2**15 else torch.int32, device=reduced.device)
-    table[dist.gather_variable(local.ids[fit])] = dist.gather_variable(assignment[fit]).to(table.dtype)
+    # Each rank fills its own samples and a max over ranks completes it: 4 bytes per sample in flight, where
+    # gathering (id, cluster) pairs would hold 12.
+    table = torch.full((num_ids,), -1, dtype=torch.int32, device=state.centroids.device)
+    table[assigned.ids[fit].to(table.device)] = assigned.assignment[fit].to(table.device, table.dtype)
+    table = dist.all_reduce_max(table).to(torch.int16 if k < 2**15 else torch.int32)
     counts = torch.bincount(table[table >= 0].long(), minlength=k).double()
     weights = torch.where(counts > 0, counts.sum() / (k * counts.clamp(min=1)), torch.zeros_like(counts))
-    inertia = dist.all_reduce_sum(squared[fit].double().sum().reshape(1)).item()
-    distance = squared[fit].double().clamp(min=0).sqrt()
+    distance = assigned.distance[fit].double()
     moments = dist.all_reduce_sum(torch.stack([distance.new_tensor(float(len(distance))), distance.sum(),
                                                (distance**2).sum()]))
     average = moments[1] / moments[0].clamp(min=1)
     spread = (moments[2] / moments[0].clamp(min=1) - average**2).clamp(min=0).sqrt()
-    far_feature = float("inf") if projection is None else quantile_over_ranks(
-        whitened_distance(local.features[fit], mean, projection), FAR_QUANTILE)
-    state = ClusterState(table, centroids.float(), weights.float(), num_reclusterings + 1, inertia,
-                         None if mean is None else mean.float(), None if projection is None else projection.float(),
-                         float(average + 3 * spread), far_feature)
-    return state, reduced, assignment
+    return replace(state, assignments=table, cluster_weights=weights.float(), inertia=float(moments[2]),
+                   far_distance=float(average + 3 * spread))
+
+
+def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_dim: int, seed: int,
+              iterations: int, num_reclusterings: int = 0) -> tuple[ClusterState, Assigned]:
+    """Cluster the fit samples of all ranks when `local` holds every sample (pass 1 kept all: no second pass);
+    returns the state (same on every rank) and this rank's assignments (for reports)."""
+    state = fit_clustering(local, k=k, backend=backend, pca_dim=pca_dim, seed=seed, iterations=iterations,
+                           num_reclusterings=num_reclusterings)
+    assigned = assign_kept(local, state)
+    return finish_clustering(state, assigned, num_ids), assigned

@@ -28,15 +28,22 @@ class EvalData:
         return cls(str(config.data.shards), manifest, config.eval.batch_size, workers, config.data.grayscale, device)
 
 
-def objid_texts(values, shards_dir: str, splits: tuple[str, ...], ids) -> list[str]:
+def objid_lookup(shards_dir: str, splits: tuple[str, ...]) -> dict | None:
+    """{sample id: objid} read from the shards where the samples' integer objids cannot say it (text ids, shards
+    packed before objid_type was recorded); None where they can (or there are none)."""
+    kind = load_manifest(shards_dir).get("objid_type", "string")
+    return None if kind in (None, "int64") else objids(shards_dir, splits)
+
+
+def objid_texts(values, shards_dir: str, splits: tuple[str, ...], ids, lookup: dict | None = None) -> list[str]:
     """The objids of the samples `ids` as text: from their integer items (`values`) where the manifest says every
-    id is an integer, else (text ids, shards packed before objid_type was recorded) read from the shards."""
+    id is an integer, else (text ids, shards packed before objid_type was recorded) from `lookup` or the shards."""
     kind = load_manifest(shards_dir).get("objid_type", "string")
     if kind is None:
         return [""] * len(ids)
     if kind == "int64" and values is not None:
         return ["" if value == MISSING_OBJID else str(value) for value in values.tolist()]
-    found = objids(shards_dir, splits)
+    found = objids(shards_dir, splits) if lookup is None else lookup
     return ["" if found.get(sample_id) is None else str(found[sample_id]) for sample_id in ids.tolist()]
 
 

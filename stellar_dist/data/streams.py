@@ -264,9 +264,10 @@ class OnceStream(IterableDataset):
     """Every sample of the given shards exactly once across `world_size` ranks x dataloader workers."""
 
     def __init__(self, shard_paths: list[str], make_item: ItemMaker, batch_size: int, *, rank: int,
-                 world_size: int):
+                 world_size: int, keep=None):
         self.shard_paths, self.make_item, self.batch_size = list(shard_paths), make_item, batch_size
         self.rank, self.world_size = rank, world_size
+        self.keep = keep  # optional filter on the raw sample, before it is decoded (clustering's bounded sample)
 
     def __iter__(self):
         worker_id, num_workers = _worker()
@@ -277,6 +278,8 @@ class OnceStream(IterableDataset):
             samples = (raw for index, raw in enumerate(iter_samples(self.shard_paths)) if index % readers == reader)
         generator, batch = torch.Generator(), []
         for raw in samples:
+            if self.keep is not None and not self.keep(raw):
+                continue
             batch.append(self.make_item(raw, generator))
             if len(batch) == self.batch_size:
                 yield collate(batch)
