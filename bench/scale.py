@@ -240,6 +240,8 @@ def main() -> None:
                 print(f"[scale] N = {size:,}", flush=True)
                 results[size] = measure(out / f"n{size}", size)
                 saved.write_text(json.dumps(sorted(results.values(), key=lambda item: item["samples"]), indent=2))
+    if not results:
+        raise SystemExit(f"no measurement in {saved}: run without --report first (e.g. --sizes 10000)")
     table = report(sorted(results.values(), key=lambda item: item["samples"]), out)
     (out / "scale.md").write_text(table)
     print(table)

@@ -114,3 +114,17 @@ def test_pretraining_then_fine_tuning_is_one_resumable_command(sim_shards, tmp_p
     assert "stage 1 of 2" not in again.stdout and "resumed from" in again.stdout
     assert (out / "pretrain" / "log.jsonl").read_text() == log_before
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+
+
+def test_a_catalog_beyond_the_fit_sample_is_assigned_in_a_second_pass(sim_shards, tmp_path):
+    """cluster.fit_samples below the 160 labeled + unlabeled samples: PCA and k-means see a sample of about 100,
+    and every sample still gets a cluster in the table, the sizes and assignments.csv."""
+    out = tmp_path / "sampled"
+    train(f"data.shards={sim_shards}", f"output_dir={out}", "cluster.k=6", "cluster.pca_dim=16",
+          "cluster.fit_samples=100", "cluster.probe_samples=30")
+    metrics = json.loads((out / "metrics.json").read_text())["cluster"]
+    assert sum(metrics["cluster_sizes"]) == 160 and metrics["num_scored"] == 80  # every sample, not the fit sample
+    rows = (out / "assignments.csv").read_text().splitlines()[1:]
+    assert len(rows) == 200 and len({row.split(",")[0] for row in rows}) == 200
+    assert {row.split(",")[2] for row in rows} == {"labeled", "unlabeled", "test"}
+    assert 0 <= metrics["nmi"] <= 1 and set(metrics["linear_probe"]) >= {"accuracy", "macro_f1"}

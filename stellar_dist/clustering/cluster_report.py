@@ -249,7 +249,7 @@ def plot_cluster_table(metrics: dict, path: Path) -> Path:
     return path
 
 
-IDS_PER_ROUND = 2**20  # sample ids whose rows rank 0 receives and writes at a time: its memory stays flat in N
+IDS_PER_ROUND = 2**16  # sample ids whose rows rank 0 receives and writes at a time (its memory stays flat in N)
 
 
 def write_assignments(assigned: Assigned, shards_dir: str, path: Path) -> Path | None:

@@ -25,7 +25,7 @@ def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, 
     the per-sample `assignments` CSV when given)."""
     shards_dir, manifest = data.shards, data.manifest
     k = num_clusters(cluster, len(manifest["classes"]))
-    selection = plan_selection(manifest, seed + num_reclusterings)
+    selection = plan_selection(manifest, seed + num_reclusterings, cluster.fit_samples, cluster.probe_samples)
     passes = {"batch_size": data.batch_size, "num_workers": data.num_workers, "grayscale": data.grayscale,
               "device": data.device}
     local = extract_features(model, shards_dir, manifest, selection=selection, **passes)

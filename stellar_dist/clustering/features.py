@@ -2,12 +2,12 @@
 
 Pass 1 (`extract_features`) keeps the backbone feature (512 floats for resnet18: 2 KB a sample) only for a bounded
 sample chosen by a seeded hash of the sample id, the same whatever the number of ranks: the rows the PCA and the
-k-means are fit on (at most FIT_SAMPLE_LIMIT labeled + unlabeled samples over all ranks) and the linear probe's
-labeled and test rows (at most PROBE_LIMIT of each). Samples outside it are skipped before they are decoded.
-Pass 2 (`assign_stream`) streams every sample again, reduces each batch into the clustering's space and keeps per
-sample only what the tables need (`Assigned`: ~30 bytes). Where every split is within its limit (tests, the
-Quickstart, the 20,000 SDSS cutouts), pass 1 keeps every sample and pass 2 reuses its features (`assign_kept`):
-one pass, the same clusters as fitting on everything.
+k-means are fit on (at most `cluster.fit_samples`, 200,000 by default, labeled + unlabeled samples over all ranks)
+and the linear probe's labeled and test rows (at most `cluster.probe_samples` of each). Samples outside it are
+skipped before they are decoded. Pass 2 (`assign_stream`) streams every sample again, reduces each batch into the
+clustering's space and keeps per sample only what the tables need (`Assigned`: ~30 bytes). Where every split is
+within its limit (tests, the Quickstart, the 20,000 SDSS cutouts), pass 1 keeps every sample and pass 2 reuses its
+features (`assign_kept`): one pass, the same clusters as fitting on everything.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from .. import dist
 from .cluster import HASH_PRIME, assign, id_hash, id_hash_int
 
 SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
-FIT_SAMPLE_LIMIT = 200_000  # samples PCA + k-means are fit on (faiss fits a further k x 256 of them)
-PROBE_LIMIT = 50_000  # labeled, and test, samples the linear probe of the cluster report uses
+FIT_SAMPLE_LIMIT = 200_000  # cluster.fit_samples' default (faiss then fits on a further k x 256 of them)
+PROBE_LIMIT = 50_000  # cluster.probe_samples' default
 
 
 @dataclass

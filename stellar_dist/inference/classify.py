@@ -81,6 +81,17 @@ def far_rule(description: dict) -> tuple[str | None, float]:
     return ("cluster_distance", float(info["far_distance"])) if info.get("far_distance") is not None else (None, 0.0)
 
 
+def unusual_flags(maximum: np.ndarray, columns: dict[str, np.ndarray], unusual_below: float,
+                  far: tuple[str | None, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The one rule for `unusual`: (unusual, beyond) per object. Beyond: its far_rule column exceeds the
+    threshold (unlike the training images); unusual: beyond, or the model hesitates (max_probability below
+    `unusual_below`). NaN (an unread object) is neither."""
+    column, threshold = far
+    beyond = np.nan_to_num(columns[column], nan=0.0) > threshold if column in columns else \
+        np.zeros(len(maximum), dtype=bool)
+    return (np.nan_to_num(maximum, nan=1.0) < unusual_below) | beyond, beyond
+
+
 def shift_warning(num_far: int, num_classified: int, quantile: float = 0.99) -> str | None:
     """One line when far more objects lie beyond the training images' `quantile` than the 1 - quantile expected
     of images like the training ones (binomial test, p < 0.001): a domain shift no single-object flag shows."""
@@ -142,9 +153,9 @@ def predictions_of_rows(model, description: dict, rows: list[tuple[int, tuple]],
     table = {"predicted_class": [classes[index] if ok else "" for index, ok in zip(best, read)],
              **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
              "max_probability": maximum.astype(np.float32)}
-    unusual = read & (np.nan_to_num(maximum, nan=1.0) < unusual_below)
+    unusual, beyond = unusual_flags(maximum, columns, unusual_below, (far_column, far))
+    unusual, beyond = unusual & read, beyond & read
     table |= {name: value if name == "cluster" else value.astype(np.float32) for name, value in columns.items()}
-    beyond = read & (np.nan_to_num(columns[far_column], nan=0.0) > far) if far_column else np.zeros(count, bool)
-    frame = pd.DataFrame(table | {"unusual": unusual | beyond, "rejected_reason": reasons})
+    frame = pd.DataFrame(table | {"unusual": unusual, "rejected_reason": reasons})
     frame.attrs["far"] = (int(beyond.sum()), int(read.sum()))  # for shift_warning: (beyond the threshold, read)
     return frame

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from .. import dist
 from ..errors import UserError, raise_if_any
-from .classify import CHUNK_ROWS, classify_rows, cluster_columns, far_rule, nearest_cluster, provenance, shift_warning
+from .classify import (CHUNK_ROWS, classify_rows, cluster_columns, far_rule, nearest_cluster, provenance, shift_warning,
+                       unusual_flags)
 from .inputs import check_input_matches, input_rows
 from .model_folder import find_model_folder, load_model
 from .writer import (Writer, claim_outputs, drop_embeddings, finish_outputs, gather_rejected, output_paths,
@@ -154,7 +155,7 @@ def _output_rows(chunk, kept, values, classes, unusual_below, columns: dict, far
     """Rank 0: the output rows of a chunk, in input order; `far` (column, threshold) of far_rule. Each row's
     "far" (beyond the threshold) is counted for the domain-shift warning, not written."""
     by_row = {int(row): position for position, row in enumerate(kept.tolist())}
-    far_column, threshold = far
+    unusual, beyond = unusual_flags(values.max(1, initial=-1.0), columns, unusual_below, far)
     output = []
     for index, (objid, path, _) in chunk:
         if index not in by_row:
@@ -165,8 +166,7 @@ def _output_rows(chunk, kept, values, classes, unusual_below, columns: dict, far
                **{f"p_{name}": float(p[i]) for i, name in enumerate(classes)}, "max_probability": float(p.max())}
         row |= {name: int(value[position]) if name == "cluster" else float(value[position])
                 for name, value in columns.items()}
-        beyond = bool(far_column in row and row[far_column] > threshold)
-        output.append(row | {"unusual": bool(p.max() < unusual_below) or beyond, "far": beyond})
+        output.append(row | {"unusual": bool(unusual[position]), "far": bool(beyond[position])})
     return output
 
 
