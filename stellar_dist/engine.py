@@ -149,6 +149,27 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
                              "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})
 
 
+def _log_interval(run: Run, stats: IntervalStats, progress, done: int, elapsed_s: float, data_wait_s: float) -> None:
+    """The interval's metrics (all-reduced) to the tracker, the progress bar, and a plain line in a log file."""
+    metrics = stats.reduce(run.manifest["classes"])
+    metrics["train/images_per_second"] = metrics.pop("train/images") / max(elapsed_s, 1e-9)
+    # the share of wall time the loop waited for its next batch (workers, copies, views on the device)
+    metrics["train/data_wait_share"] = data_wait_s / max(elapsed_s, 1e-9)
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+    if torch.cuda.is_available():
+        metrics["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    run.tracker.log(metrics, done)
+    postfix = {"sup": f"{metrics['train/sup_loss']:.3f}"}
+    if "train/mask_ratio" in metrics:
+        postfix["mask"] = f"{metrics['train/mask_ratio']:.2f}"
+    if run.head.active:
+        postfix["cluster"] = f"{metrics['train/cluster_loss']:.3f}"
+    progress.set_postfix(postfix)
+    if progress.disable and dist.is_main():
+        print(f"train step {done}/{run.config.train.steps}: " + " ".join(f"{k}={v}" for k, v in postfix.items())
+              + f" {metrics['train/images_per_second']:.0f} images/s", flush=True)
+
+
 def train_loop(run: Run) -> int:
     config, accelerator = run.config, run.accelerator
     labeled_iter, unlabeled_iter = _loaders(run)
@@ -187,25 +208,8 @@ def train_loop(run: Run) -> int:
         if log_now or evaluate_now or recluster_now or save_now:
             _stop_non_finite(run, done, non_finite_steps)
         if log_now:
-            metrics = stats.reduce(run.manifest["classes"])
-            elapsed = time.perf_counter() - interval_start
-            metrics["train/images_per_second"] = metrics.pop("train/images") / max(elapsed, 1e-9)
-            # the share of wall time the loop waited for its next batch (workers, copies, views on the device)
-            metrics["train/data_wait_share"], data_wait_s = data_wait_s / max(elapsed, 1e-9), 0.0
-            metrics["train/lr"] = run.scheduler.get_last_lr()[0]
-            if torch.cuda.is_available():
-                metrics["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            run.tracker.log(metrics, done)
-            postfix = {"sup": f"{metrics['train/sup_loss']:.3f}"}
-            if "train/mask_ratio" in metrics:
-                postfix["mask"] = f"{metrics['train/mask_ratio']:.2f}"
-            if run.head.active:
-                postfix["cluster"] = f"{metrics['train/cluster_loss']:.3f}"
-            progress.set_postfix(postfix)
-            if progress.disable and dist.is_main():
-                print(f"train step {done}/{config.train.steps}: " + " ".join(f"{k}={v}" for k, v in postfix.items())
-                      + f" {metrics['train/images_per_second']:.0f} images/s", flush=True)
-            interval_start = time.perf_counter()
+            _log_interval(run, stats, progress, done, time.perf_counter() - interval_start, data_wait_s)
+            interval_start, data_wait_s = time.perf_counter(), 0.0
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)
         if recluster_now:

@@ -60,7 +60,7 @@ def algorithm_states(model, manifest, device, rank: int, shards: str, world_size
 def sampled_clustering(run, shards: str, local, out_dir: Path) -> dict:
     """The two-pass path of a catalog beyond the fit sample (limits made small), and assignments.csv written by
     every rank a few ids at a time."""
-    from stellar_dist.clustering import cluster_report
+    from stellar_dist.clustering import gathered
     from stellar_dist.clustering.features import assign_kept, assign_stream, extract_features, plan_selection
     from stellar_dist.clustering.recluster import finish_clustering, fit_clustering, recluster
 
@@ -73,9 +73,9 @@ def sampled_clustering(run, shards: str, local, out_dir: Path) -> dict:
     full, _ = recluster(local, k=6, num_ids=run.manifest["num_input"], backend="torch", pca_dim=16, seed=0,
                         iterations=10)
     streamed, kept = assign_stream(run.ema.module, shards, run.manifest, full, **passes), assign_kept(local, full)
-    cluster_report.IDS_PER_ROUND = 37  # several rounds over the 200 ids
+    gathered.IDS_PER_ROUND = 37  # several rounds over the 200 ids
     world = run.accelerator.num_processes
-    cluster_report.write_assignments(assigned, shards, out_dir / f"assignments_of{world}.csv")
+    gathered.write_assignments(assigned, shards, out_dir / f"assignments_of{world}.csv")
     return {"table_sampled": state.assignments, "kept_ids": dist.gather_variable(sampled.ids),
             "fit_ids": dist.gather_variable(sampled.ids[sampled.fit]),
             "streamed": dist.gather_variable(torch.stack([streamed.ids, streamed.assignment.long()], 1)),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cluster_report import (cluster_metrics, gather_report, linear_probe, plot_cluster_grid, plot_cluster_table,
-                             write_assignments)
+from .cluster_report import cluster_metrics, linear_probe, plot_cluster_grid, plot_cluster_table
+from .gathered import gather_report, write_assignments
 from .. import dist
 from ..config import ClusterConfig
 from ..data.eval_data import EvalData

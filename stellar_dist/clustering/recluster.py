@@ -19,7 +19,7 @@ import torch
 
 from .. import dist
 from .cluster import bounded_sample, kmeans_faiss, kmeans_torch, resolve_backend
-from .features import ROW_BLOCK, SPLIT_CODES, Assigned, LocalFeatures, assign_kept, reduce_features  # noqa: F401
+from .features import ROW_BLOCK, Assigned, LocalFeatures, assign_kept, reduce_features
 
 
 @dataclass

@@ -242,14 +242,7 @@ def stratified_split(
     taken from it: the test and validation rows stay those of `seed`, the labeled objects change with
     `labeled_seed` (still nested in the fraction or count).
     """
-    if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
-        raise UserError(
-            f"--labeled-fraction {labeled_fraction} and --test-fraction {test_fraction} must each lie in (0, 1) "
-            "and sum to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
-        )
-    if not 0 <= validation_fraction < 1 - test_fraction or labeled_count < 0:
-        raise UserError(f"--validation-fraction {validation_fraction} must lie in [0, 1 - --test-fraction) and "
-                        f"--labeled-count {labeled_count} must be 0 or more")
+    _check_fractions(labeled_fraction, test_fraction, validation_fraction, labeled_count)
     everything_labeled = labeled_count == 0 and labeled_fraction + test_fraction > 1 - 1e-9
     rng = np.random.default_rng(seed)
     labeled_rng = np.random.default_rng([labeled_seed, 1]) if labeled_seed >= 0 else None
@@ -284,15 +277,32 @@ def stratified_split(
         if not labeled_count:
             assignment[pools[name][:num_labeled]] = "labeled"
     if labeled_count:
-        order = _count_order(pools)
-        if labeled_count > len(order) - len(pools):
-            raise UserError(f"--labeled-count {labeled_count} leaves no unlabeled sample of some class (the training "
-                            f"pool holds {len(order)}): choose a smaller count or --labeled-fraction")
-        if labeled_count < len(pools):
-            raise UserError(f"--labeled-count {labeled_count} is fewer than the {len(pools)} classes: give every "
-                            "class at least one label")
-        assignment[order[:labeled_count]] = "labeled"
+        assignment[_labeled_by_count(pools, labeled_count)] = "labeled"
     return assignment
+
+
+def _check_fractions(labeled_fraction: float, test_fraction: float, validation_fraction: float,
+                     labeled_count: int) -> None:
+    if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
+        raise UserError(
+            f"--labeled-fraction {labeled_fraction} and --test-fraction {test_fraction} must each lie in (0, 1) "
+            "and sum to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
+        )
+    if not 0 <= validation_fraction < 1 - test_fraction or labeled_count < 0:
+        raise UserError(f"--validation-fraction {validation_fraction} must lie in [0, 1 - --test-fraction) and "
+                        f"--labeled-count {labeled_count} must be 0 or more")
+
+
+def _labeled_by_count(pools: dict[str, np.ndarray], labeled_count: int) -> np.ndarray:
+    """The rows labeled by `--labeled-count`: one of each class first, then by class share (`_count_order`)."""
+    order = _count_order(pools)
+    if labeled_count > len(order) - len(pools):
+        raise UserError(f"--labeled-count {labeled_count} leaves no unlabeled sample of some class (the training "
+                        f"pool holds {len(order)}): choose a smaller count or --labeled-fraction")
+    if labeled_count < len(pools):
+        raise UserError(f"--labeled-count {labeled_count} is fewer than the {len(pools)} classes: give every "
+                        "class at least one label")
+    return order[:labeled_count]
 
 
 def _count_order(pools: dict[str, np.ndarray]) -> np.ndarray:

@@ -53,7 +53,8 @@ def nearest_cluster(features: torch.Tensor, clusters: dict) -> dict[str, torch.T
     where that space is a whitened PCA, its distance from the mean training feature in whitened units
     (`feature_distance`, the measure `unusual` uses; clustering/recluster.py's ClusterState)."""
     from ..clustering.cluster import assign
-    from ..clustering.recluster import reduce_features, whitened_distance
+    from ..clustering.features import reduce_features
+    from ..clustering.recluster import whitened_distance
 
     reduced = reduce_features(features, clusters.get("pca_mean"), clusters.get("pca_projection"))
     assignment, squared = assign(reduced, clusters["centroids"].to(reduced.device))
