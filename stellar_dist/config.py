@@ -170,6 +170,9 @@ def _check_range(dotted: str, value, spec: str | None) -> None:
 def _check_combinations(config: "Config") -> "Config":
     if config.cluster.k == 1:
         raise UserError("config key cluster.k=1 makes one cluster: use 0 (5 x classes) or at least 2")
+    if config.cluster.k > config.cluster.fit_samples:
+        raise UserError(f"cluster.k={config.cluster.k} is more clusters than the cluster.fit_samples="
+                        f"{config.cluster.fit_samples} samples k-means is fit on: raise cluster.fit_samples or lower k")
     algorithm = ALGORITHMS[config.ssl.algorithm]
     if config.cluster.lambda_c > 0 and algorithm.cluster_head == "never":
         raise UserError(f"cluster.lambda_c={config.cluster.lambda_c} adds a cluster head trained on unlabeled weak "

@@ -37,6 +37,7 @@ def test_yaml_then_overrides_typed(tmp_path):
     ("data.num_workers=-2", "data.num_workers=-2 is out of range"),
     ("seed=-1", "seed=-1 is out of range"),
     ("cluster.k=1", "cluster.k=1 makes one cluster"),
+    ("cluster.k=500 cluster.fit_samples=200", "raise cluster.fit_samples or lower k"),
     ("cluster.lambda_c=0.3 ssl.algorithm=supervised", "ssl.algorithm=supervised has none"),
 ])
 def test_bad_keys_and_values(override, message):
