@@ -269,6 +269,9 @@ def main() -> None:
     args.catalog, args.config = str(Path(args.catalog).resolve()), str(Path(args.config).resolve())
     out, runs = Path(args.out).resolve(), [parse_run(text) for text in args.run]
     tag = split_tag(args.validation, args.labeled_sets)
+    if not runs:  # the table is rebuilt from the runs named: none named would replace it with an empty one
+        raise SystemExit('name the runs with --run "LABELS ALGORITHM SEEDS [KEY=VALUE ...]" (with --report too: '
+                         "the table is rebuilt from exactly those runs)")
     if not args.report:
         for run in runs:
             for seed in run["seeds"]:
