@@ -62,20 +62,20 @@ def sampled_clustering(run, shards: str, local, out_dir: Path) -> dict:
     every rank a few ids at a time."""
     from stellar_dist.clustering import gathered
     from stellar_dist.clustering.features import assign_kept, assign_stream, extract_features, plan_selection
-    from stellar_dist.clustering.recluster import finish_clustering, fit_clustering, recluster
+    from stellar_dist.clustering.recluster import finish_clustering, fit_clustering
 
     passes = {"batch_size": 16, "num_workers": 1, "grayscale": False, "device": run.accelerator.device}
     selection = plan_selection(run.manifest, 5, fit_limit=60, probe_limit=20)
     sampled = extract_features(run.ema.module, shards, run.manifest, selection=selection, **passes)
-    state = fit_clustering(sampled, k=6, backend="torch", pca_dim=16, seed=0, iterations=10)
+    state, _ = fit_clustering(sampled, k=6, backend="torch", pca_dim=16, seed=0, iterations=10)
     assigned = assign_stream(run.ema.module, shards, run.manifest, state, **passes)
     state = finish_clustering(state, assigned, run.manifest["num_input"])
-    full, _ = recluster(local, k=6, num_ids=run.manifest["num_input"], backend="torch", pca_dim=16, seed=0,
-                        iterations=10)
-    streamed, kept = assign_stream(run.ema.module, shards, run.manifest, full, **passes), assign_kept(local, full)
+    full, reduced = fit_clustering(local, k=6, backend="torch", pca_dim=16, seed=0, iterations=10)
+    streamed = assign_stream(run.ema.module, shards, run.manifest, full, **passes)
+    kept = assign_kept(local, reduced, full.centroids)
     gathered.IDS_PER_ROUND = 37  # several rounds over the 200 ids
     world = run.accelerator.num_processes
-    gathered.write_assignments(assigned, shards, out_dir / f"assignments_of{world}.csv")
+    gathered.write_assignments(assigned, shards, out_dir / f"assignments_of{world}.csv", run.manifest["num_input"])
     return {"table_sampled": state.assignments, "kept_ids": dist.gather_variable(sampled.ids),
             "fit_ids": dist.gather_variable(sampled.ids[sampled.fit]),
             "streamed": dist.gather_variable(torch.stack([streamed.ids, streamed.assignment.long()], 1)),

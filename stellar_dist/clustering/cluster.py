@@ -83,13 +83,14 @@ def resolve_backend(name: str) -> str:
 
 
 HASH_PRIME = 2**61 - 1
+HASH_MULTIPLIER, HASH_INCREMENT = 6364136223846793005, 1442695040888963407  # Knuth's MMIX LCG constants
 
 
 def id_hash(ids: torch.Tensor, seed: int) -> torch.Tensor:
     """A seeded hash of sample ids in [0, HASH_PRIME): picks samples by id, whatever rank holds them."""
-    # The seed's term is reduced in Python first: seed * 1442695040888963407 leaves int64 from seed 7 on (a run
+    # The seed's term is reduced in Python first: seed * HASH_INCREMENT leaves int64 from seed 7 on (a run
     # at seed 42, or any seed after a few re-clusterings, since the seed grows by one per re-clustering).
-    return (ids.long() * 6364136223846793005 + (seed * 1442695040888963407) % HASH_PRIME) % HASH_PRIME
+    return (ids.long() * HASH_MULTIPLIER + (seed * HASH_INCREMENT) % HASH_PRIME) % HASH_PRIME
 
 
 def id_hash_int(sample_id: int, seed: int) -> int:
@@ -97,7 +98,7 @@ def id_hash_int(sample_id: int, seed: int) -> int:
     def wrapped(value: int) -> int:
         return (value + 2**63) % 2**64 - 2**63
 
-    return wrapped(wrapped(sample_id * 6364136223846793005) + (seed * 1442695040888963407) % HASH_PRIME) % HASH_PRIME
+    return wrapped(wrapped(sample_id * HASH_MULTIPLIER) + (seed * HASH_INCREMENT) % HASH_PRIME) % HASH_PRIME
 
 
 def bounded_sample(ids: torch.Tensor, limit: int, seed: int) -> torch.Tensor:

@@ -29,17 +29,17 @@ def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, 
     passes = {"batch_size": data.batch_size, "num_workers": data.num_workers, "grayscale": data.grayscale,
               "device": data.device}
     local = extract_features(model, shards_dir, manifest, selection=selection, **passes)
-    state = fit_clustering(local, k=k, backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed,
-                           iterations=cluster.iterations, num_reclusterings=num_reclusterings)
+    state, reduced = fit_clustering(local, k=k, backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed,
+                                    iterations=cluster.iterations, num_reclusterings=num_reclusterings)
     # A catalog beyond the sample is streamed again (each sample reduced and assigned as it passes, no feature kept)
-    assigned = assign_kept(local, state) if selection.complete else assign_stream(model, shards_dir, manifest, state,
-                                                                                  **passes)
+    assigned = (assign_kept(local, reduced, state.centroids) if selection.complete
+                else assign_stream(model, shards_dir, manifest, state, **passes))
     state = finish_clustering(state, assigned, manifest["num_input"])
     if not report:
         return state, None
     samples = gather_report(assigned, local, k)
     if assignments is not None:
-        write_assignments(assigned, shards_dir, assignments)  # every rank sends its rows, id range by id range
+        write_assignments(assigned, shards_dir, assignments, manifest["num_input"])  # every rank sends its rows, id range by id range
     if samples is None or not dist.is_main():
         return state, None
     classes = manifest["classes"]

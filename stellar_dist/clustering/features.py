@@ -165,7 +165,6 @@ def reduce_features(features: torch.Tensor, mean: torch.Tensor | None, projectio
     return torch.cat(parts) if parts else features.new_zeros(0, width, dtype=torch.float32)
 
 
-
 @dataclass
 class Assigned:
     """Every sample of this rank after a clustering: what the tables and reports need, ~30 bytes a sample."""
@@ -192,12 +191,11 @@ def _assigned(described: dict, reduced: torch.Tensor, centroids: torch.Tensor) -
             "distance": distance.float()}
 
 
-def assign_kept(local: LocalFeatures, state) -> Assigned:
-    """Pass 2 from pass 1's features (when pass 1 kept every sample)."""
-    reduced = reduce_features(local.features, state.pca_mean, state.pca_projection)
+def assign_kept(local: LocalFeatures, reduced: torch.Tensor, centroids: torch.Tensor) -> Assigned:
+    """Pass 2 from pass 1 (when it kept every sample): `reduced`, its rows in the clustering's space."""
     described = {"ids": local.ids, "labels": local.labels, "splits": local.splits, "shards": local.shards,
                  "objids": local.objids if local.objids is not None else torch.zeros_like(local.ids)}
-    return Assigned(**_assigned(described, reduced, state.centroids))
+    return Assigned(**_assigned(described, reduced, centroids))
 
 
 @torch.no_grad()

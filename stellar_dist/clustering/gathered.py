@@ -7,13 +7,14 @@ features; `assignments.csv` reaches it one id range at a time.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import dist
-from ..data.eval_data import objid_lookup, objid_texts
+from ..data.eval_data import objid_text_maker
 from .features import SPLIT_CODES, Assigned, LocalFeatures
 
 GRID_PER_CLUSTER = 8  # objects shown per cluster in the grid (the nearest to its centroid)
@@ -46,7 +47,7 @@ def gather_report(assigned: Assigned, local: LocalFeatures, k: int,
     """What the report needs, on rank 0 (None elsewhere), bounded by the labeled + test splits and never by the
     unlabeled one: the labeled and test samples (id, class, split, cluster, distance, shard, objid; sorted by id),
     the grid's candidates (`nearest`), the cluster sizes (all-reduced counts) and the probe's backbone features
-    (pass 1's labeled and test rows, at most PROBE_LIMIT of each)."""
+    (pass 1's labeled and test rows, at most cluster.probe_samples of each)."""
     fields = ("ids", "labels", "splits", "assignment", "distance", "shards", "objids")
     scored = assigned.splits != SPLIT_CODES["unlabeled"]
     samples = _to_main({key: getattr(assigned, key)[scored] for key in fields})
@@ -63,46 +64,40 @@ def gather_report(assigned: Assigned, local: LocalFeatures, k: int,
 IDS_PER_ROUND = 2**16  # sample ids whose rows rank 0 receives and writes at a time (its memory stays flat in N)
 
 
-def write_assignments(assigned: Assigned, shards_dir: str, path: Path) -> Path | None:
+def write_assignments(assigned: Assigned, shards_dir: str, path: Path, num_ids: int) -> Path | None:
     """assignments.csv: every clustered sample (id order): id, objid (as text), split, cluster, distance to its
     centroid (in the whitened PCA space the clusters were fit in). Every rank takes part: rank 0 receives the rows
-    one id range at a time and writes them; the file is written whole or not at all."""
+    of ids [0, num_ids) one range at a time and writes them; the file is written whole or not at all."""
     import csv
 
     order = torch.argsort(assigned.ids)
     fields = {key: getattr(assigned, key)[order] for key in ("ids", "objids", "splits", "assignment", "distance")}
-    last = fields["ids"][-1:].double() + 1 if len(order) else torch.zeros(1, dtype=torch.float64)
-    num_ids = int(dist.all_reduce_max(last.to(fields["ids"].device)).item())  # one past the largest id anywhere
-    lookup = objid_lookup(shards_dir, tuple(SPLIT_CODES)) if dist.is_main() else None
+    main = dist.is_main()
+    texts = objid_text_maker(shards_dir, tuple(SPLIT_CODES)) if main else None
     names = {code: name for name, code in SPLIT_CODES.items()}
     temporary = path.with_name(f".{path.name}.tmp")
-    handle = None
-    if dist.is_main():
+    if main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(temporary, "w", newline="")
     try:
-        writer = csv.writer(handle) if handle else None
-        if writer:
-            writer.writerow(["id", "objid", "split", "cluster", "distance"])
-        for start in range(0, max(num_ids, 1), IDS_PER_ROUND):
-            bounds = torch.searchsorted(fields["ids"], torch.tensor([start, start + IDS_PER_ROUND],
-                                                                    device=fields["ids"].device))
-            rows = _to_main({key: value[bounds[0] : bounds[1]] for key, value in fields.items()})
-            if rows is None:
-                continue
-            objids = objid_texts(rows["objids"], shards_dir, tuple(SPLIT_CODES), rows["ids"], lookup)
-            for sample_id, objid, split, cluster, distance in zip(rows["ids"].tolist(), objids,
-                                                                  rows["splits"].tolist(), rows["assignment"].tolist(),
-                                                                  rows["distance"].tolist()):
-                writer.writerow([sample_id, objid, names[split], cluster, f"{distance:.6g}"])
+        with open(temporary, "w", newline="") if main else contextlib.nullcontext() as handle:
+            writer = csv.writer(handle) if main else None
+            if main:
+                writer.writerow(["id", "objid", "split", "cluster", "distance"])
+            for start in range(0, max(num_ids, 1), IDS_PER_ROUND):
+                bounds = torch.searchsorted(fields["ids"], torch.tensor([start, start + IDS_PER_ROUND],
+                                                                        device=fields["ids"].device)).tolist()
+                rows = _to_main({key: value[bounds[0] : bounds[1]] for key, value in fields.items()})
+                if rows is not None:
+                    writer.writerows([sample_id, objid, names[split], cluster, f"{distance:.6g}"]
+                                     for sample_id, objid, split, cluster, distance in zip(
+                                         rows["ids"].tolist(), texts(rows["objids"], rows["ids"]),
+                                         rows["splits"].tolist(), rows["assignment"].tolist(),
+                                         rows["distance"].tolist()))
     except BaseException:
-        if handle:
-            handle.close()
+        if main:
             temporary.unlink(missing_ok=True)
         raise
-    if handle:
-        handle.close()
-    if not dist.is_main():
+    if not main:
         return None
     temporary.replace(path)
     return path

@@ -7,7 +7,7 @@ bounded sample of the reduced labeled + unlabeled features (256 per centroid, ch
 result does not depend on the number of ranks) to run Faiss on rank 0 and broadcasts the centroids; the `torch`
 backend runs a distributed k-means where only centroid sums and counts travel (`fit_clustering`). Every rank then
 assigns every one of its samples (`features.assign_kept` / `assign_stream`), and the (id -> cluster) table is
-all-gathered (`finish_clustering`): any rank may stream any sample. Test samples are assigned to the nearest
+completed by an all-reduced max (`finish_clustering`): any rank may stream any sample. Test samples are assigned to the nearest
 centroid but never fit it.
 """
 
@@ -122,17 +122,19 @@ def _centroids(reduced: torch.Tensor, ids: torch.Tensor, k: int, backend: str, s
 
 
 def fit_clustering(local: LocalFeatures, *, k: int, backend: str, pca_dim: int, seed: int, iterations: int,
-                   num_reclusterings: int = 0) -> ClusterState:
-    """PCA and centroids from the fit rows of every rank (same on every rank); no assignment table yet."""
+                   num_reclusterings: int = 0) -> tuple[ClusterState, torch.Tensor]:
+    """PCA and centroids from the fit rows of every rank (same on every rank; no assignment table yet), and every
+    row of `local` in the clustering's space (what `assign_kept` assigns, so nothing is reduced twice)."""
     reduced, mean, projection = pca_whiten(local.features, local.fit, pca_dim)
     fit_ids = local.ids[local.fit]
     centroids = _centroids(reduced[local.fit], fit_ids, k, backend, seed + num_reclusterings, iterations)
     far_feature = float("inf") if projection is None else quantile_over_ranks(
         whitened_distance(local.features[local.fit], mean, projection), FAR_QUANTILE)
     empty = torch.zeros(0, dtype=torch.int16, device=centroids.device)
-    return ClusterState(empty, centroids.float(), torch.zeros(k, device=centroids.device), num_reclusterings + 1,
-                        0.0, None if mean is None else mean.float(), None if projection is None else projection.float(),
-                        float("inf"), far_feature)
+    state = ClusterState(empty, centroids.float(), torch.zeros(k, device=centroids.device), num_reclusterings + 1,
+                         0.0, None if mean is None else mean.float(),
+                         None if projection is None else projection.float(), float("inf"), far_feature)
+    return state, reduced
 
 
 def finish_clustering(state: ClusterState, assigned: Assigned, num_ids: int) -> ClusterState:
@@ -160,7 +162,7 @@ def recluster(local: LocalFeatures, *, k: int, num_ids: int, backend: str, pca_d
               iterations: int, num_reclusterings: int = 0) -> tuple[ClusterState, Assigned]:
     """Cluster the fit samples of all ranks when `local` holds every sample (pass 1 kept all: no second pass);
     returns the state (same on every rank) and this rank's assignments (for reports)."""
-    state = fit_clustering(local, k=k, backend=backend, pca_dim=pca_dim, seed=seed, iterations=iterations,
-                           num_reclusterings=num_reclusterings)
-    assigned = assign_kept(local, state)
+    state, reduced = fit_clustering(local, k=k, backend=backend, pca_dim=pca_dim, seed=seed, iterations=iterations,
+                                    num_reclusterings=num_reclusterings)
+    assigned = assign_kept(local, reduced, state.centroids)
     return finish_clustering(state, assigned, num_ids), assigned

@@ -28,23 +28,28 @@ class EvalData:
         return cls(str(config.data.shards), manifest, config.eval.batch_size, workers, config.data.grayscale, device)
 
 
-def objid_lookup(shards_dir: str, splits: tuple[str, ...]) -> dict | None:
-    """{sample id: objid} read from the shards where the samples' integer objids cannot say it (text ids, shards
-    packed before objid_type was recorded); None where they can (or there are none)."""
+def objid_text_maker(shards_dir: str, splits: tuple[str, ...]):
+    """A function (integer objid items, sample ids) -> the objids as text, reading the manifest once: from the
+    integer items where the manifest says every id is an integer, else (text ids, shards packed before
+    objid_type was recorded) from the samples' records, read once, at the first call that needs them."""
     kind = load_manifest(shards_dir).get("objid_type", "string")
-    return None if kind in (None, "int64") else objids(shards_dir, splits)
+    found: list[dict] = []
+
+    def texts(values, ids) -> list[str]:
+        if kind is None:
+            return [""] * len(ids)
+        if kind == "int64" and values is not None:
+            return ["" if value == MISSING_OBJID else str(value) for value in values.tolist()]
+        if not found:
+            found.append(objids(shards_dir, splits))
+        return ["" if found[0].get(sample_id) is None else str(found[0][sample_id]) for sample_id in ids.tolist()]
+
+    return texts
 
 
-def objid_texts(values, shards_dir: str, splits: tuple[str, ...], ids, lookup: dict | None = None) -> list[str]:
-    """The objids of the samples `ids` as text: from their integer items (`values`) where the manifest says every
-    id is an integer, else (text ids, shards packed before objid_type was recorded) from `lookup` or the shards."""
-    kind = load_manifest(shards_dir).get("objid_type", "string")
-    if kind is None:
-        return [""] * len(ids)
-    if kind == "int64" and values is not None:
-        return ["" if value == MISSING_OBJID else str(value) for value in values.tolist()]
-    found = objids(shards_dir, splits) if lookup is None else lookup
-    return ["" if found.get(sample_id) is None else str(found[sample_id]) for sample_id in ids.tolist()]
+def objid_texts(values, shards_dir: str, splits: tuple[str, ...], ids) -> list[str]:
+    """The objids of the samples `ids` as text (see objid_text_maker), for one table written at once."""
+    return objid_text_maker(shards_dir, splits)(values, ids)
 
 
 def objids(shards_dir: str, splits: tuple[str, ...]) -> dict:
