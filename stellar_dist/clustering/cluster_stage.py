@@ -39,7 +39,8 @@ def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, 
         return state, None
     samples = gather_report(assigned, local, k)
     if assignments is not None:
-        write_assignments(assigned, shards_dir, assignments, manifest["num_input"])  # every rank sends its rows, id range by id range
+        # every rank sends its rows, id range by id range
+        write_assignments(assigned, shards_dir, assignments, manifest["num_input"])
     if samples is None or not dist.is_main():
         return state, None
     classes = manifest["classes"]

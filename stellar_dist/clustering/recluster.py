@@ -7,8 +7,8 @@ bounded sample of the reduced labeled + unlabeled features (256 per centroid, ch
 result does not depend on the number of ranks) to run Faiss on rank 0 and broadcasts the centroids; the `torch`
 backend runs a distributed k-means where only centroid sums and counts travel (`fit_clustering`). Every rank then
 assigns every one of its samples (`features.assign_kept` / `assign_stream`), and the (id -> cluster) table is
-completed by an all-reduced max (`finish_clustering`): any rank may stream any sample. Test samples are assigned to the nearest
-centroid but never fit it.
+completed by an all-reduced max (`finish_clustering`): any rank may stream any sample. Test samples are assigned
+to the nearest centroid but never fit it.
 """
 
 from __future__ import annotations

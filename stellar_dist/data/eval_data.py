@@ -3,6 +3,7 @@ the objids of the samples such a pass saw, as the tables written at the end prin
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -33,16 +34,15 @@ def objid_text_maker(shards_dir: str, splits: tuple[str, ...]):
     integer items where the manifest says every id is an integer, else (text ids, shards packed before
     objid_type was recorded) from the samples' records, read once, at the first call that needs them."""
     kind = load_manifest(shards_dir).get("objid_type", "string")
-    found: list[dict] = []
+    records = functools.cache(lambda: objids(shards_dir, splits))
 
     def texts(values, ids) -> list[str]:
         if kind is None:
             return [""] * len(ids)
         if kind == "int64" and values is not None:
             return ["" if value == MISSING_OBJID else str(value) for value in values.tolist()]
-        if not found:
-            found.append(objids(shards_dir, splits))
-        return ["" if found[0].get(sample_id) is None else str(found[0][sample_id]) for sample_id in ids.tolist()]
+        found = records()
+        return ["" if found.get(sample_id) is None else str(found[sample_id]) for sample_id in ids.tolist()]
 
     return texts
 
