@@ -283,4 +283,6 @@ def to_dict(config: Config) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    from .files import write_atomically
+
+    write_atomically(path, yaml.safe_dump(to_dict(config), sort_keys=False))

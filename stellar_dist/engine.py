@@ -28,6 +28,7 @@ from .diagnostics import IntervalStats, peak_rss_mb_of_this_process, phase
 from .errors import UserError, peer_failure, user_message
 from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
                        write_predictions)
+from .files import write_atomically
 from .optim import update_ema
 from .preemption import Stopped, StopRequest, resume_command
 from .resume import finished_report
@@ -137,9 +138,7 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
                "peak_rss_mb": [round(value, 1) for value in peak_rss_mb]} | ({"test": report} if report else {})
     if clusters is not None:
         metrics["cluster"] = clusters
-    temporary = run.output_dir / "metrics.json.tmp"
-    temporary.write_text(json.dumps(metrics, indent=2))
-    temporary.replace(run.output_dir / "metrics.json")
+    write_atomically(run.output_dir / "metrics.json", json.dumps(metrics, indent=2))
     curves = plot_curves(run.output_dir / "log.jsonl", run.output_dir / "plots" / "training_curves.png")
     if curves:
         run.tracker.log_images({"train/curves": curves}, step)

@@ -11,8 +11,9 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
                              precision_recall_fscore_support)
 
 from . import dist
-from .errors import UserError
 from .data.streams import ItemMaker, OnceStream, make_loader, shard_paths
+from .errors import UserError
+from .files import atomic_path
 
 
 @torch.no_grad()
@@ -79,15 +80,13 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     from .data.eval_data import objid_texts
 
     objids = objid_texts(gathered.get("objid"), str(shards_dir), ("test",), gathered["id"])
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "objid", "true_class", "predicted_class", *(f"p_{name}" for name in classes)])
         for index, sample_id in enumerate(gathered["id"].tolist()):
             writer.writerow([sample_id, objids[index], classes[int(gathered["label"][index])],
                              classes[int(gathered["prediction"][index])],
                              *(f"{value:.6g}" for value in gathered["probability"][index].tolist())])
-    temporary.replace(path)
     return path
 
 
@@ -149,7 +148,8 @@ def plot_confusion(report: dict, path: Path, where: str = "test") -> Path:
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=150)
     plt.close(figure)
     return path
 
@@ -202,6 +202,7 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
             axis.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=axis.transAxes)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=130)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=130)
     plt.close(figure)
     return path

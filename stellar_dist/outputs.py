@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 from .errors import UserError
+from .files import atomic_path, follow_umask, read_json, sweep, umask  # noqa: F401  (re-exported)
 
 RECORD = ".stellar-dist-outputs.json"
 _HELD: list = []  # lock files held for the life of this process (a run holds its folder until it exits)
@@ -49,20 +52,6 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
-
-
-def umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def follow_umask(path: str | Path) -> None:
-    """Give a file or folder made with private modes (mkstemp 0600, mkdtemp 0700, safetensors' 0600) the
-    permissions the user's umask asks for, as `open()` and `mkdir()` would: a cluster group can read results."""
-    path = Path(path)
-    with contextlib.suppress(OSError):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
 
 
 def _real(path: str | Path) -> Path:
@@ -99,19 +88,44 @@ def _stat_key(path: Path) -> dict:
 def _flock(path: Path, blocking: bool):
     """An open, exclusively locked `path` (created if needed); raises _Held, with the holder's line, when another
     process holds it and `blocking` is false. Lock files are removed on release, so after locking we check that
-    `path` is still the file we locked (its holder may have removed it meanwhile) and try again if not."""
+    `path` is still the file we locked (its holder may have removed it meanwhile) and try again if not. No link is
+    followed, and a path that is not a small, single-link file of ours is refused (NotOurLock): a lock file
+    planted as a link or a hard link to someone's file is never truncated."""
     while True:
-        handle = open(path, "a+")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise NotOurLock(f"{path} is a symbolic link") from None
+            raise
+        handle = os.fdopen(fd, "r+")
+        _check_lock_file(handle, path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             _holder(handle)
         try:
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            if os.lstat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 return handle
         except FileNotFoundError:
             pass
         handle.close()
+
+
+def _check_lock_file(handle, path: Path) -> None:
+    status = os.fstat(handle.fileno())
+    problem = ("is not a regular file" if not stat.S_ISREG(status.st_mode) else
+               "has other hard links" if status.st_nlink != 1 else
+               "is too large to be a lock file" if status.st_size > 4096 else None)
+    if problem is None and status.st_size:
+        problem = None if handle.read(13) == "stellar-dist " else "holds text stellar-dist did not write"
+    if problem:
+        handle.close()
+        raise NotOurLock(f"{path} {problem}")
+
+
+class NotOurLock(Exception):
+    """A lock path that is not a lock file stellar-dist made (a planted link, someone's file)."""
 
 
 def _holder(handle) -> None:
@@ -137,9 +151,12 @@ def _unlock(handle, path: Path) -> None:
 def _record(folder: Path):
     """The folder's ownership record, read and rewritten under a lock (several writers may share a folder)."""
     path, lock_path = folder / RECORD, folder / f"{RECORD}.lock"
-    lock = _flock(lock_path, blocking=True)
     try:
-        entries = json.loads(path.read_text()) if path.is_file() else {}
+        lock = _flock(lock_path, blocking=True)
+    except NotOurLock as error:
+        raise UserError(f"{error}, not a lock file of stellar-dist's: remove it if it is yours") from None
+    try:
+        entries = read_json(path, 16 << 20) if path.is_file() else {}
         entries = entries if isinstance(entries, dict) else {}
     except (OSError, ValueError):
         entries = {}
@@ -160,7 +177,7 @@ def owned(path: str | Path, command: str) -> bool:
     if not path.is_file() or not record.is_file():
         return False
     try:
-        entry = json.loads(record.read_text()).get(path.name)
+        entry = read_json(record, 16 << 20).get(path.name)
     except (OSError, ValueError, AttributeError):
         return False
     return isinstance(entry, dict) and entry.get("command") == command and \
@@ -198,19 +215,7 @@ def require_replaceable(path: str | Path, command: str, overwrite: bool = False,
                     "changed since): choose another path, or pass --overwrite to replace it")
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path):
-    """Yield a temporary path beside `path` (unique to this process); rename it to `path` when the block ends
-    without an error, else delete it. The file gets the umask's permissions."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}")
-    try:
-        yield temporary
-        follow_umask(temporary)
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+atomic_file = atomic_path  # a finished file or none, in a private folder beside it (files.py)
 
 
 class OutputLock:
@@ -229,12 +234,18 @@ class OutputLock:
         except _Held as held:
             raise UserError(f"{target} is being written by {held}: wait for it to finish (or stop it), or "
                             "choose another output") from None
+        except NotOurLock as error:
+            raise UserError(f"{error}, not a lock file of stellar-dist's: nothing was written; remove it if it is "
+                            f"yours, or choose another output than {target}") from None
         self.handle.seek(0)
         self.handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
         self.handle.write(f"{what} (host {socket.gethostname()}, PID {os.getpid()}, started {started})\n")
         self.handle.flush()
         _HELD.append(self)
+        sweep(target.parent)  # leftovers of killed commands writing here (held by nobody now)
+        if target.is_dir():
+            sweep(target)
 
     def release(self) -> None:
         _unlock(self.handle, self.path)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import dist
+from .files import write_atomically
 
 STOP_FILE_ENV = "STELLAR_STOP_FILE"
 
@@ -63,7 +64,7 @@ class StopRequest:
         """Tell the batch script that the ranks stopped early and saved `checkpoint`: it requeues the job."""
         if self.path is not None and not self.interrupted:
             marker = Path(f"{self.path}.stopped")
-            marker.write_text(f"{step} {checkpoint}\n")
+            write_atomically(marker, f"{step} {checkpoint}\n")
 
 
 def resume_command() -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from .clustering.head import MUST_MATCH as HEAD_MUST_MATCH
 from .config import Config, load_config
 from .errors import UserError
+from .files import read_json
 from .saving import checkpoint
 
 # Keys whose change makes a checkpoint unusable (other heads, other losses) and keys whose change only breaks the
@@ -84,6 +85,30 @@ def _check_classes(state: dict, manifest: dict, folder: Path) -> None:
                         f"{manifest['classes']}: use the shards it was trained on")
 
 
+# What the checkpoint's weights were made to read (its model/config.json) against the shards now given.
+DATA_KEYS = ("encoding", "channels", "bands", "image_size", "preprocess")
+
+
+def _check_data(folder: Path, manifest: dict) -> None:
+    """The shards must hold images of the kind the checkpoint was trained on: the refusal names the change."""
+    description_path = folder / "model" / "config.json"
+    try:
+        trained = read_json(description_path, 16 << 20) if description_path.is_file() else None
+    except (OSError, ValueError):
+        trained = None  # checked when the checkpoint is loaded
+    if not isinstance(trained, dict):
+        return
+    now = {"encoding": manifest["encoding"], "channels": manifest.get("channels", 3),
+           "bands": manifest.get("bands", ["R", "G", "B"]), "image_size": manifest["image_size"],
+           "preprocess": manifest["preprocess"]}
+    changed = [f"{key} {trained.get(key)!r} -> {now[key]!r}" for key in DATA_KEYS
+               if key in trained and trained[key] != now[key]]
+    if changed:
+        raise UserError(f"checkpoint {folder} was trained on other images than data.shards holds "
+                        f"({', '.join(changed)}): its weights cannot continue on them; use the shards the run was "
+                        "trained on, or another output_dir (nothing was changed)")
+
+
 def find_resume_point(config: Config, manifest: dict, world_size: int) -> ResumePoint | None:
     """The checkpoint to continue from (None: a fresh run), or a one-line refusal."""
     output_dir = Path(config.output_dir)
@@ -104,6 +129,7 @@ def find_resume_point(config: Config, manifest: dict, world_size: int) -> Resume
         folder, skipped = checkpoint.resolve(config.resume), []
     state = checkpoint.load_trainer_state(folder)
     _check_classes(state, manifest, folder)
+    _check_data(folder, manifest)
     if int(state["step"]) > config.train.steps:
         raise UserError(f"checkpoint {folder} is at step {state['step']}, beyond train.steps={config.train.steps}: "
                         f"set train.steps to at least {state['step']} to continue or re-report the run")

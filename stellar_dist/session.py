@@ -23,6 +23,7 @@ from .config import Config, save_config, to_dict
 from .data.eval_data import EvalData
 from .data.manifest import check_shards, load_manifest
 from .errors import UserError, raise_if_any
+from .files import discard_private, private_folder, sweep, write_atomically
 from .models import build_model
 from .optim import build_optimizer, keep_count_on_host, warmup_cosine
 from .outputs import OutputLock, check_paths
@@ -84,11 +85,13 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
                             f"set cluster.k to at most {fit}")
     point = find_resume_point(config, manifest, world_size)
     output_dir = Path(config.output_dir)
+    log = output_dir / "log.jsonl"  # appended to: a planted link or hard link would write through to its target
+    if log.is_symlink() or (log.exists() and (not log.is_file() or log.stat().st_nlink != 1)):
+        raise UserError(f"{log} is a link or not a plain file: a run appends to it; remove it if it is not the "
+                        "run's own log, or choose another output_dir (nothing was changed)")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        discard_private(private_folder(output_dir, "write-test"))
     except OSError as error:
         raise UserError(f"output_dir {output_dir} is not writable ({error.strerror}): choose another output_dir "
                         "or fix its permissions") from None
@@ -101,11 +104,13 @@ def take_run_folder(accelerator: Accelerator, output_dir: Path) -> None:
     refusal = None
     if dist.is_main():
         try:
-            OutputLock(output_dir, "stellar-dist train")
+            OutputLock(output_dir, "stellar-dist train")  # sweeps the folder of killed commands' leftovers
+            for inner in ("model", "plots"):
+                sweep(output_dir / inner)
             marker = output_dir / RUN_MARKER
             if not marker.exists():
-                marker.write_text("a stellar-dist run: it owns checkpoints/, model/, plots/ and the files it wrote "
-                                  "here; anything else in this folder is yours and is never touched\n")
+                write_atomically(marker, "a stellar-dist run: it owns checkpoints/, model/, plots/ and the files it "
+                                 "wrote here; anything else in this folder is yours and is never touched\n")
         except UserError as error:
             refusal = str(error)
     raise_if_any(refusal)
@@ -196,9 +201,6 @@ def setup(config: Config) -> Run:
         prepare_wandb_environment(output_dir)
     accelerator = _accelerator(config)
     take_run_folder(accelerator, output_dir)
-    if dist.is_main():
-        save_config(config, output_dir / "config.yaml")
-    accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate/torchrun launchers
         torch.set_num_threads(config.train.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
@@ -224,6 +226,9 @@ def setup(config: Config) -> Run:
     run = Run(config, accelerator, manifest, model, ema, optimizer, scheduler, algorithm, head, tracker, output_dir)
     if point is not None:
         _restore(run, point)
+    if dist.is_main():  # the run's record changes only once the resume it describes has succeeded
+        save_config(config, output_dir / "config.yaml")
+    accelerator.wait_for_everyone()
     return run
 
 

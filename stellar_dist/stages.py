@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import UserError
+from .files import write_atomically
 from .resume import RUN_MARKER, check_run_folder
 from .saving import checkpoint
 
@@ -63,7 +64,7 @@ def train_in_stages(config: Config):
     check_run_folder(output_dir)  # nothing is written into a folder a run would refuse
     output_dir.mkdir(parents=True, exist_ok=True)
     if not (output_dir / RUN_MARKER).exists():
-        (output_dir / RUN_MARKER).write_text("a stellar-dist run: it owns checkpoints/, model/, plots/, pretrain/ "
+        write_atomically(output_dir / RUN_MARKER, "a stellar-dist run: it owns checkpoints/, model/, plots/, pretrain/ "
                                              "and the files it wrote here\n")
     stage = pretrain_config(config)
     if not (Path(stage.output_dir) / "metrics.json").is_file():

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from . import dist
+from .errors import UserError
+from .files import open_append, open_regular, write_atomically
 
 
 def prepare_wandb_environment(output_dir: Path) -> None:
@@ -38,7 +40,11 @@ class RunTracker:
         if use_wandb:
             accelerator.init_trackers(project, config=config_dict, init_kwargs={"wandb": {
                 "dir": str(output_dir), "name": output_dir.name, "id": self._run_id(), "resume": "allow"}})
-        self._log_file = open(output_dir / "log.jsonl", "a") if self.is_main else None
+        try:
+            self._log_file = open_append(output_dir / "log.jsonl") if self.is_main else None
+        except OSError as error:  # a planted link or hard link: never appended through
+            raise UserError(f"cannot append to {output_dir / 'log.jsonl'} ({error.strerror or error}): remove it if "
+                            "it is not the run's own log, or choose another output_dir") from None
 
     def _run_id(self) -> str | None:
         """One W&B run per output folder: a resumed or requeued job logs to the run it started (the id is kept in
@@ -48,10 +54,9 @@ class RunTracker:
         path = self.output_dir / "wandb_run_id"
         if not path.exists():
             alphabet = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text("".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
-            temporary.replace(path)
-        return path.read_text().strip()
+            write_atomically(path, "".join(secrets.choice(alphabet) for _ in range(8)) + "\n")
+        with open_regular(path, 4096) as handle:
+            return handle.read().decode(errors="replace").strip()
 
     def log(self, metrics: dict, step: int) -> None:
         if not self.is_main:

@@ -22,6 +22,25 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def copied_catalog(sim_catalog: Path, folder: Path, copies: int) -> Path:
+    """A catalog of `copies` x the simulated images (hard links under other names): seconds of packing."""
+    import os
+
+    import pandas as pd
+
+    catalog = pd.read_csv(sim_catalog)
+    images = folder / "images"
+    images.mkdir()
+    rows = []
+    for copy in range(copies):
+        for index, row in catalog.iterrows():
+            path = images / f"{copy}_{index}.jpg"
+            os.link(sim_catalog.parent / row["image_path"], path)
+            rows.append({"image_path": str(path), "Class": row["Class"]})
+    pd.DataFrame(rows).to_csv(folder / "c.csv", index=False)
+    return folder / "c.csv"
+
+
 @pytest.fixture(scope="session")
 def sim_catalog(tmp_path_factory) -> Path:
     """200 simulated cutouts (catalog.csv path)."""

@@ -15,7 +15,7 @@ def pack_fails(tmp_path, catalog, *extra):
     # Progress bars share stderr; the error itself is one line, the last.
     lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("pack:")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*")), "half-written output left behind"
+    assert not out.exists() and not list(tmp_path.glob(".sdtmp-*")), "half-written output left behind"
     return lines[0]
 
 

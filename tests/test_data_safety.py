@@ -15,7 +15,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, copied_catalog, run_cli
 from test_bad_input import pack_fails
 
 
@@ -151,29 +151,20 @@ def test_folder_catalog_ignores_hidden_folders_and_refuses_lookalike_classes(sim
 
 
 def test_sigterm_during_pack_leaves_nothing(sim_catalog, tmp_path):
-    catalog = pd.read_csv(sim_catalog)
-    catalog["image_path"] = [str(sim_catalog.parent / path) for path in catalog["image_path"]]
-    images = tmp_path / "images"
-    images.mkdir()
-    rows = []
-    for copy in range(15):  # 3,000 images: a few seconds of packing
-        for index, row in catalog.iterrows():
-            path = images / f"{copy}_{index}.jpg"
-            os.link(row["image_path"], path)
-            rows.append({"image_path": str(path), "Class": row["Class"]})
-    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    copied_catalog(sim_catalog, tmp_path, 15)  # 3,000 images: a few seconds of packing
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", str(tmp_path / "c.csv"),
                                 "--out", str(out), "--workers", "2", "--shard-size", "50"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
     deadline, workers = time.time() + 60, []
-    while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/*.tar")):
+    while time.time() < deadline and not list(tmp_path.glob(".sdtmp-out-*/*.tar")):
         time.sleep(0.05)
     workers = psutil.Process(process.pid).children(recursive=True)
     assert workers, "pack started no worker processes"
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
     assert process.returncode != 0
-    assert not out.exists() and not list(tmp_path.glob(".out*")), "staging folder left behind"
+    assert not out.exists() and not list(tmp_path.glob(".out*")) and not list(tmp_path.glob(".sdtmp-*")), \
+        "staging folder left behind"
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, f"worker processes left running: {alive}"

@@ -137,7 +137,7 @@ def test_fits_input_mistakes_are_one_line_and_write_nothing(fits_catalog, tmp_pa
     result = run_cli("pack", "--catalog", str(tmp_path / "mixed.csv"), "--out", str(tmp_path / "s"), "--bands",
                      "u,g,r,i,z", check=False)
     assert result.returncode != 0 and "mixes FITS" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.tmp-*"))
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".sdtmp-*"))
 
 
 @pytest.mark.parametrize("suffix", [".fits", ".ecsv", ".parquet"])

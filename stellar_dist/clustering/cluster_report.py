@@ -11,9 +11,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import StandardScaler
 
-from .cluster import cluster_accuracy, match_clusters
 from ..data.streams import picture, read_some
 from ..evaluate import classification_report
+from ..files import atomic_path
+from .cluster import cluster_accuracy, match_clusters
 from .features import SPLIT_CODES
 from .gathered import GRID_PER_CLUSTER
 from .recluster import ClusterState
@@ -146,7 +147,8 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     lines = caption.count("\n") + 1
     figure.tight_layout(rect=(0, (0.2 * lines + 0.1) / figure.get_figheight(), 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     plt.close(figure)
     return path
 
@@ -204,6 +206,7 @@ def plot_cluster_table(metrics: dict, path: Path) -> Path:
     figure.colorbar(image, ax=axis, fraction=0.04, pad=0.18, label="fraction of the cluster's labeled objects")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=150)
     plt.close(figure)
     return path

@@ -15,6 +15,8 @@ import torch
 
 from .. import dist
 from ..data.eval_data import objid_text_maker
+from ..files import discard_private, private_folder
+from ..outputs import follow_umask
 from .features import SPLIT_CODES, Assigned, LocalFeatures
 
 GRID_PER_CLUSTER = 8  # objects shown per cluster in the grid (the nearest to its centroid)
@@ -75,9 +77,8 @@ def write_assignments(assigned: Assigned, shards_dir: str, path: Path, num_ids: 
     main = dist.is_main()
     texts = objid_text_maker(shards_dir, tuple(SPLIT_CODES)) if main else None
     names = {code: name for name, code in SPLIT_CODES.items()}
-    temporary = path.with_name(f".{path.name}.tmp")
-    if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    staging = private_folder(path.parent, path.name) if main else None  # see files.py
+    temporary = staging / path.name if main else None
     try:
         with open(temporary, "w", newline="") if main else contextlib.nullcontext() as handle:
             writer = csv.writer(handle) if main else None
@@ -93,11 +94,10 @@ def write_assignments(assigned: Assigned, shards_dir: str, path: Path, num_ids: 
                                          rows["ids"].tolist(), texts(rows["objids"], rows["ids"]),
                                          rows["splits"].tolist(), rows["assignment"].tolist(),
                                          rows["distance"].tolist()))
-    except BaseException:
         if main:
-            temporary.unlink(missing_ok=True)
-        raise
-    if not main:
-        return None
-    temporary.replace(path)
-    return path
+            follow_umask(temporary)
+            temporary.replace(path)
+    finally:
+        if main:
+            discard_private(staging)
+    return path if main else None

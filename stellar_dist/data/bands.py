@@ -13,12 +13,16 @@ then `asinh(flux) / scale`, so a typical bright centre is near 1 and the sky nea
 
 from __future__ import annotations
 
+import contextlib
+import re
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UserError
+from ..files import open_regular
+from .images import check_image_shapes
 
 if TYPE_CHECKING:  # torch is imported where it is used: pack's worker processes never need it
     import pandas as pd
@@ -26,6 +30,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: pack's worker processes
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
 STRETCH_SAMPLE = 256  # cutouts read to measure the stretch (seeded choice among the training rows)
+MAX_HDUS = 64  # a cutout file has one HDU per band (or a cube); more is refused before reading any
 MAX_BAD_FRACTION = 0.5  # a cutout with more non-finite pixels than this is unusable (off the survey's edge)
 
 
@@ -33,14 +38,32 @@ def is_fits(path: str) -> bool:
     return str(path).lower().endswith(FITS_SUFFIXES)
 
 
+@contextlib.contextmanager
 def _open(path: str):
+    """The FITS file at `path`, a regular file (a FIFO or device is refused, not waited on)."""
     from astropy.io import fits
 
-    return fits.open(path, memmap=False)
+    with open_regular(path) as handle, fits.open(handle, memmap=False) as hdul:
+        yield hdul
+
+
+def _shape(hdu) -> tuple[int, ...]:
+    """An HDU's data shape from its header alone (compressed HDUs: the image's), before any pixel is read."""
+    naxis = int(hdu.header.get("NAXIS", 0))
+    return tuple(int(hdu.header.get(f"NAXIS{axis}", 0)) for axis in range(naxis, 0, -1))
 
 
 def _image_hdus(hdul) -> list:
-    return [hdu for hdu in hdul if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2]
+    """The HDUs holding images of 2 or 3 axes; the file is refused before any data is read when it holds too
+    many HDUs or pixels (a compressed FITS of a few MB can decompress to many GB) or odd image shapes."""
+    hdus = []
+    for index, hdu in enumerate(hdul):
+        if index >= MAX_HDUS:
+            raise ValueError(f"has more than {MAX_HDUS} HDUs: not a cutout")
+        if hdu.is_image and len(_shape(hdu)) >= 2 and all(_shape(hdu)):
+            hdus.append(hdu)
+    check_image_shapes([_shape(hdu) for hdu in hdus])
+    return hdus
 
 
 def _hdu_name(hdu) -> str:
@@ -54,8 +77,8 @@ def infer_bands(path: str) -> tuple[str, ...]:
         raise ValueError("image_path contains {band} (one file per band): pass --bands, e.g. --bands u,g,r,i,z")
     with _open(path) as hdul:
         hdus = _image_hdus(hdul)
-        if len(hdus) == 1 and hdus[0].data.ndim == 3:
-            return tuple(f"band{index}" for index in range(hdus[0].data.shape[0]))
+        if len(hdus) == 1 and len(_shape(hdus[0])) == 3:
+            return tuple(f"band{index}" for index in range(_shape(hdus[0])[0]))
         names = [_hdu_name(hdu) for hdu in hdus]
     if len(set(names)) == len(names) and all(names) and "PRIMARY" not in names:
         return tuple(names)
@@ -90,11 +113,11 @@ def packed_pixel_scale(first_path: str, options) -> float | None:
     try:
         if is_fits(first_path):
             with _open(first_path) as hdul:
-                width = _image_hdus(hdul)[0].data.shape[-1]
+                width = _shape(_image_hdus(hdul)[0])[-1]
         else:
             from PIL import Image
 
-            with Image.open(first_path) as image:
+            with open_regular(first_path) as handle, Image.open(handle) as image:
                 width = image.size[0]
     except (OSError, ValueError, IndexError):
         return None
@@ -102,9 +125,16 @@ def packed_pixel_scale(first_path: str, options) -> float | None:
 
 
 def _select(hdus: list, bands: tuple[str, ...]) -> list[np.ndarray]:
-    by_name = {_hdu_name(hdu).casefold(): hdu for hdu in hdus}
+    """The planes of `bands`: by HDU name (EXTNAME or FILTER); by position only when the HDUs carry no names (or
+    the bands themselves are positional, band0, band1, ...): named bands that differ are never read as others."""
+    names = [_hdu_name(hdu) for hdu in hdus]
+    by_name = {name.casefold(): hdu for name, hdu in zip(names, hdus)}
     if all(band.casefold() in by_name for band in bands):
         return [by_name[band.casefold()].data for band in bands]
+    named = [name for name in names if name and name.upper() != "PRIMARY"]
+    if named and not all(re.fullmatch(r"band\d+", band) for band in bands):
+        raise ValueError(f"names its bands {','.join(named)}, not {','.join(bands)}: a band would be read as "
+                         "another; give the HDUs the bands' names (EXTNAME), or pack with --bands naming them")
     if len(hdus) == len(bands):
         return [hdu.data for hdu in hdus]
     found = ", ".join(_hdu_name(hdu) or "?" for hdu in hdus)
@@ -120,13 +150,13 @@ def read_cutout(path: str, bands: tuple[str, ...]) -> np.ndarray:
             for band in bands:
                 with _open(path.replace("{band}", band)) as hdul:
                     hdus = _image_hdus(hdul)
-                    if not hdus or hdus[0].data.ndim != 2:
+                    if not hdus or len(_shape(hdus[0])) != 2:
                         raise ValueError(f"{path.replace('{band}', band)} holds no 2-D image")
                     planes.append(np.asarray(hdus[0].data, dtype=np.float32))
         else:
             with _open(path) as hdul:
                 hdus = _image_hdus(hdul)
-                if len(hdus) == 1 and hdus[0].data.ndim == 3:
+                if len(hdus) == 1 and len(_shape(hdus[0])) == 3:
                     planes = list(np.asarray(hdus[0].data, dtype=np.float32))
                     if len(planes) != len(bands):
                         raise ValueError(f"is a cube of {len(planes)} planes, not the {len(bands)} bands "

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..files import check_regular
 
 REQUIRED_COLUMNS = ("image_path", "Class")
 TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet", ".pq", ".vot", ".xml", ".hdf5")
@@ -66,9 +67,17 @@ def _renamed(frame: pd.DataFrame, columns: dict[str, str], source: Path) -> pd.D
     return frame.rename(columns=renames)
 
 
+def _check_regular(path: Path) -> None:
+    try:
+        check_regular(path)  # a FIFO would block the read forever, a device never end
+    except ValueError as error:
+        raise UserError(f"catalog {error}: pass a CSV, FITS, ECSV or parquet file") from None
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     """Every cell is read as text first, then each column gets the narrowest exact type (see `_typed_column`):
     pandas' own inference turns a 19-digit id column with one empty cell into float64 and loses digits."""
+    _check_regular(path)
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -84,6 +93,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
     from astropy.table import Table
 
+    _check_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unit and header warnings say nothing about the rows

@@ -9,8 +9,24 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..files import open_regular
 
-MAX_INPUT_PIXELS = 8192 * 8192  # an input image larger than this is skipped and listed, never decoded
+MAX_INPUT_PIXELS = 8192 * 8192  # an input image (all its bands) larger than this is skipped and listed, never decoded
+MIN_SIDE = 8  # pixels: a smaller image holds no object to classify
+MAX_ASPECT = 4  # a cutout is about square; a strip is no cutout (its centre square would be all there is)
+
+
+def check_image_shapes(shapes: list[tuple[int, ...]]) -> None:
+    """Refuse, from the header alone, an image too large in total, too small, or too far from square."""
+    total = sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
+    if total > MAX_INPUT_PIXELS:
+        raise ValueError(f"holds {total} pixels ({' + '.join('x'.join(map(str, shape)) for shape in shapes)}), over "
+                         f"the {MAX_INPUT_PIXELS}-pixel cap: cut smaller cutouts around the objects")
+    for shape in shapes:
+        height, width = shape[-2:]
+        if min(height, width) < MIN_SIDE or max(height, width) > MAX_ASPECT * min(height, width):
+            raise ValueError(f"is {width}x{height} pixels: a cutout is at least {MIN_SIDE} pixels a side and at "
+                             f"most {MAX_ASPECT}:1 in aspect")
 
 
 # Pillow modes holding more than 8 bits per channel: convert("RGB") clips them to white without a word.
@@ -23,14 +39,12 @@ class UnsupportedImage(UserError):
 
 def preprocess_image(path: str, image_size: int, mode: str) -> Image.Image:
     """Load an image as RGB at `image_size` x `image_size` (raises OSError/ValueError for unusable files)."""
-    with Image.open(path) as image:
+    with open_regular(path) as handle, Image.open(handle) as image:
         if image.mode in HIGH_BIT_DEPTH_MODES:
             raise UnsupportedImage(
                 f"image {path} has {image.mode} pixels (16/32-bit or float): pack reads 8-bit images only and would "
                 "clip it; convert it to 8 bits with your own stretch (for example asinh) first")
-        if image.size[0] * image.size[1] > MAX_INPUT_PIXELS:
-            raise ValueError(f"image is {image.size[0]} x {image.size[1]} pixels, over the {MAX_INPUT_PIXELS} "
-                             "pixel cap")
+        check_image_shapes([(image.size[1], image.size[0])])  # from the header, before decoding
         image.load()
         image = image.convert("RGB")
     width, height = image.size

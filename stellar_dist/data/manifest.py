@@ -8,13 +8,13 @@ any path is built from them, and shards are only ever opened as local files: Web
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import tarfile
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import read_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -84,9 +84,9 @@ def load_manifest(shards_dir: str | Path) -> dict:
     if not path.exists():
         raise UserError(f"{shards_dir} has no {MANIFEST_NAME}: pack a catalog first with `stellar-dist pack`")
     try:
-        return validate_manifest(path, json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}): re-pack the shards") from None
+        return validate_manifest(path, read_json(path))
+    except ValueError as error:
+        raise UserError(f"{path} is not a manifest stellar-dist can read ({error}): re-pack the shards") from None
     except OSError as error:
         raise UserError(f"cannot read {path} ({error.strerror}): check the folder's permissions") from None
 

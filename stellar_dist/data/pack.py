@@ -11,9 +11,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -30,7 +28,8 @@ from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
 from .objids import id_type
 from .images import encode, preprocess_image
 from ..errors import UserError, sigterm_as_exit
-from ..outputs import OutputLock, follow_umask, inside
+from ..files import discard_private, finish_private, private_folder
+from ..outputs import OutputLock, inside
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 
 ENCODINGS = ("png", "jpg", "u8")
@@ -255,9 +254,10 @@ def _pack(catalog, out: Path, options: PackOptions, overwrite: bool, started: fl
             manifest = build_manifest(results, class_names, pixels, options, catalog, len(frame), elapsed)
             check_strict(manifest, options)
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+            finish_private(staging)  # the umask's permissions once finished: the cluster group can read the shards
             replace_dir(staging, real_out)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_private(staging)
             raise
     return manifest
 
@@ -265,9 +265,7 @@ def _pack(catalog, out: Path, options: PackOptions, overwrite: bool, started: fl
 def make_staging(real_out: Path, out: Path) -> Path:
     try:
         real_out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{real_out.name}.tmp-", dir=real_out.parent))
-        follow_umask(staging)  # mkdtemp makes 0700: the cluster group could not read the shards
-        return staging
+        return private_folder(real_out.parent, real_out.name)  # 0700 while written; a killed pack's is swept
     except OSError as error:
         raise UserError(f"cannot write beside --out {out} ({error.strerror}): choose a writable folder") from None
 
@@ -281,7 +279,7 @@ def replace_dir(staging: Path, out: Path) -> None:
         if previous is None:
             raise UserError(f"output folder {out} changed while packing and now holds other files: nothing replaced; "
                             f"the new shards were discarded")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = private_folder(out.parent, f"old-{out.name}") / out.name
         out.rename(old)
     staging.rename(out)
     if old is not None:
@@ -290,8 +288,12 @@ def replace_dir(staging: Path, out: Path) -> None:
                 child.unlink()
         try:
             old.rmdir()
+            discard_private(old.parent)
         except OSError:
-            print(f"warning: kept {old}: it holds files pack did not write")
+            kept = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old.rename(kept)
+            discard_private(old.parent)
+            print(f"warning: kept {kept}: it holds files pack did not write")
 
 
 def build_manifest(results: list[dict], class_names: list[str], pixels: dict, options: PackOptions, catalog,

@@ -17,13 +17,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UserError, sigterm_as_exit
-from ..outputs import OutputLock, follow_umask
+from ..files import discard_private, finish_private, private_folder, read_json
+from ..outputs import OutputLock
 from .manifest import MANIFEST_NAME
 from .pack import (PackOptions, build_manifest, check_out_dir, check_strict, make_staging, prepare, replace_dir,
                    write_shards)
@@ -62,23 +62,27 @@ def _pack_part(catalog, out, options: PackOptions, part: int, num_parts: int, ov
     plan = {"catalog": str(catalog), "options": same, "num_parts": num_parts, "num_input": len(frame),
             "classes": class_names, "pixels": pixels, "catalog_fingerprint": fingerprint(frame)}
     if (folder / PART_FILE).exists():
-        done = json.loads((folder / PART_FILE).read_text())
+        try:
+            done = read_json(folder / PART_FILE)
+        except (OSError, ValueError) as error:
+            raise UserError(f"{folder} holds an unreadable part record ({error}): remove {folder} and run this "
+                            "part again") from None
         if {key: done.get(key) for key in plan} == plan:
             return done  # a re-run task (a requeue): the part is complete already
         raise UserError(f"{folder} holds a part packed with other options or catalog: remove {parts_dir(out)} "
                         "and run every part again with the same options")
     folder.parent.mkdir(parents=True, exist_ok=True)
     with sigterm_as_exit():
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        follow_umask(staging)
+        staging = private_folder(folder.parent, folder.name)  # 0700 while written; a killed task's is swept
         try:
             results = write_shards(catalog, frame, splits, class_names, pixels, options, staging,
                                    select=lambda index: index % num_parts == part)
             record = plan | {"part": part, "results": results, "seconds": round(time.perf_counter() - started, 3)}
             (staging / PART_FILE).write_text(json.dumps(record))
+            finish_private(staging)
             staging.rename(folder)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_private(staging)
             raise
     return record
 
@@ -107,8 +111,11 @@ def _verify_part(path: Path, record: dict) -> None:
 def _read_parts(folder: Path) -> list[tuple[Path, dict]]:
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist: run `stellar-dist pack --part I/N` for every part first")
-    parts = [(path, json.loads((path / PART_FILE).read_text())) for path in sorted(folder.iterdir())
-             if PART_NAME.fullmatch(path.name) and (path / PART_FILE).exists()]
+    try:
+        parts = [(path, read_json(path / PART_FILE)) for path in sorted(folder.iterdir())
+                 if PART_NAME.fullmatch(path.name) and (path / PART_FILE).exists()]
+    except (OSError, ValueError) as error:
+        raise UserError(f"a part of {folder} is unreadable ({error}): remove that part and run it again") from None
     if not parts:
         raise UserError(f"{folder} holds no finished part: run `stellar-dist pack --part I/N` for every part")
     first = parts[0][1]
@@ -156,9 +163,10 @@ def _merge(out: Path, folder: Path, overwrite: bool) -> dict:
                     name = result["entry"]["name"]
                     os.link(path / name, staging / name)  # links: the parts stay intact until the swap is done
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+            finish_private(staging)
             replace_dir(staging, real_out)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_private(staging)
             raise
     shutil.rmtree(folder)
     return manifest

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -23,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError, sigterm_as_exit
-from ..outputs import OutputLock, follow_umask
+from ..files import discard_private, finish_private, private_folder
+from ..outputs import OutputLock
 from .pack import ignore_interrupts
 
 CLASS_FRACTIONS = {"GALAXY": 0.57, "STAR": 0.32, "QSO": 0.11}  # DR16 spectroscopic proportions
@@ -278,8 +277,7 @@ def simulate(out_dir: str | Path, num: int, seed: int = 0, workers: int = 0, ima
 
 def _render(out_dir: Path, num: int, seed: int, workers: int, image_format: str) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    follow_umask(staging)  # mkdtemp makes 0700: others of the group could not read the images
+    staging = private_folder(out_dir.parent, out_dir.name)  # 0700 while written; a killed run's is swept
     try:
         for cls in CLASS_FRACTIONS:
             (staging / "images" / cls).mkdir(parents=True)
@@ -291,11 +289,12 @@ def _render(out_dir: Path, num: int, seed: int, workers: int, image_format: str)
                     "both": {"catalog.csv": "jpg", "catalog_fits.csv": "fits"}}[image_format]
         for name, suffix in suffixes.items():
             _write_catalog(staging / name, rows, suffix)
+        finish_private(staging)  # the umask's permissions: others of the group can read the images
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard_private(staging)
         raise
 
 

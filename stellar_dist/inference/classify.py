@@ -111,16 +111,12 @@ def shift_warning(num_far: int, num_classified: int, quantile: float = 0.99) -> 
 def provenance(model_folder: Path, description: dict) -> dict:
     """What an output table records about where its predictions come from."""
     import datetime
-    import hashlib
 
     from .. import __version__
+    from ..files import sha256_of
     from .model_folder import WEIGHTS
 
-    digest = hashlib.sha256()
-    with open(model_folder / WEIGHTS, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return {"model": str(Path(model_folder).resolve()), "model_sha256": digest.hexdigest()[:16],
+    return {"model": str(Path(model_folder).resolve()), "model_sha256": sha256_of(model_folder / WEIGHTS)[:16],
             "model_commit": description.get("git_commit") or "", "classes": ",".join(description["classes"]),
             "stellar_dist": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:19]}
 

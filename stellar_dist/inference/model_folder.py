@@ -6,13 +6,13 @@ export, evaluate, cluster), from a model folder, a checkpoint or a run folder, m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from ..errors import UserError
+from ..files import read_json
 from ..saving import checkpoint
 from ..saving.model_folder import DESCRIPTION, FORMAT, WEIGHTS
 
@@ -62,7 +62,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
 
     folder = find_model_folder(path)
     try:
-        description = json.loads((folder / DESCRIPTION).read_text())
+        description = read_json(folder / DESCRIPTION, 16 << 20)
         tensors = load_file(str(folder / WEIGHTS), device="cpu")
     except Exception as error:  # noqa: BLE001  (safetensors' SafetensorError is not an OSError)
         raise UserError(f"model folder {folder} cannot be read ({type(error).__name__}: {error}): copy it "

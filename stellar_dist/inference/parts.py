@@ -27,9 +27,10 @@ import torch
 
 from .. import __version__, dist
 from ..errors import UserError, raise_if_any
+from ..files import MARK, atomic_path, read_json, sha256_of, sweep, write_atomically
 from .classify import predictions_of_rows, provenance
 from .inputs import check_input_matches, input_rows
-from .model_folder import find_model_folder, load_model
+from .model_folder import WEIGHTS, find_model_folder, load_model
 
 INDEX = "_index.json"  # "_": pyarrow and pandas skip it when they read the folder as one table
 PART = re.compile(r"part-(\d{6})\.parquet")
@@ -44,25 +45,53 @@ def _part_path(out: Path, part: int) -> Path:
     return out / f"part-{part:06d}.parquet"
 
 
+# What a part is made from, by content: a model republished at the same path (a run continued) or an edited catalog
+# never mixes its rows with parts of the old one.
+WHY = {"model_sha256": "the model's weights changed since (a run continued or republished at the same path?)",
+       "input_fingerprint": "the input's content changed since", "model": "another --model", "input": "another --input"}
+
+
+def input_fingerprint(source: Path) -> str:
+    """A catalog file's SHA-256; a shards folder's manifest's; a folder of images: its sorted names, sizes and
+    modification times (reading every image would cost as much as predicting)."""
+    import hashlib
+
+    if source.is_file():
+        return sha256_of(source)
+    if (source / "manifest.json").is_file():
+        return sha256_of(source / "manifest.json")
+    digest = hashlib.sha256()
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            status = path.stat()
+            digest.update(f"{path.relative_to(source)}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _claim_folder(out: Path, wanted: dict) -> None:
     """Rank 0: the folder is new, or a dataset of this model and input (resume); nothing else is touched."""
     if out.exists():
         strangers = [path.name for path in out.iterdir() if path.name != INDEX and not PART.fullmatch(path.name)
-                     and not path.name.startswith(".part-")]
+                     and not path.name.startswith((".part-", MARK))]
         if strangers:
             raise UserError(f"--out {out} holds files predict did not write ({', '.join(sorted(strangers)[:3])}): "
                             "choose a new or empty folder")
-        index = out / INDEX
-        if index.is_file():
-            previous = json.loads(index.read_text())
-            changed = [key for key in wanted if previous.get(key) != wanted[key]]
-            if changed:
-                raise UserError(f"--out {out} holds parts of another prediction ({', '.join(changed)} differ): "
-                                "choose another folder, or delete it to start again")
-        elif any(PART.fullmatch(path.name) for path in out.iterdir()):
-            raise UserError(f"--out {out} holds parts without {INDEX}: choose another folder")
+        index, parts = out / INDEX, [path for path in out.iterdir() if PART.fullmatch(path.name)]
+        try:
+            previous = read_json(index, 16 << 20) if index.exists() else None
+        except (OSError, ValueError):
+            previous = None  # unreadable: written by an older version that did not write it atomically
+        if previous is None and parts:
+            raise UserError(f"--out {out} holds parts without a readable {INDEX}: their model and input are "
+                            "unknown; choose another folder, or delete it to start again")
+        changed = [key for key in wanted if previous is not None and previous.get(key) != wanted[key]]
+        if changed and parts:
+            raise UserError(f"--out {out} holds parts of another prediction: "
+                            f"{'; '.join(WHY.get(key, f'{key} differs') for key in changed)}; choose another "
+                            "folder, or delete it to start again")
     out.mkdir(parents=True, exist_ok=True)
-    (out / INDEX).write_text(json.dumps(wanted | {"complete": False}, indent=2))
+    sweep(out)  # parts of killed ranks or tasks (their private folders; live ones are never touched)
+    write_atomically(out / INDEX, json.dumps(wanted | {"complete": False}, indent=2))
 
 
 def _write_part(path: Path, frame: pd.DataFrame, provenance: dict) -> None:
@@ -72,12 +101,8 @@ def _write_part(path: Path, frame: pd.DataFrame, provenance: dict) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            b"stellar_dist": json.dumps(provenance).encode()})
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:  # a part file that exists is complete
         pq.write_table(table, temporary)
-        os.replace(temporary, path)  # a part file that exists is complete
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_000, batch_size: int = 256,
@@ -102,6 +127,7 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
 
     total, rows, _, ids_type = input_rows(source_path, fits=description["encoding"] == "npy", needed=needed)
     wanted = {"model": str(model_folder.resolve()), "input": str(source_path.resolve()), "rows": total,
+              "model_sha256": sha256_of(model_folder / WEIGHTS), "input_fingerprint": input_fingerprint(source_path),
               "part_rows": part_rows, "classes": description["classes"], "stellar_dist": __version__}
     refusal = None
     if dist.is_main():
@@ -135,9 +161,8 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     if not dist.is_main():
         return {}
     parts = sorted(path.name for path in out_dir.iterdir() if PART.fullmatch(path.name))
-    index = out_dir / f".{INDEX}.tmp-{os.getpid()}"
-    index.write_text(json.dumps(wanted | {"complete": len(parts) == num_parts, "parts": parts}, indent=2))
-    os.replace(index, out_dir / INDEX)
+    write_atomically(out_dir / INDEX, json.dumps(wanted | {"complete": len(parts) == num_parts, "parts": parts},
+                                                 indent=2))
     return {"rows": total, "parts": num_parts, "written_here": done, "missing": num_parts - len(parts)}
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from .. import dist
 from ..errors import UserError, raise_if_any
+from ..files import private_folder
 from .classify import (CHUNK_ROWS, classify_rows, cluster_columns, far_rule, nearest_cluster, provenance, shift_warning,
                        unusual_flags)
 from .inputs import check_input_matches, input_rows
@@ -111,7 +111,7 @@ def _predict_rows(model, description: dict, rows, total: int, writer, embeddings
     far = far_rule(description)
     features_file = None
     if embeddings and dist.is_main():
-        temporary = Path(embeddings).with_name(f".{Path(embeddings).name}.tmp-{os.getpid()}.npy")
+        temporary = private_folder(Path(embeddings).parent, Path(embeddings).name) / "embeddings.npy"
         features_file = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
                                                   shape=(total, model.feature_dim))
         features_file[:] = np.nan  # rejected rows stay NaN

@@ -19,6 +19,7 @@ from ..data.eval_data import EvalData
 from ..data.manifest import evaluated_on, load_manifest
 from ..errors import UserError
 from ..evaluate import classification_report, gather_predictions, plot_confusion, write_predictions
+from ..files import write_atomically
 from ..outputs import claim_all, take_folder
 from ..saving import checkpoint
 from .model_folder import load_model
@@ -60,8 +61,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, shards_dir: str | Path, out
     report = classification_report(gathered["label"], gathered["prediction"], manifest["classes"])
     report["refused_ids"] = gathered["refused"].tolist()  # unreadable test samples, left out
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps({"test": report, "checkpoint": str(folder),
-                                                      "shards": str(shards_dir)}, indent=2))
+    write_atomically(out_dir / "metrics.json", json.dumps({"test": report, "checkpoint": str(folder),
+                                                           "shards": str(shards_dir)}, indent=2))
     plot_confusion(report, out_dir / "confusion_matrix.png", evaluated_on(manifest))
     write_predictions(gathered, shards_dir, manifest["classes"], out_dir / "predictions.csv")
     claim_all(out_dir, EVALUATE_FILES, "evaluate")
@@ -96,7 +97,7 @@ def cluster_checkpoint(checkpoint_path: str, shards_dir: str, k: int | None, bac
     data = EvalData(str(shards_dir), manifest, config.eval.batch_size, num_workers, config.data.grayscale, device)
     _, metrics = run_clustering(model.to(device), cluster, data, seed=config.seed, plots_dir=out,
                                 assignments=out / "assignments.csv")
-    (out / "metrics.json").write_text(json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
+    write_atomically(out / "metrics.json", json.dumps({"cluster": metrics, "checkpoint": str(folder)}, indent=2))
     claim_all(out, CLUSTER_FILES, "cluster")
     lock.release()
     return metrics | {"out_dir": str(out)}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import dist
 from ..errors import UserError
+from ..files import discard_private, private_folder
 from ..outputs import atomic_file, check_paths, claim, follow_umask, release, take_files
 
 
@@ -37,8 +38,14 @@ class Writer:
             raise UserError(f"--out {out} needs {needed}: pip install {needed} (or write .csv)") from None
         self.columns = ["row", "objid", "image_path", "predicted_class", *(f"p_{name}" for name in classes),
                         "max_probability", *self.clusters, "unusual"]
-        self.temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # unique to this process
+        self.staging = None  # a private folder beside --out, made at the first write (files.private_folder)
         self.handle, self.parquet, self.held = None, None, []
+
+    @property
+    def temporary(self) -> Path:
+        if self.staging is None:
+            self.staging = private_folder(self.out.parent, self.out.name)
+        return self.staging / self.out.name
 
     def write(self, rows: list[dict]) -> None:
         if self.kind == "csv":
@@ -84,6 +91,7 @@ class Writer:
             return
         follow_umask(self.temporary)
         self.temporary.replace(self.out)  # a finished file or none
+        discard_private(self.staging)
 
     def _typed(self, rows: list[dict]) -> list[dict]:
         return [row | {"objid": int(row["objid"]) if row["objid"] else None} for row in rows] \
@@ -109,8 +117,8 @@ class Writer:
         for handle in (self.handle, self.parquet):
             with contextlib.suppress(Exception):
                 handle.close() if handle is not None else None
-        with contextlib.suppress(OSError):
-            self.temporary.unlink()
+        if self.staging is not None:
+            discard_private(self.staging)
 
 
 def output_paths(out: Path, embeddings: str | None) -> dict:
@@ -136,8 +144,8 @@ def claim_outputs(outputs: dict, model_folder: Path, source: Path, image_paths: 
 
 
 def drop_embeddings(features_file) -> None:
-    if features_file is not None and Path(features_file.filename).exists():
-        Path(features_file.filename).unlink()
+    if features_file is not None:
+        discard_private(Path(features_file.filename).parent)
 
 
 def finish_outputs(writer, features_file, embeddings: str | None) -> None:
@@ -148,6 +156,7 @@ def finish_outputs(writer, features_file, embeddings: str | None) -> None:
         features_file.flush()
         follow_umask(features_file.filename)
         Path(features_file.filename).replace(embeddings)
+        discard_private(Path(features_file.filename).parent)
         claim(embeddings, "predict")
 
 

@@ -18,7 +18,6 @@ overwritten. Our own files are read with `torch.load(weights_only=True)`: no pic
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 
 from .. import dist
 from ..errors import UserError, storage_failure
+from ..files import ALIVE, discard_private, open_regular, read_json, finish_private, private_folder, sweep, write_atomically
 from .model_folder import write_model
 
 TRAINER_STATE = "trainer_state.pt"
@@ -48,13 +48,7 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ke
     """`model_folder`: (tensors, description) of the portable model written into the checkpoint's model/; its
     tensors are the EMA weights, which resuming reads back from there (no second copy)."""
     root = checkpoint_root(output_dir)
-    final, staging = root / f"step_{step:07d}", root / f".step_{step:07d}.tmp"
-    if dist.is_main():
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        for leftover in root.glob(".step_*.deleting"):  # a deletion a kill interrupted
-            shutil.rmtree(leftover, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    final, staging = root / f"step_{step:07d}", _staging(root, step)
     try:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
@@ -62,17 +56,16 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ke
             torch.save(trainer_state, staging / TRAINER_STATE)
             write_model(staging / "model", *model_folder)
             _write_complete(staging, step)
+            finish_private(staging)
             _delete(final)
             staging.rename(final)
-            pointer = root / ".latest.tmp"
-            pointer.write_text(final.name + "\n")
-            os.replace(pointer, root / "latest")
+            write_atomically(root / "latest", final.name + "\n")
             for old in sorted(root.glob("step_*"))[:-keep_last] if keep_last > 0 else []:
                 _delete(old)
     except BaseException as error:
         storage = storage_failure(error, root) if isinstance(error, Exception) else None
         if dist.is_main():  # a full disk or a signal: no half-written checkpoint stays behind
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_private(staging)
         if storage is not None:
             raise storage from None
         raise
@@ -80,23 +73,39 @@ def save(accelerator, output_dir: str | Path, step: int, trainer_state: dict, ke
     return final
 
 
+def _staging(root: Path, step: int) -> Path:
+    """The checkpoint's private staging folder (files.private_folder: a killed save's is removed by the next
+    run), made by the main process and named to every rank (each writes its own random states into it)."""
+    made, refusal = None, None
+    if dist.is_main():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            sweep(root, quiet=True)
+            for legacy in [*root.glob(".step_*.tmp"), *root.glob(".step_*.deleting")]:  # older versions' leftovers
+                shutil.rmtree(legacy, ignore_errors=True)
+            made = str(private_folder(root, f"step_{step:07d}"))
+        except OSError as error:
+            refusal = storage_failure(error, root) or UserError(f"cannot write in {root}: {error}")
+    made, refusal = dist.broadcast_object((made, None if refusal is None else str(refusal)))
+    if refusal is not None:
+        raise UserError(refusal)
+    return Path(made)
+
+
 def _delete(folder: Path) -> None:
-    """Renamed out of sight first, then deleted: a kill in the middle never leaves a half-deleted step_* folder that
-    looks like a checkpoint (the hidden rest is removed at the next save)."""
+    """Moved out of sight first (into a private folder: removed by a later run if a kill interrupts), then
+    deleted: a kill in the middle never leaves a half-deleted step_* folder that looks like a checkpoint."""
     if folder.exists():
-        trash = folder.with_name(f".{folder.name}.deleting")
-        shutil.rmtree(trash, ignore_errors=True)
-        folder.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        trash = private_folder(folder.parent, f"deleting-{folder.name}")
+        folder.rename(trash / folder.name)
+        discard_private(trash)
 
 
 def _write_complete(staging: Path, step: int) -> None:
     """The record that makes a checkpoint complete, written after every other file (and atomically)."""
     files = {str(path.relative_to(staging)): path.stat().st_size for path in sorted(staging.rglob("*"))
-             if path.is_file()}
-    temporary = staging / f".{COMPLETE}.tmp"
-    temporary.write_text(json.dumps({"step": step, "files": files}, indent=1))
-    os.replace(temporary, staging / COMPLETE)
+             if path.is_file() and path.name != ALIVE}
+    write_atomically(staging / COMPLETE, json.dumps({"step": step, "files": files}, indent=1))
 
 
 def all_finite(state: dict) -> bool:
@@ -113,7 +122,7 @@ def problem(folder: Path) -> str | None:
     if not (folder / COMPLETE).is_file():
         return _legacy_problem(folder) if (folder / TRAINER_STATE).is_file() else f"lacks {COMPLETE}"
     try:
-        files = json.loads((folder / COMPLETE).read_text())["files"]
+        files = read_json(folder / COMPLETE, 16 << 20)["files"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"is unreadable ({COMPLETE}: {type(error).__name__})"
     for name, size in files.items():
@@ -149,7 +158,11 @@ def candidates(output_dir: str | Path) -> list[Path]:
     found = sorted(path for path in root.glob("step_*") if path.is_dir())[::-1] if root.is_dir() else []
     pointer = root / "latest"
     if pointer.is_file():  # a pointer to a folder that is gone (a kill between two renames) points nowhere
-        name = pointer.read_text(errors="replace").strip()
+        try:
+            with open_regular(pointer, 4096) as handle:
+                name = handle.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            name = ""
         if name.startswith("step_") and "/" not in name and (root / name).is_dir():
             found = [root / name] + [path for path in found if path.name != name]
     return found

@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..config import to_dict
-from ..outputs import follow_umask
+from ..files import atomic_path, write_atomically
 
 FORMAT = "stellar-dist-model/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "config.json"
@@ -85,11 +85,9 @@ def write_model(folder: Path, tensors: dict, description: dict) -> None:
     """Write the model folder; files are replaced atomically (and a new checkpoint's folder is a staging one)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-    save_file(tensors, str(folder / f".{WEIGHTS}.tmp"), metadata={"format": FORMAT})
-    (folder / f".{DESCRIPTION}.tmp").write_text(json.dumps(description, indent=2) + "\n")
-    for name in (WEIGHTS, DESCRIPTION):
-        follow_umask(folder / f".{name}.tmp")  # safetensors writes 0600 whatever the umask
-        os.replace(folder / f".{name}.tmp", folder / name)
+    with atomic_path(folder / WEIGHTS) as temporary:  # given the umask's modes (safetensors writes 0600)
+        save_file(tensors, str(temporary), metadata={"format": FORMAT})
+    write_atomically(folder / DESCRIPTION, json.dumps(description, indent=2) + "\n")
 
 
 def publish(model_folder: Path, output_dir: Path, quiet: bool = False) -> Path:
@@ -100,16 +98,13 @@ def publish(model_folder: Path, output_dir: Path, quiet: bool = False) -> Path:
     target = output_dir / "model"
     target.mkdir(exist_ok=True)
     for name in (WEIGHTS, DESCRIPTION):
-        temporary = target / f".{name}.tmp-{os.getpid()}"
-        temporary.unlink(missing_ok=True)
-        try:
-            if name != WEIGHTS:
-                raise OSError("copied")  # config.json is small: a copy of its own
-            os.link(model_folder / name, temporary)
-        except OSError:
-            shutil.copyfile(model_folder / name, temporary)
-        follow_umask(temporary)
-        os.replace(temporary, target / name)
+        with atomic_path(target / name) as temporary:
+            try:
+                if name != WEIGHTS:
+                    raise OSError("copied")  # config.json is small: a copy of its own
+                os.link(model_folder / name, temporary)
+            except OSError:
+                shutil.copyfile(model_folder / name, temporary)
     others = sorted(child.name for child in target.iterdir() if child.name not in (WEIGHTS, DESCRIPTION)
                     and not child.name.startswith("."))
     if others and not quiet:
