@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -118,10 +119,13 @@ def _check_lock_file(handle, path: Path) -> None:
                "has other hard links" if status.st_nlink != 1 else
                "is too large to be a lock file" if status.st_size > 4096 else None)
     if problem is None and status.st_size:
-        problem = None if handle.read(13) == "stellar-dist " else "holds text stellar-dist did not write"
+        problem = None if HOLDER_LINE.fullmatch(handle.read()) else "holds text stellar-dist did not write"
     if problem:
         handle.close()
         raise NotOurLock(f"{path} {problem}")
+
+
+HOLDER_LINE = re.compile(r"[^\n]* \(host [^\n]*, PID \d+, started [^\n]*\)\n?")  # what OutputLock writes
 
 
 class NotOurLock(Exception):
