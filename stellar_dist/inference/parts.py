@@ -86,9 +86,9 @@ def _claim_folder(out: Path, wanted: dict) -> None:
                             "unknown; choose another folder, or delete it to start again")
         changed = [key for key in wanted if previous is not None and previous.get(key) != wanted[key]]
         if changed and parts:
-            raise UserError(f"--out {out} holds parts of another prediction: "
-                            f"{'; '.join(WHY.get(key, f'{key} differs') for key in changed)}; choose another "
-                            "folder, or delete it to start again")
+            why = "".join(f": {WHY[key]}" for key in changed if key in WHY)
+            raise UserError(f"--out {out} holds parts of another prediction ({', '.join(changed)} differ){why}; "
+                            "choose another folder, or delete it to start again")
     out.mkdir(parents=True, exist_ok=True)
     sweep(out)  # parts of killed ranks or tasks (their private folders; live ones are never touched)
     write_atomically(out / INDEX, json.dumps(wanted | {"complete": False}, indent=2))
