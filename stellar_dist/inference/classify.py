@@ -108,7 +108,7 @@ def shift_warning(num_far: int, num_classified: int, quantile: float = 0.99) -> 
             "preprocessing); check the `unusual` rows before trusting the predictions")
 
 
-def provenance(model_folder: Path, description: dict) -> dict:
+def provenance(model_folder: Path, description: dict, model_sha256: str | None = None) -> dict:
     """What an output table records about where its predictions come from."""
     import datetime
 
@@ -116,7 +116,7 @@ def provenance(model_folder: Path, description: dict) -> dict:
     from ..files import sha256_of
     from .model_folder import WEIGHTS
 
-    return {"model": str(Path(model_folder).resolve()), "model_sha256": sha256_of(model_folder / WEIGHTS)[:16],
+    return {"model": str(Path(model_folder).resolve()), "model_sha256": (model_sha256 or sha256_of(model_folder / WEIGHTS))[:16],
             "model_commit": description.get("git_commit") or "", "classes": ",".join(description["classes"]),
             "stellar_dist": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:19]}
 

@@ -141,7 +141,7 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     else:
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
-    recorded = wanted | provenance(model_folder, description) | {"objid_type": ids_type}
+    recorded = wanted | provenance(model_folder, description, wanted["model_sha256"]) | {"objid_type": ids_type}
     mine.update(part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists())
     done, current, held = 0, None, []
     for index, row in enumerate(rows):  # every rank walks the row list; only its own parts' shards are read
