@@ -1,4 +1,4 @@
-"""`stellar-dist` command line: simulate, pack, train, predict, export, evaluate, cluster, config.
+"""`stellar-dist` command line: simulate, pack, train, predict, export, evaluate, cluster, select, config.
 
 `stellar-dist train` runs the training engine in this process (one CPU or one GPU); for several processes use
 `accelerate launch ... -m stellar_dist.train` or launch/train.py (see stellar_dist/train.py).
@@ -20,6 +20,7 @@ HELP = {  # each subcommand's line in `stellar-dist --help`
     "export": "the model as TorchScript or ONNX, checked against PyTorch",
     "evaluate": "test-split report for a checkpoint's EMA model",
     "cluster": "k-means of a checkpoint's features: Hungarian accuracy, NMI, ARI, linear probe, cluster grids",
+    "select": "which unlabeled objects to get spectra for next (cold start, or warm from a trained model)",
     "config": "print the resolved config of --config + overrides, or (--keys) every key with its meaning",
 }
 
@@ -41,12 +42,18 @@ def _add_pack(commands) -> None:
                         "or a folder per class; image_path may point to FITS cutouts (see shards/README.md)")
     parser.add_argument("--out", help="new folder for the shards and manifest.json")
     parser.add_argument("--verify", metavar="SHARDS", help="re-check counts and hashes of packed shards")
-    parser.add_argument("--labeled-fraction", type=float, default=0.1, help="fraction of each class whose label "
-                        "training may use (default 0.1)")
-    parser.add_argument("--labeled-count", type=int, default=0, help="instead: this many labels in all, one per "
-                        "class first, then by class share; nested (N labels contain every smaller set)")
+    parser.add_argument("--labeled-fraction", type=float, default=0.0, help="benchmark: hide the classes of a "
+                        "labeled catalog except this fraction of each class (default: none hidden: every row with "
+                        "a class is labeled or test, every row without one unlabeled)")
+    parser.add_argument("--labeled-count", type=int, default=0, help="benchmark: instead, this many labels in all, "
+                        "one per class first, then by class share; nested (N labels contain every smaller set)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="fraction of each class held out for "
-                        "the test split (default 0.2); the same rows for every labeled fraction or count")
+                        "the test split (default 0.2; at least one per class); 0: no test split, every spectrum "
+                        "trains")
+    parser.add_argument("--fold", default="", metavar="I/K", help="cross-validation: the test split is fold I of K "
+                        "of every class (K packs test each spectrum once; `stellar-dist evaluate --folds` pools them)")
+    parser.add_argument("--labels", default="", metavar="FILE", help="a table of id and class (new spectra) joined "
+                        "onto the catalog by --id-column, without editing the catalog")
     parser.add_argument("--validation-fraction", type=float, default=0.0, help="> 0: shards for choosing a recipe: "
                         "their test split is this fraction of each class carved from the training pool, and the "
                         "real test rows are left out")
@@ -116,17 +123,27 @@ def _run_export(args) -> None:
 
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help=HELP["evaluate"])
-    parser.add_argument("--checkpoint", required=True, help="a checkpoints/step_* folder, a run folder (its "
+    parser.add_argument("--checkpoint", help="a checkpoints/step_* folder, a run folder (its "
                         "latest) or a model folder, moved anywhere")
-    parser.add_argument("--shards", required=True, help="packed shards whose test split to evaluate")
+    parser.add_argument("--shards", help="packed shards whose test split to evaluate")
+    parser.add_argument("--folds", nargs="+", metavar="RUN", help="instead: pool the test predictions of the runs "
+                        "of `pack --fold 1/K ... K/K` (a cross-validated report over every spectrum)")
     parser.add_argument("--out", help="folder for metrics.json and plots (default: RUN/eval_step_N)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader processes")
 
 
 def _run_evaluate(args) -> None:
+    from .errors import UserError
     from .evaluate import format_report
     from .inference.reports import evaluate_checkpoint
 
+    if args.folds:
+        from .crossval import format_pooled, pooled_report
+
+        print(format_pooled(pooled_report(args.folds, args.out)))
+        return
+    if not args.checkpoint or not args.shards:
+        raise UserError("evaluate needs --checkpoint RUN and --shards SHARDS (or --folds RUN1 RUN2 ...)")
     report = evaluate_checkpoint(args.checkpoint, args.shards, args.out, args.workers)
     print(format_report(report))
     print(f"wrote {report['out_dir']}/metrics.json and confusion_matrix.png")
@@ -152,6 +169,18 @@ def _run_cluster(args) -> None:
     sizes = metrics["cluster_sizes"]
     print(f"cluster sizes: {sizes}; matched classes: {metrics['cluster_to_class']}")
     print(f"wrote {metrics['out_dir']}/metrics.json, cluster_grid.png, cluster_table.png")
+
+
+def _add_select(commands) -> None:
+    from .selection.select import add_arguments
+
+    add_arguments(commands.add_parser("select", help=HELP["select"]))
+
+
+def _run_select(args) -> None:
+    from .selection.select import run
+
+    run(args)
 
 
 def _add_config(commands) -> None:
@@ -198,7 +227,7 @@ def _run_pack(args) -> None:
         pixel_scale=args.pixel_scale,
         shard_size=args.shard_size,
         workers=args.workers, strict=args.strict, bands=args.bands, path_column=args.path_column,
-        label_column=args.label_column, id_column=args.id_column,
+        label_column=args.label_column, id_column=args.id_column, fold=args.fold, labels=args.labels,
     )
     if args.part:
         from .data.pack_parts import pack_part, parse_part
@@ -212,6 +241,9 @@ def _run_pack(args) -> None:
     rate = manifest["num_input"] / max(manifest["pack_seconds"], 1e-9)
     counts = ", ".join(f"{split} {count}" for split, count in manifest["num_samples"].items())
     print(f"packed {counts} into {args.out} ({manifest['pack_seconds']:.1f} s, {rate:.0f} images/s)")
+    from .data.summary import split_summary
+
+    print(split_summary(manifest, args.out))
     if manifest["skipped"]:
         print(f"skipped {len(manifest['skipped'])} unreadable image(s), listed in {args.out}/manifest.json "
               f"under 'skipped'; first: {manifest['skipped'][0]['image_path']}: {manifest['skipped'][0]['reason']}")
@@ -224,7 +256,7 @@ def _run_pack(args) -> None:
 
 COMMANDS = {  # name: the function that adds its subparser and arguments
     "simulate": _add_simulate, "pack": _add_pack, "train": _add_train, "predict": _add_predict,
-    "export": _add_export, "evaluate": _add_evaluate, "cluster": _add_cluster, "config": _add_config}
+    "export": _add_export, "evaluate": _add_evaluate, "cluster": _add_cluster, "select": _add_select, "config": _add_config}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -256,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
 
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
     runners = {"simulate": _run_simulate, "pack": _run_pack, "train": _run_train, "predict": _run_predict,
-               "export": _run_export, "evaluate": _run_evaluate, "cluster": _run_cluster, "config": _run_config}
+               "export": _run_export, "evaluate": _run_evaluate, "cluster": _run_cluster, "select": _run_select, "config": _run_config}
     runners[args.command](args)
 
 

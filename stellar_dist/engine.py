@@ -199,7 +199,7 @@ def train_loop(run: Run) -> int:
         stats.add(step_stats, unlabeled, run.algorithm.images_forwarded(labeled, unlabeled))
         done = step + 1
         evaluate_now = (config.eval.every_steps and done % config.eval.every_steps == 0
-                        and run.algorithm.trains_classifier)
+                        and run.algorithm.trains_classifier and evaluated_on(run.manifest) != "none")
         log_now = done % config.train.log_every_steps == 0 or done == config.train.steps
         recluster_now = run.head.due(done, config.train.steps)
         save_now = (config.checkpoint.every_steps and done % config.checkpoint.every_steps == 0
@@ -233,7 +233,8 @@ def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
     resumed_at_end = run.resumed_from is not None and run.start_step == steps
     try:
         with phase(run.phase_seconds, "final_evaluation"):  # with predictions.csv
-            report = evaluate_run(run, steps, final=True) if classifier else None
+            report = evaluate_run(run, steps, final=True) if classifier and evaluated_on(run.manifest) != "none" \
+                else None
         with phase(run.phase_seconds, "final_clustering"):  # with assignments.csv and the plots
             clusters = run.head.final_report(steps, run.output_dir) if config.cluster.at_end or not classifier \
                 else None
@@ -297,6 +298,9 @@ def train(config: Config) -> dict | None:
                 if evaluated_on(run.manifest) == "validation":
                     print("on the validation split (pack --validation-fraction): for choosing, not for reporting")
                 print(format_report(report))
+            elif run.algorithm.trains_classifier and evaluated_on(run.manifest) == "none":
+                print(f"no test split ({config.data.shards} was packed with --test-fraction 0): every spectrum "
+                      "trained; measure the model with `stellar-dist predict` on objects it never saw")
             if clusters is not None:
                 print(format_cluster_report(clusters))
             print(f"run files: {run.output_dir} (metrics.json, log.jsonl, plots/, config.yaml); checkpoint {final}")

@@ -64,6 +64,10 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
     """Everything that can refuse the run, checked on every rank before anything is written."""
     check_shards(config.data.shards, manifest)
     check_paths({"output_dir": config.output_dir}, {"data.shards": config.data.shards})
+    if not manifest["classes"]:
+        raise UserError(f"{config.data.shards} holds no object with a class (packed from a catalog without spectra): "
+                        f"choose targets with `stellar-dist select --shards {config.data.shards} --budget N --out "
+                        "targets.csv`, then pack again with their classes (--labels FILE)")
     if len(manifest["classes"]) < 2:
         raise UserError(f"{config.data.shards} holds one class only ({manifest['classes'][0]}): a classifier needs "
                         "at least two; pack a catalog with two or more classes")

@@ -108,7 +108,7 @@ def test_labeled_counts_are_nested_stratified_and_keep_the_test_split():
     the evaluation split from the training pool and packs none of the real test rows."""
     import numpy as np
 
-    from stellar_dist.data.catalog import stratified_split
+    from stellar_dist.data.splits import stratified_split
     from stellar_dist.errors import UserError
 
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ def read_catalog(source: str | Path, columns: dict[str, str] | None = None) -> p
         frame = _read_folder(source)
     else:
         table = _read_table(source) if source.name.lower().endswith(TABLE_SUFFIXES) else _read_csv(source)
-        frame = _typed(_renamed(table, columns or {}, source), source)
+        frame = _typed(_renamed(table, columns or {}, source), source, columns or {})
     if frame.empty:
         raise UserError(f"catalog {source} holds no samples: add rows (or images) before packing")
     frame["image_path"] = frame["image_path"].astype(str)
@@ -42,7 +42,7 @@ def read_catalog(source: str | Path, columns: dict[str, str] | None = None) -> p
     base = source if source.is_dir() else source.parent
     frame["image_path"] = [str(path if Path(path).is_absolute() else (base / path)) for path in frame["image_path"]]
     _reject_lookalike_classes(frame["Class"], source)
-    _reject_duplicates(frame, source)
+    _reject_duplicates(frame, source, columns or {})
     return frame.reset_index(drop=True)
 
 
@@ -116,26 +116,35 @@ def _text(value) -> str:
     return str(value).strip()
 
 
-def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Check a table read as text (required columns, unique names, no empty image_path), then type its columns."""
+def _typed(frame: pd.DataFrame, path: Path, columns: dict[str, str]) -> pd.DataFrame:
+    """Check a table read as text (required columns, unique names, no empty image_path), then type its columns.
+    Errors name the user's columns (pack --path-column / --label-column / --id-column), not ours. A table without
+    a class column is a catalog of unlabeled objects (pack then packs for `stellar-dist select`)."""
     frame.columns = [str(column).strip() for column in frame.columns]
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
-    if missing:
-        raise UserError(
-            f"catalog {path} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns))}): "
-            "add them (image_path relative to the CSV, Class the label)"
-        )
+    kind = "CSV" if _is_csv(path) else "table"
+    theirs = [columns.get(name, name) if name in REQUIRED_COLUMNS + ("objid",) else name for name in frame.columns]
+    if "image_path" not in frame.columns:
+        raise UserError(f"catalog {path} has no column {columns.get('image_path', 'image_path')!r} of image paths "
+                        f"(has: {', '.join(theirs)}): name it with --path-column (paths absolute or "
+                        f"relative to the {kind}'s folder)")
+    if "Class" not in frame.columns:
+        frame["Class"] = ""
     if frame.columns.duplicated().any():
         raise UserError(f"catalog {path} repeats column {frame.columns[frame.columns.duplicated()][0]!r}: "
                         "give every column its own name")
     blank = frame["image_path"].str.strip() == ""
     if blank.any():
-        row = int(np.flatnonzero(blank.to_numpy())[0]) + 2
-        raise UserError(f"catalog {path} line {row} has an empty image_path: fill it in or remove the row")
+        row = int(np.flatnonzero(blank.to_numpy())[0]) + (2 if kind == "CSV" else 1)
+        raise UserError(f"catalog {path} {'line' if kind == 'CSV' else 'row'} {row} has an empty "
+                        f"{columns.get('image_path', 'image_path')!r}: fill it in or remove the row")
     for column in frame.columns:
         if column not in REQUIRED_COLUMNS:
             frame[column] = _typed_column(frame[column])
     return frame
+
+
+def _is_csv(path: Path) -> bool:
+    return not path.name.lower().endswith(TABLE_SUFFIXES)
 
 
 def _typed_column(text: pd.Series) -> pd.Series:
@@ -217,7 +226,7 @@ def find_duplicates(frame: pd.DataFrame) -> tuple[np.ndarray, list[dict]]:
     return exclude, duplicates
 
 
-def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
+def _reject_duplicates(frame: pd.DataFrame, source: Path, columns: dict[str, str]) -> None:
     for column in ("image_path", "objid"):
         if column not in frame.columns:
             continue
@@ -225,105 +234,7 @@ def _reject_duplicates(frame: pd.DataFrame, source: Path) -> None:
         duplicated = values[values.duplicated()]
         if not duplicated.empty:
             raise UserError(
-                f"catalog {source} has {len(duplicated)} duplicate {column} value(s), first {duplicated.iloc[0]}: "
+                f"catalog {source} has {len(duplicated)} duplicate {columns.get(column, column)!r} value(s), first "
+                f"{duplicated.iloc[0]}: "
                 "each sample must appear once; remove the duplicates"
             )
-
-
-def stratified_split(
-    classes: pd.Series, labeled_fraction: float, test_fraction: float, seed: int, exclude: np.ndarray | None = None,
-    labeled_count: int = 0, validation_fraction: float = 0.0, labeled_seed: int = -1,
-) -> np.ndarray:
-    """Assign each row to a split (an array of split names), stratified by class.
-
-    Rows of unknown class (empty string) all go to unlabeled. Per class, round(n * fraction) rows go to test and
-    to labeled, the rest to unlabeled, so every split is within one sample of the exact per-class proportion.
-    Each class needs at least one sample in every split (no unlabeled one when the fractions sum to 1). The
-    test rows come first in each class's seeded permutation and the labeled ones next: with the same seed and
-    test fraction, the test split is the same for every labeled fraction or count, and a smaller labeled split is
-    a subset of a larger one (what a label-efficiency comparison needs).
-
-    `labeled_count` > 0: that many labeled rows in all instead of a fraction, one of each class first, then in
-    proportion to the classes of the training pool (`_count_order`): nested in the count as well.
-    `validation_fraction` > 0: the test rows are set aside ("heldout": never packed) and the next
-    round(n * validation_fraction) rows of each class become the test split, a validation split carved from the
-    training pool, for choosing a recipe without ever looking at the test split.
-    `labeled_seed` >= 0: each class's training pool is shuffled again with that seed before the labeled rows are
-    taken from it: the test and validation rows stay those of `seed`, the labeled objects change with
-    `labeled_seed` (still nested in the fraction or count).
-    """
-    _check_fractions(labeled_fraction, test_fraction, validation_fraction, labeled_count)
-    everything_labeled = labeled_count == 0 and labeled_fraction + test_fraction > 1 - 1e-9
-    rng = np.random.default_rng(seed)
-    labeled_rng = np.random.default_rng([labeled_seed, 1]) if labeled_seed >= 0 else None
-    assignment = np.full(len(classes), "unlabeled", dtype=object)
-    keep = np.ones(len(classes), dtype=bool) if exclude is None else ~exclude
-    assignment[~keep] = "duplicate"  # in no split
-    pools = {}
-    for name in sorted(set(classes.unique()) - {""}):
-        rows = np.flatnonzero((classes == name).to_numpy() & keep)
-        count = len(rows)
-        num_test = round(count * test_fraction)
-        num_validation = round(count * validation_fraction)
-        num_labeled = count - num_test if everything_labeled else round(count * labeled_fraction)
-        if labeled_count:
-            num_labeled = 1
-        if min(num_test, num_labeled, 1 if everything_labeled else count - num_test - num_labeled) < 1 or (
-                validation_fraction and (num_validation < 1 or count - num_test - num_validation - num_labeled < 1)):
-            smallest = min(labeled_fraction, test_fraction, 1 if everything_labeled else 1 - labeled_fraction
-                           - test_fraction)
-            needed = int(np.ceil(1 / smallest))
-            raise UserError(
-                f"class {name!r} has only {count} sample(s), too few to split into labeled/unlabeled/test with these "
-                f"fractions: give it about {needed}+ samples, raise the fractions, or drop the class"
-            )
-        rows = rng.permutation(rows)
-        assignment[rows[:num_test]] = "heldout" if validation_fraction else "test"
-        start = num_test
-        if validation_fraction:
-            assignment[rows[num_test : num_test + num_validation]] = "test"
-            start += num_validation
-        pools[name] = rows[start:] if labeled_rng is None else labeled_rng.permutation(rows[start:])
-        if not labeled_count:
-            assignment[pools[name][:num_labeled]] = "labeled"
-    if labeled_count:
-        assignment[_labeled_by_count(pools, labeled_count)] = "labeled"
-    return assignment
-
-
-def _check_fractions(labeled_fraction: float, test_fraction: float, validation_fraction: float,
-                     labeled_count: int) -> None:
-    if not 0 < labeled_fraction <= 1 or not 0 < test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
-        raise UserError(
-            f"--labeled-fraction {labeled_fraction} and --test-fraction {test_fraction} must each lie in (0, 1) "
-            "and sum to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
-        )
-    if not 0 <= validation_fraction < 1 - test_fraction or labeled_count < 0:
-        raise UserError(f"--validation-fraction {validation_fraction} must lie in [0, 1 - --test-fraction) and "
-                        f"--labeled-count {labeled_count} must be 0 or more")
-
-
-def _labeled_by_count(pools: dict[str, np.ndarray], labeled_count: int) -> np.ndarray:
-    """The rows labeled by `--labeled-count`: one of each class first, then by class share (`_count_order`)."""
-    order = _count_order(pools)
-    if labeled_count > len(order) - len(pools):
-        raise UserError(f"--labeled-count {labeled_count} leaves no unlabeled sample of some class (the training "
-                        f"pool holds {len(order)}): choose a smaller count or --labeled-fraction")
-    if labeled_count < len(pools):
-        raise UserError(f"--labeled-count {labeled_count} is fewer than the {len(pools)} classes: give every "
-                        "class at least one label")
-    return order[:labeled_count]
-
-
-def _count_order(pools: dict[str, np.ndarray]) -> np.ndarray:
-    """The training pool's rows in the order they get labels: the first row of every class, then the rows of all
-    classes interleaved so that any prefix holds each class in proportion to its size (the k-th row of a class of
-    n rows sits at (k + 0.5) / n). Labeled sets of growing counts are prefixes of this order, hence nested."""
-    keys, rows = [], []
-    for index, (name, pool) in enumerate(sorted(pools.items())):
-        position = (np.arange(len(pool)) + 0.5) / max(len(pool), 1)
-        position[:1] = -1.0 + index * 1e-9  # one of each class first
-        keys.append(position)
-        rows.append(pool)
-    keys, rows = np.concatenate(keys), np.concatenate(rows)
-    return rows[np.argsort(keys, kind="stable")]

@@ -64,8 +64,9 @@ def validate_manifest(path: Path, manifest) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise _invalid(path, f"format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
     classes = manifest.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(name, str) for name in classes):
-        raise _invalid(path, "'classes' must be a non-empty list of names")
+    # no classes: a catalog without any spectrum, packed for `stellar-dist select` (training refuses it)
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise _invalid(path, "'classes' must be a list of names")
     if manifest.get("encoding") not in ("png", "jpg", "u8", "npy"):
         raise _invalid(path, f"encoding {manifest.get('encoding')!r}")
     if manifest["encoding"] == "npy":
@@ -116,7 +117,10 @@ def count_members(path: Path) -> int:
 
 
 def evaluated_on(manifest: dict) -> str:
-    """What the shards' test split is: the test split, or a validation split carved from the training pool."""
+    """What the shards' test split is: the test split, a validation split carved from the training pool, or
+    "none" (packed with --test-fraction 0: every spectrum trains; evaluate elsewhere)."""
+    if not manifest["num_samples"]["test"]:
+        return "none"
     return "validation" if manifest.get("arguments", {}).get("validation_fraction") else "test"
 
 

@@ -24,7 +24,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import bands as fits_bands
-from .catalog import SPLITS, find_duplicates, read_catalog, stratified_split
+from .catalog import SPLITS, find_duplicates, read_catalog
+from .labels import join_labels
+from .splits import split_rows
 from .objids import id_type
 from .images import encode, preprocess_image
 from ..errors import UserError, sigterm_as_exit
@@ -39,8 +41,10 @@ MAX_IMAGE_SIZE = 1024  # --image-size: a shard sample of 1024 x 1024 x 5 float32
 
 @dataclass(frozen=True)
 class PackOptions:
-    labeled_fraction: float = 0.1  # fraction of each class whose label training may use
-    test_fraction: float = 0.2  # fraction of each class held out for evaluation
+    # A real catalog (both 0): every row with a class is labeled or test, every row without one unlabeled. The
+    # benchmark (either > 0): the classes of a labeled catalog are hidden except for these (data/splits.py).
+    labeled_fraction: float = 0.0  # > 0: the fraction of each class whose label training may use
+    test_fraction: float = 0.2  # fraction of each class held out for evaluation (0: no test split)
     labeled_count: int = 0  # > 0: this many labels in all (one per class first, then by class share), nested in N
     validation_fraction: float = 0.0  # > 0: the test split is a validation split of this fraction of each class,
     # carved from the training pool; the real test rows are not packed (choose recipes on these shards)
@@ -58,6 +62,8 @@ class PackOptions:
     path_column: str = "image_path"  # the catalog's column of image paths
     label_column: str = "Class"  # the catalog's column of classes (SDSS tables: "class")
     id_column: str = "objid"  # the catalog's object id column, carried into the shards (SDSS: "specObjID", ...)
+    fold: str = ""  # "I/K": the test split is fold I of K of every class's rows (cross-validation)
+    labels: str = ""  # a table of id,class joined onto the catalog by id: new spectra without editing it
 
 
 def _json_safe(value):
@@ -175,16 +181,18 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
                         "images: 0.396; 0: unknown)")
     out = Path(out)
     check_out_dir(out, overwrite, Path(catalog))
-    frame = read_catalog(catalog, {"image_path": options.path_column, "Class": options.label_column,
-                                   "objid": options.id_column})
+    columns = {"image_path": options.path_column, "Class": options.label_column, "objid": options.id_column}
+    frame = read_catalog(catalog, columns)
+    if options.labels:
+        frame = join_labels(frame, options.labels, columns)
     _check_images_outside(frame, out)
     class_names = sorted(set(frame["Class"]) - {""})
-    if len(class_names) < 2:
+    if len(class_names) == 1 or (not class_names and (options.labeled_fraction or options.labeled_count)):
         raise UserError(f"catalog {catalog} has {len(class_names) or 'no'} class{'es' if not class_names else ''} "
-                        f"{', '.join(class_names)}: a classifier needs labelled rows of at least two classes")
+                        f"{', '.join(class_names)}: a classifier needs labelled rows of at least two classes "
+                        f"(column {options.label_column!r}; name another with --label-column)")
     exclude, duplicates = find_duplicates(frame)
-    splits = stratified_split(frame["Class"], options.labeled_fraction, options.test_fraction, options.seed, exclude,
-                              options.labeled_count, options.validation_fraction, options.labeled_seed)
+    splits = split_rows(frame["Class"], options, exclude)
     pixels = fits_bands.input_pixels(frame, splits, options, catalog)
     ids = id_type(frame["objid"]) if "objid" in frame.columns else None  # predict types its objid column by it
     scale = fits_bands.packed_pixel_scale(frame["image_path"].iloc[0], options)  # figures' scale bars
@@ -222,7 +230,8 @@ def ignore_interrupts() -> None:
 def check_strict(manifest: dict, options: PackOptions) -> None:
     """Refuse a pack that would be unusable or wrong, before its manifest is written: skipped images under
     --strict, or no image at all packed in the labeled or test split (nothing to train or score on)."""
-    empty = [split for split in ("labeled", "test") if not manifest["num_samples"][split]]
+    wanted = ("labeled", "test") if options.test_fraction or options.fold else ("labeled",)
+    empty = [split for split in wanted if manifest["classes"] and not manifest["num_samples"][split]]
     if empty:
         first = manifest["skipped"][0] if manifest["skipped"] else None
         reason = f"; first unreadable: {first['image_path']}: {first['reason']}" if first else ""

@@ -1,0 +1,184 @@
+"""Spectroscopic rounds simulated on real cutouts: which objects get spectra, and how much that buys.
+
+The shared SDSS cutouts' classes are the oracle. One fixed test split (20% of each class, seed 0) and one
+validation split (10% of each class of the rest) are set aside; the other 70% are the pool a user could choose
+from, all classes hidden. Each selection rule picks N objects of the pool, their classes are revealed, a classifier
+is trained on them, and macro-F1 / QSO F1 are measured on validation (to choose a rule) and test (to report it).
+
+    python bench/selection.py features --catalog ../shared/sdss_dr16/catalog.csv --out runs/selection
+    python bench/selection.py cheap --out runs/selection                  # every rule x budget x draw, seconds
+    python bench/selection_cnn.py --out runs/selection --rules stratified,typical --budgets 30,100
+    python bench/selection.py report --out runs/selection                 # table.md + selection.png
+
+`features`: the photometric numbers `stellar-dist select` clusters (stellar_dist/selection/photometry.py), of
+every cutout at 64 px, and the fixed splits. `cheap`: a logistic regression on those numbers as the classifier
+(seconds a run: every rule, budgets 30 / 100 / 300, 3 draws, and the rounds 30 -> 100 -> 300). `cnn`: the
+project's network on the same picks (pack --labels, train the supervised baseline or the recipe, predict the
+validation and test catalogs): minutes a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stellar_dist.selection import choose  # noqa: E402
+from stellar_dist.selection.photometry import measure, standardize  # noqa: E402
+
+BUDGETS = (30, 100, 300)
+DRAWS = (0, 1, 2)
+CLASSES = ("GALAXY", "QSO", "STAR")
+
+
+def make_features(catalog: Path, out: Path, size: int = 64) -> None:
+    import torch
+    from concurrent.futures import ProcessPoolExecutor
+
+    from stellar_dist.data.images import preprocess_image
+
+    frame = pd.read_csv(catalog, dtype=str)
+    paths = [str(catalog.parent / path) for path in frame["image_path"]]
+    with ProcessPoolExecutor(2) as pool:
+        images = np.stack(list(pool.map(preprocess_image, paths, [size] * len(paths), ["resize"] * len(paths),
+                                        chunksize=256)))
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    raw = torch.cat([measure(batch[start : start + 2048]) for start in range(0, len(batch), 2048)])
+    features = standardize(raw).numpy()
+    rng = np.random.default_rng(0)
+    split = np.full(len(frame), "pool", dtype=object)
+    for name in CLASSES:  # test 20% of each class, validation 10% of the rest
+        rows = rng.permutation(np.flatnonzero(frame["Class"].to_numpy() == name))
+        num_test = round(len(rows) * 0.2)
+        split[rows[:num_test]] = "test"
+        split[rows[num_test : num_test + round((len(rows) - num_test) * 0.1)]] = "validation"
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "features.npz", features=features, split=split.astype(str),
+             label=np.array([CLASSES.index(c) for c in frame["Class"]]), objid=frame["objid"].to_numpy().astype(str),
+             image_path=np.array(paths))
+    print(f"{len(frame)} cutouts, {features.shape[1]} numbers each -> {out / 'features.npz'}")
+
+
+def stratified(labels: np.ndarray, pool: np.ndarray, budget: int, seed: int) -> np.ndarray:
+    """Random within each class, in proportion (at least one each): the reference a user cannot run."""
+    rng = np.random.default_rng(seed)
+    rows = np.flatnonzero(pool)
+    counts = np.array([(labels[rows] == c).sum() for c in range(len(CLASSES))])
+    take = np.maximum(1, np.round(budget * counts / counts.sum()).astype(int))
+    take[np.argmax(take)] += budget - take.sum()
+    return np.concatenate([rng.choice(rows[labels[rows] == c], t, replace=False) for c, t in enumerate(take)])
+
+
+def pick(rule: str, data: dict, budget: int, seed: int, labeled: np.ndarray | None = None,
+         probabilities: np.ndarray | None = None) -> np.ndarray:
+    pool = data["split"] == "pool"
+    features = data["features"]
+    held = np.zeros(len(features), dtype=bool) if labeled is None else labeled
+    if rule == "stratified":
+        return stratified(data["label"], pool & ~held, budget, seed)
+    if rule == "random":
+        return choose.at_random(len(features), held, budget, seed, eligible=pool).rows
+    # the pool and the validation rows are the unlabeled images a user holds; test rows never shape a choice
+    shaping = data["split"] != "test"
+    index = np.flatnonzero(shaping)
+    if rule == "typical":
+        choice = choose.typical(features[index], held[index], budget, seed, eligible=pool[index])
+    elif rule == "covering":
+        choice = choose.covering(features[index], held[index], budget, seed, eligible=pool[index])
+    elif rule == "uncertain":
+        choice = choose.uncertain(features[index], probabilities[index], held[index], budget, seed,
+                                  eligible=pool[index])
+    else:
+        raise SystemExit(f"unknown rule {rule}")
+    return index[choice.rows]
+
+
+def fit_cheap(data: dict, rows: np.ndarray):
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(max_iter=2000, C=1.0)
+    return model.fit(data["features"][rows], data["label"][rows])
+
+
+def score(data: dict, model, where: str) -> dict:
+    from sklearn.metrics import f1_score
+
+    mask = data["split"] == where
+    predicted = model.predict(data["features"][mask])
+    per_class = f1_score(data["label"][mask], predicted, labels=[0, 1, 2], average=None, zero_division=0)
+    return {"macro_f1": float(per_class.mean()), "qso_f1": float(per_class[1])}
+
+
+def cheap(out: Path) -> None:
+    data = dict(np.load(out / "features.npz", allow_pickle=False))
+    results = []
+    for draw in DRAWS:
+        for budget in BUDGETS:
+            for rule in ("random", "stratified", "typical", "covering"):
+                started = time.perf_counter()
+                rows = pick(rule, data, budget, draw)
+                results.append(_row(data, rule, budget, draw, rows, started))
+        for warm in ("typical", "uncertain"):  # rounds 30 -> 100 -> 300: the first cold, then `warm`
+            rows = pick("typical", data, 30, draw)
+            for budget in (100, 300):
+                labeled = np.zeros(len(data["label"]), dtype=bool)
+                labeled[rows] = True
+                started = time.perf_counter()
+                probabilities = fit_cheap(data, rows).predict_proba(data["features"])
+                rows = np.concatenate([rows, pick(warm, data, budget - len(rows), draw, labeled, probabilities)])
+                results.append(_row(data, f"rounds typical->{warm}", budget, draw, rows, started))
+        print(f"draw {draw} done", flush=True)
+    (out / "cheap.json").write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def _row(data, rule, budget, draw, rows, started) -> dict:
+    assert len(np.unique(rows)) == len(rows) == budget and (data["split"][rows] == "pool").all()
+    model = fit_cheap(data, rows)
+    counts = np.bincount(data["label"][rows], minlength=3).tolist()
+    return {"rule": rule, "budget": budget, "draw": draw, "classes_chosen": counts,
+            "validation": score(data, model, "validation"), "test": score(data, model, "test"),
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def table(results: list[dict]) -> str:
+    frame = pd.DataFrame([{"rule": r["rule"], "budget": r["budget"], "val": r["validation"]["macro_f1"],
+                           "test": r["test"]["macro_f1"], "qso": r["test"]["qso_f1"],
+                           "qso_chosen": r["classes_chosen"][1], "model": r.get("model", "logistic")}
+                          for r in results])
+    lines = ["| classifier | rule | spectra | val macro-F1 | test macro-F1 | test QSO F1 | QSOs among chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for (model, rule, budget), group in frame.groupby(["model", "rule", "budget"], sort=True):
+        cell = lambda column: f"{group[column].mean():.3f} ± {group[column].std(ddof=0):.3f}"  # noqa: E731
+        lines.append(f"| {model} | {rule} | {budget} | {cell('val')} | {cell('test')} | {cell('qso')} | "
+                     f"{group['qso_chosen'].mean():.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["features", "cheap", "report"])
+    parser.add_argument("--catalog", type=Path, default=REPO.parent / "shared/sdss_dr16/catalog.csv")
+    parser.add_argument("--out", type=Path, default=REPO / "runs/selection")
+    args = parser.parse_args()
+    if args.step == "features":
+        make_features(args.catalog, args.out)
+    elif args.step == "cheap":
+        cheap(args.out)
+    else:
+        results = json.loads((args.out / "cheap.json").read_text())
+        if (args.out / "cnn.json").is_file():
+            results += json.loads((args.out / "cnn.json").read_text())
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()

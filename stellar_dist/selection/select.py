@@ -1,0 +1,132 @@
+"""`stellar-dist select`: which unlabeled objects to get spectra for next.
+
+    stellar-dist select --shards data/shards --budget 50 --out targets.csv               # cold start: no model
+    stellar-dist select --shards data/shards --budget 50 --out targets.csv --model runs/mine   # warm start
+
+Candidates are the shards' unlabeled objects (never one with a spectrum; the test split is never read). Cold
+start clusters the photometric numbers measured on the images (photometry.py) and takes the most typical object
+of each cluster no spectrum covers yet (TypiClust). Warm start uses the trained model's features and
+probabilities: in each of `budget` clusters the object the model is least sure of. `--rule` overrides the choice
+(typical, uncertain, random). Writes OUT (csv / parquet / fits: rank, id, objid, image_path, cluster, score,
+rule) and OUT's name with `.png`: the chosen cutouts by cluster. What the rules buy, measured on real cutouts:
+bench/RESULTS.md ("Choosing the spectra").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from ..files import atomic_path
+from ..outputs import OutputLock
+from . import choose
+
+RULES = ("auto", "typical", "uncertain", "random")
+FORMATS = (".csv", ".parquet", ".fits")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--shards", required=True, help="packed shards: candidates are their unlabeled objects")
+    parser.add_argument("--budget", type=int, required=True, help="how many objects to choose (spectra you can get)")
+    parser.add_argument("--out", required=True, help="targets file: .csv, .parquet or .fits (+ a .png figure)")
+    parser.add_argument("--model", help="a trained run, model or checkpoint folder: warm start from its features")
+    parser.add_argument("--rule", choices=RULES, default="auto", help="auto (default): typical without a model, "
+                        "uncertain with one")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the clustering (default 0)")
+    parser.add_argument("--workers", type=int, default=2, help="processes decoding images")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser
+
+
+def _check(args, manifest: dict) -> None:
+    out = Path(args.out)
+    if out.suffix.lower() not in FORMATS:
+        raise UserError(f"--out {out} must end in {', '.join(FORMATS)}")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--out {out} exists: choose a new name or pass --overwrite")
+    if not 1 <= args.budget <= manifest["num_samples"]["unlabeled"]:
+        raise UserError(f"--budget {args.budget} must lie in [1, {manifest['num_samples']['unlabeled']}] (the "
+                        f"unlabeled objects of {args.shards})")
+    if args.rule == "uncertain" and not args.model:
+        raise UserError("--rule uncertain needs a trained model's probabilities: pass --model RUN")
+
+
+def _model(path: str, manifest: dict):
+    from ..inference.model_folder import load_model
+
+    model, description = load_model(path)
+    for key in ("image_size", "encoding", "preprocess"):
+        if description.get(key) != manifest.get(key):
+            raise UserError(f"--model {path} was trained on {key} {description.get(key)!r}, the shards hold "
+                            f"{manifest.get(key)!r}: select on shards packed like the model's")
+    return model
+
+
+def choose_rows(rows, rule: str, budget: int, seed: int) -> choose.Choice:
+    """The rule applied to the collected rows (labeled rows are never chosen)."""
+    if rule == "random":
+        return choose.at_random(len(rows.ids), rows.labeled, budget, seed)
+    if rule == "uncertain":
+        return choose.uncertain(rows.features, rows.probabilities, rows.labeled, budget, seed)
+    return choose.typical(rows.features, rows.labeled, budget, seed)
+
+
+def _targets(rows, picked: choose.Choice, rule: str, shards_dir: str) -> pd.DataFrame:
+    from ..data.streams import read_some
+
+    ids = rows.ids[picked.rows]
+    wanted: dict[str, set[int]] = {"unlabeled": set(rows.shards[picked.rows].tolist())}
+    records = {key: json.loads(raw["json"]) for key, raw in read_some(shards_dir, wanted, set(ids.tolist())).items()}
+    objids = [records[int(i)].get("meta", {}).get("objid") for i in ids]
+    return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "id": ids,
+                         "objid": ["" if value is None else str(value) for value in objids],
+                         "image_path": [records[int(i)]["source"] for i in ids], "cluster": picked.cluster,
+                         "score": np.round(picked.score, 6), "rule": rule})
+
+
+def write_targets(frame: pd.DataFrame, out: Path) -> None:
+    with atomic_path(out) as temporary:
+        suffix = out.suffix.lower()
+        if suffix == ".csv":
+            frame.to_csv(temporary, index=False)
+        elif suffix == ".parquet":
+            frame.to_parquet(temporary, index=False)
+        else:
+            from astropy.table import Table
+
+            Table.from_pandas(frame).write(temporary, format="fits")
+
+
+def select(args) -> pd.DataFrame:
+    from ..data.manifest import check_shards, load_manifest
+    from .features import collect
+    from .figure import plot_targets
+
+    manifest = load_manifest(args.shards)
+    check_shards(args.shards, manifest)
+    _check(args, manifest)
+    model = _model(args.model, manifest) if args.model else None
+    rule = args.rule if args.rule != "auto" else ("uncertain" if model is not None else "typical")
+    out = Path(args.out)
+    with OutputLock(out, "stellar-dist select"):
+        rows = collect(args.shards, manifest, model, workers=args.workers)
+        candidates = int((~rows.labeled).sum())
+        if args.budget > candidates:
+            raise UserError(f"--budget {args.budget} exceeds the {candidates} readable unlabeled objects")
+        picked = choose_rows(rows, rule, args.budget, args.seed)
+        frame = _targets(rows, picked, rule, args.shards)
+        write_targets(frame, out)
+        shard_of = dict(zip(rows.ids[picked.rows].tolist(), rows.shards[picked.rows].tolist()))
+        figure = plot_targets(frame, shard_of, args.shards, manifest, out.with_suffix(".png"))
+    print(f"chose {len(frame)} of {candidates} unlabeled objects ({int(rows.labeled.sum())} with spectra) by "
+          f"{rule}; wrote {out} and {figure}")
+    return frame
+
+
+def run(args) -> None:
+    select(args)
