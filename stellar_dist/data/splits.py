@@ -81,7 +81,7 @@ def _check_fractions(labeled_fraction: float, test_fraction: float, validation_f
     if not 0 < labeled_fraction <= 1 or not 0 <= test_fraction < 1 or labeled_fraction + test_fraction > 1 + 1e-9:
         raise UserError(
             f"--labeled-fraction {labeled_fraction} must lie in (0, 1] and --test-fraction {test_fraction} in "
-            "[0, 1), summing to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
+            "[0, 1), and the two sum to at most 1 (exactly 1: every training sample labeled, no unlabeled split)"
         )
     if not 0 <= validation_fraction < 1 - test_fraction or labeled_count < 0:
         raise UserError(f"--validation-fraction {validation_fraction} must lie in [0, 1 - --test-fraction) and "
