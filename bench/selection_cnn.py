@@ -3,6 +3,8 @@
     python bench/selection_cnn.py --out runs/selection --rules stratified,typical,random --budgets 30,100 \
         --algorithm supervised
 
+Rule "rounds" (budgets 100 and 300) is the loop a user runs: the network trained on the previous round (30 cold
+TypiClust picks, then 100) chooses the next objects with `stellar-dist select --model` on that round's shards.
 Per rule, budget and draw: the pool catalog with every class hidden, the picks' classes joined with
 `pack --labels` (`--test-fraction 0`: the fixed test and validation objects are never in the shards), the CPU
 recipe trained (`--algorithm supervised`: its baseline line), then `stellar-dist predict` on the validation and
@@ -49,7 +51,8 @@ def one_run(data: dict, out: Path, rule: str, budget: int, draw: int, algorithm:
         return json.loads((folder / "result.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = pick(rule, data, budget, draw)
+    rows = round_rows(data, out, folder, budget, draw, algorithm) if rule == "rounds" else \
+        pick(rule, data, budget, draw)
     pd.DataFrame({"objid": data["objid"][rows], "Class": np.array(CLASSES)[data["label"][rows]]}).to_csv(
         folder / "labels.csv", index=False)
     shards = folder / "shards"
@@ -70,6 +73,22 @@ def one_run(data: dict, out: Path, rule: str, budget: int, draw: int, algorithm:
     return result
 
 
+def round_rows(data: dict, out: Path, folder: Path, budget: int, draw: int, algorithm: str) -> np.ndarray:
+    """The previous round's spectra plus what `stellar-dist select --model` picks with the previous round's
+    network, on the previous round's shards (its unlabeled split is the pool minus what has spectra)."""
+    previous = {100: 30, 300: 100}[budget]
+    previous_rule = "typical" if previous == 30 else "rounds"
+    one_run(data, out, previous_rule, previous, draw, algorithm)
+    before = out / "cnn" / f"{previous_rule}_{previous}_{algorithm}_{draw}"
+    subprocess.run(["stellar-dist", "select", "--shards", str(before / "shards"), "--budget", str(budget - previous),
+                    "--model", str(before / "run"), "--out", str(folder / "targets.csv"), "--seed", str(draw),
+                    "--overwrite"], check=True, capture_output=True)
+    row_of = {objid: row for row, objid in enumerate(data["objid"])}
+    held = pd.read_csv(before / "labels.csv", dtype=str)["objid"]
+    chosen = pd.read_csv(folder / "targets.csv", dtype=str)["objid"]
+    return np.array([row_of[objid] for objid in [*held, *chosen]])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs/selection")
@@ -85,6 +104,8 @@ def main() -> None:
     for draw in map(int, args.draws.split(",")):
         for budget in map(int, args.budgets.split(",")):
             for rule in args.rules.split(","):
+                if rule == "rounds" and budget not in (100, 300) or rule == "typical" and budget != 30:
+                    continue
                 result = one_run(data, args.out, rule, budget, draw, args.algorithm)
                 results = [r for r in results if (r["rule"], r["budget"], r["draw"], r["model"]) !=
                            (rule, budget, draw, result["model"])] + [result]

@@ -173,3 +173,23 @@ def test_folds_report_pools_every_test_object(tmp_path):
     assert metrics["accuracy"] == 0.75 and metrics["folds"] == 2 and "every spectrum tested once" in result.stdout
     line = one_line_error(run_cli("evaluate", "--folds", str(tmp_path / "f1"), str(tmp_path / "f1"), check=False))
     assert "in the test split of two runs" in line
+
+
+def test_two_ranks_choose_what_one_rank_chooses(sim_shards, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from test_ddp import free_port
+
+    run_cli("select", "--shards", str(sim_shards), "--budget", "9", "--out", str(tmp_path / "one.csv"),
+            "--workers", "1")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
+               "-m", "stellar_dist.selection.select", "--shards", str(sim_shards), "--budget", "9", "--out",
+               str(tmp_path / "two.csv"), "--workers", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("chose 9 of") == 1  # rank 0 alone writes and reports
+    one, two = pd.read_csv(tmp_path / "one.csv", dtype=str), pd.read_csv(tmp_path / "two.csv", dtype=str)
+    assert one[["rank", "id", "objid", "cluster"]].equals(two[["rank", "id", "objid", "cluster"]])

@@ -28,6 +28,8 @@ NEIGHBOURS = 20  # TypiClust's k for typicality
 MIN_CLUSTER = 5  # clusters smaller than this are outliers, not regions (TypiClust skips them)
 TYPICALITY_SAMPLE = 2000  # typicality of a cluster's members measured among at most this many of them
 FIT_SAMPLE = 200_000  # k-means fits on at most this many rows (a seeded random sample), then assigns every row
+MAX_CLUSTERS = 500  # TypiClust's k = labels held + budget, capped here (but never below the budget): a catalog with
+# 10^5 spectra would otherwise ask k-means for 10^5 clusters; past the cap, picks go to the clusters with fewest labels
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def typical(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
     """TypiClust: see the module docstring."""
     candidates = _candidates(len(features), labeled, eligible)
     _check_budget(budget, candidates)
-    assignment = cluster(features, int(labeled.sum()) + budget, seed)
+    assignment = cluster(features, max(budget, min(int(labeled.sum()) + budget, MAX_CLUSTERS)), seed)
     k = int(assignment.max()) + 1
     sizes = np.bincount(assignment, minlength=k)
     held = np.bincount(assignment[labeled], minlength=k).astype(np.int64)

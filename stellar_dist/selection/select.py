@@ -2,6 +2,8 @@
 
     stellar-dist select --shards data/shards --budget 50 --out targets.csv               # cold start: no model
     stellar-dist select --shards data/shards --budget 50 --out targets.csv --model runs/mine   # warm start
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.selection.select \
+        --shards data/shards --budget 50 --out targets.parquet --model runs/mine     # every rank reads a share
 
 Candidates are the shards' unlabeled objects (never one with a spectrum; the test split is never read). Cold
 start clusters the photometric numbers measured on the images (photometry.py) and takes the most typical object
@@ -56,10 +58,10 @@ def _check(args, manifest: dict) -> None:
         raise UserError("--rule uncertain needs a trained model's probabilities: pass --model RUN")
 
 
-def _model(path: str, manifest: dict):
+def _model(path: str, manifest: dict, device):
     from ..inference.model_folder import load_model
 
-    model, description = load_model(path)
+    model, description = load_model(path, device)
     for key in ("image_size", "encoding", "preprocess"):
         if description.get(key) != manifest.get(key):
             raise UserError(f"--model {path} was trained on {key} {description.get(key)!r}, the shards hold "
@@ -102,27 +104,49 @@ def write_targets(frame: pd.DataFrame, out: Path) -> None:
             Table.from_pandas(frame).write(temporary, format="fits")
 
 
-def select(args) -> pd.DataFrame:
-    from ..data.manifest import check_shards, load_manifest
-    from .features import collect
-    from .figure import plot_targets
+def select(args) -> pd.DataFrame | None:
+    """Every rank reads its share of the shards; rank 0 chooses and writes (returns the targets there)."""
+    import torch
+    from accelerate import PartialState
 
+    from .. import dist
+    from ..data.manifest import check_shards, load_manifest
+    from ..errors import raise_if_any
+    from .features import collect
+
+    device = PartialState(cpu=not torch.cuda.is_available()).device  # starts the process group when launched
     manifest = load_manifest(args.shards)
     check_shards(args.shards, manifest)
     _check(args, manifest)
-    model = _model(args.model, manifest) if args.model else None
+    model = _model(args.model, manifest, device) if args.model else None
     rule = args.rule if args.rule != "auto" else ("uncertain" if model is not None else "typical")
+    lock, refusal = None, None
+    if dist.is_main():
+        try:
+            lock = OutputLock(Path(args.out), "stellar-dist select")
+        except UserError as error:
+            refusal = str(error)
+    raise_if_any(refusal)
+    try:
+        rows = collect(args.shards, manifest, model, workers=args.workers, device=device)
+        return _choose_and_write(args, rows, rule, manifest) if dist.is_main() else None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _choose_and_write(args, rows, rule: str, manifest: dict) -> pd.DataFrame:
+    from .figure import plot_targets
+
     out = Path(args.out)
-    with OutputLock(out, "stellar-dist select"):
-        rows = collect(args.shards, manifest, model, workers=args.workers)
-        candidates = int((~rows.labeled).sum())
-        if args.budget > candidates:
-            raise UserError(f"--budget {args.budget} exceeds the {candidates} readable unlabeled objects")
-        picked = choose_rows(rows, rule, args.budget, args.seed)
-        frame = _targets(rows, picked, rule, args.shards)
-        write_targets(frame, out)
-        shard_of = dict(zip(rows.ids[picked.rows].tolist(), rows.shards[picked.rows].tolist()))
-        figure = plot_targets(frame, shard_of, args.shards, manifest, out.with_suffix(".png"))
+    candidates = int((~rows.labeled).sum())
+    if args.budget > candidates:
+        raise UserError(f"--budget {args.budget} exceeds the {candidates} readable unlabeled objects")
+    picked = choose_rows(rows, rule, args.budget, args.seed)
+    frame = _targets(rows, picked, rule, args.shards)
+    write_targets(frame, out)
+    shard_of = dict(zip(rows.ids[picked.rows].tolist(), rows.shards[picked.rows].tolist()))
+    figure = plot_targets(frame, shard_of, args.shards, manifest, out.with_suffix(".png"))
     print(f"chose {len(frame)} of {candidates} unlabeled objects ({int(rows.labeled.sum())} with spectra) by "
           f"{rule}; wrote {out} and {figure}")
     return frame
@@ -130,3 +154,13 @@ def select(args) -> pd.DataFrame:
 
 def run(args) -> None:
     select(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..errors import run_module
+
+    run_module(__doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    main()
