@@ -8,7 +8,7 @@ is trained on them, and macro-F1 / QSO F1 are measured on validation (to choose 
     python bench/selection.py features --catalog ../shared/sdss_dr16/catalog.csv --out runs/selection
     python bench/selection.py cheap --out runs/selection                  # every rule x budget x draw, seconds
     python bench/selection_cnn.py --out runs/selection --rules stratified,typical --budgets 30,100
-    python bench/selection.py report --out runs/selection                 # table.md + selection.png
+    python bench/selection.py report --out runs/selection     # OUT/table.md + OUT/selection.png
 
 `features`: the photometric numbers `stellar-dist select` clusters (stellar_dist/selection/photometry.py), of
 every cutout at 64 px, and the fixed splits. `cheap`: a logistic regression on those numbers as the classifier
@@ -79,8 +79,10 @@ def stratified(labels: np.ndarray, pool: np.ndarray, budget: int, seed: int) -> 
 
 def pick(rule: str, data: dict, budget: int, seed: int, labeled: np.ndarray | None = None,
          probabilities: np.ndarray | None = None) -> np.ndarray:
+    """`data["space"]`, when present, is what the rule clusters (e.g. a network's embeddings); the classifier
+    always reads data["features"]."""
     pool = data["split"] == "pool"
-    features = data["features"]
+    features = data.get("space", data["features"])
     held = np.zeros(len(features), dtype=bool) if labeled is None else labeled
     if rule == "stratified":
         return stratified(data["label"], pool & ~held, budget, seed)
@@ -117,16 +119,26 @@ def score(data: dict, model, where: str) -> dict:
     return {"macro_f1": float(per_class.mean()), "qso_f1": float(per_class[1])}
 
 
-def cheap(out: Path) -> None:
+def cheap(out: Path, space: Path | None = None) -> None:
+    """Every rule x budget x draw with the logistic regression; `space`: cluster a network's embeddings (a .npy
+    in features.npz's row order, from `stellar-dist predict --embeddings`) instead of the photometric numbers."""
     data = dict(np.load(out / "features.npz", allow_pickle=False))
+    rules = ("random", "stratified", "typical", "covering")
+    if space is not None:
+        from stellar_dist.selection.features import whiten
+
+        embeddings = np.nan_to_num(np.load(space).astype(np.float32))
+        data["space"] = whiten(embeddings)
+        rules = ("typical",)
     results = []
     for draw in DRAWS:
         for budget in BUDGETS:
-            for rule in ("random", "stratified", "typical", "covering"):
+            for rule in rules:
                 started = time.perf_counter()
                 rows = pick(rule, data, budget, draw)
-                results.append(_row(data, rule, budget, draw, rows, started))
-        for warm in ("typical", "uncertain"):  # rounds 30 -> 100 -> 300: the first cold, then `warm`
+                results.append(_row(data, rule if space is None else f"{rule} on {space.stem}", budget, draw,
+                                    rows, started))
+        for warm in ("typical", "uncertain") if space is None else ():  # rounds 30 -> 100 -> 300: the first cold, then `warm`
             rows = pick("typical", data, 30, draw)
             for budget in (100, 300):
                 labeled = np.zeros(len(data["label"]), dtype=bool)
@@ -136,7 +148,7 @@ def cheap(out: Path) -> None:
                 rows = np.concatenate([rows, pick(warm, data, budget - len(rows), draw, labeled, probabilities)])
                 results.append(_row(data, f"rounds typical->{warm}", budget, draw, rows, started))
         print(f"draw {draw} done", flush=True)
-    (out / "cheap.json").write_text(json.dumps(results, indent=1))
+    (out / ("cheap.json" if space is None else f"cheap_{space.stem}.json")).write_text(json.dumps(results, indent=1))
     print(table(results))
 
 
@@ -163,21 +175,55 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list[dict], path: Path) -> Path:
+    """Test macro-F1 and QSO F1 against the number of spectra, one line per classifier and rule (mean, std bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame([{"model": r.get("model", "logistic"), "rule": r["rule"], "budget": r["budget"],
+                           "macro": r["test"]["macro_f1"], "qso": r["test"]["qso_f1"]} for r in results])
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (model, rule), group in frame.groupby(["model", "rule"]):
+        if rule == "covering":
+            continue
+        stats = group.groupby("budget")[["macro", "qso"]].agg(["mean", "std"]).fillna(0)
+        style = "-" if model == "logistic" else "--"
+        for axis, column in zip(axes, ("macro", "qso")):
+            axis.errorbar(stats.index, stats[(column, "mean")], yerr=stats[(column, "std")], linestyle=style,
+                          marker="o", capsize=3, label=f"{model}: {rule}")
+    for axis, title in zip(axes, ("test macro-F1", "test QSO F1")):
+        axis.set_xscale("log")
+        axis.set_xticks(list(BUDGETS), [str(budget) for budget in BUDGETS])
+        axis.set_xlabel("spectra (labeled objects)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    figure.suptitle("Which objects get spectra: 20,000 real SDSS cutouts, fixed test split, mean ± std over draws")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["features", "cheap", "report"])
     parser.add_argument("--catalog", type=Path, default=REPO.parent / "shared/sdss_dr16/catalog.csv")
     parser.add_argument("--out", type=Path, default=REPO / "runs/selection")
+    parser.add_argument("--space", type=Path, help="cheap: cluster these embeddings (.npy) instead")
     args = parser.parse_args()
     if args.step == "features":
         make_features(args.catalog, args.out)
     elif args.step == "cheap":
-        cheap(args.out)
+        cheap(args.out, args.space)
     else:
-        results = json.loads((args.out / "cheap.json").read_text())
+        results = [row for path in sorted(args.out.glob("cheap*.json")) for row in json.loads(path.read_text())]
         if (args.out / "cnn.json").is_file():
             results += json.loads((args.out / "cnn.json").read_text())
+        (args.out / "table.md").write_text(table(results) + "\n")
         print(table(results))
+        print(f"wrote {args.out / 'table.md'} and {plot(results, args.out / 'selection.png')}")
 
 
 if __name__ == "__main__":

@@ -39,9 +39,8 @@ class Choice:
     score: np.ndarray  # float64, what chose it: typicality, coverage gain, 1 - margin, or 0 for random
 
 
-def _candidates(num_rows: int, labeled: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
-    allowed = ~labeled if eligible is None else (eligible & ~labeled)
-    return allowed
+def _candidates(labeled: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
+    return ~labeled if eligible is None else (eligible & ~labeled)
 
 
 def _check_budget(budget: int, candidates: np.ndarray) -> None:
@@ -88,7 +87,7 @@ def _ranked_members(features, members, candidates, rng) -> tuple[np.ndarray, np.
 def typical(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
             eligible: np.ndarray | None = None) -> Choice:
     """TypiClust: see the module docstring."""
-    candidates = _candidates(len(features), labeled, eligible)
+    candidates = _candidates(labeled, eligible)
     _check_budget(budget, candidates)
     assignment = cluster(features, max(budget, min(int(labeled.sum()) + budget, MAX_CLUSTERS)), seed)
     k = int(assignment.max()) + 1
@@ -122,7 +121,7 @@ def typical(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
 def uncertain(features: np.ndarray, probabilities: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
               eligible: np.ndarray | None = None) -> Choice:
     """Smallest margin per cluster, `budget` clusters, largest first: see the module docstring."""
-    candidates = _candidates(len(features), labeled, eligible)
+    candidates = _candidates(labeled, eligible)
     _check_budget(budget, candidates)
     top = np.sort(probabilities, axis=1)[:, -2:]
     doubt = 1.0 - (top[:, 1] - top[:, 0])  # 1: a coin toss between two classes
@@ -146,7 +145,7 @@ def uncertain(features: np.ndarray, probabilities: np.ndarray, labeled: np.ndarr
 
 def at_random(num_rows: int, labeled: np.ndarray, budget: int, seed: int,
               eligible: np.ndarray | None = None) -> Choice:
-    candidates = _candidates(num_rows, labeled, eligible)
+    candidates = _candidates(labeled, eligible)
     _check_budget(budget, candidates)
     rows = np.random.default_rng(seed).choice(np.flatnonzero(candidates), budget, replace=False)
     return Choice(rows.astype(np.int64), np.full(budget, -1, dtype=np.int64), np.zeros(budget))
@@ -157,7 +156,7 @@ def covering(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
     """ProbCover on at most FIT_SAMPLE rows (greedy max coverage of delta-balls): see the module docstring."""
     from sklearn.neighbors import NearestNeighbors
 
-    candidates = _candidates(len(features), labeled, eligible)
+    candidates = _candidates(labeled, eligible)
     _check_budget(budget, candidates)
     rng = np.random.default_rng(seed)
     sample = np.arange(len(features)) if len(features) <= 20_000 else np.sort(

@@ -51,6 +51,9 @@ def _check(args, manifest: dict) -> None:
         raise UserError(f"--out {out} must end in {', '.join(FORMATS)}")
     if out.exists() and not args.overwrite:
         raise UserError(f"--out {out} exists: choose a new name or pass --overwrite")
+    if not manifest["num_samples"]["unlabeled"]:
+        raise UserError(f"{args.shards} holds no unlabeled object to choose from: pack a catalog whose rows "
+                        "without a spectrum have an empty class")
     if not 1 <= args.budget <= manifest["num_samples"]["unlabeled"]:
         raise UserError(f"--budget {args.budget} must lie in [1, {manifest['num_samples']['unlabeled']}] (the "
                         f"unlabeled objects of {args.shards})")
