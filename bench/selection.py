@@ -181,6 +181,7 @@ def plot(results: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     frame = pd.DataFrame([{"model": r.get("model", "logistic"), "rule": r["rule"], "budget": r["budget"],
                            "macro": r["test"]["macro_f1"], "qso": r["test"]["qso_f1"]} for r in results])
@@ -196,6 +197,7 @@ def plot(results: list[dict], path: Path) -> Path:
     for axis, title in zip(axes, ("test macro-F1", "test QSO F1")):
         axis.set_xscale("log")
         axis.set_xticks(list(BUDGETS), [str(budget) for budget in BUDGETS])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("spectra (labeled objects)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
