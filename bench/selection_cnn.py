@@ -9,6 +9,8 @@ Per rule, budget and draw: the pool catalog with every class hidden, the picks' 
 `pack --labels` (`--test-fraction 0`: the fixed test and validation objects are never in the shards), the CPU
 recipe trained (`--algorithm supervised`: its baseline line), then `stellar-dist predict` on the validation and
 test catalogs and macro-F1 / QSO F1 measured against their classes. Finished runs are kept and skipped.
+`--algorithm softmatch` (the recipe) trains on the very objects the supervised runs of the same rule, budget and
+draw were given: SSL against supervised on the same chosen labels.
 Writes OUT/cnn.json; `python bench/selection.py report --out OUT` tabulates it with the cheap rows.
 """
 
@@ -51,8 +53,13 @@ def one_run(data: dict, out: Path, rule: str, budget: int, draw: int, algorithm:
         return json.loads((folder / "result.json").read_text())
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows = round_rows(data, out, folder, budget, draw, algorithm) if rule == "rounds" else \
-        pick(rule, data, budget, draw)
+    same_picks = out / "cnn" / f"{rule}_{budget}_supervised_{draw}" / "labels.csv"
+    if algorithm != "supervised" and same_picks.is_file():  # another algorithm on the very objects chosen
+        row_of = {objid: row for row, objid in enumerate(data["objid"])}
+        rows = np.array([row_of[objid] for objid in pd.read_csv(same_picks, dtype=str)["objid"]])
+    else:
+        rows = round_rows(data, out, folder, budget, draw, algorithm) if rule == "rounds" else \
+            pick(rule, data, budget, draw)
     pd.DataFrame({"objid": data["objid"][rows], "Class": np.array(CLASSES)[data["label"][rows]]}).to_csv(
         folder / "labels.csv", index=False)
     shards = folder / "shards"
