@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -94,13 +95,59 @@ def pick(rule: str, data: dict, budget: int, seed: int, labeled: np.ndarray | No
     if rule == "typical":
         choice = choose.typical(features[index], held[index], budget, seed, eligible=pool[index])
     elif rule == "covering":
-        choice = choose.covering(features[index], held[index], budget, seed, eligible=pool[index])
+        choice = covering(features[index], held[index], budget, seed, eligible=pool[index])
     elif rule == "uncertain":
         choice = choose.uncertain(features[index], probabilities[index], held[index], budget, seed,
                                   eligible=pool[index])
     else:
         raise SystemExit(f"unknown rule {rule}")
     return index[choice.rows]
+
+
+def covering(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
+             eligible: np.ndarray | None = None, purity: float = 0.95) -> choose.Choice:
+    """ProbCover (Yehuda et al., NeurIPS 2022), measured and rejected (it is not in `select`): balls of radius
+    delta (the largest radius whose balls stay mostly inside one k-means cluster) around every object of at most
+    20,000 rows; greedily the object whose ball covers the most objects no label covers yet."""
+    from sklearn.neighbors import NearestNeighbors
+
+    candidates = ~labeled if eligible is None else (eligible & ~labeled)
+    rng = np.random.default_rng(seed)
+    sample = np.arange(len(features)) if len(features) <= 20_000 else np.sort(
+        np.concatenate([np.flatnonzero(labeled), rng.choice(len(features), 20_000, replace=False)]))
+    sample = np.unique(sample)
+    points = np.ascontiguousarray(features[sample], dtype=np.float32)
+    delta = _purest_radius(points, seed, purity)
+    graph = NearestNeighbors(radius=delta).fit(points).radius_neighbors(points, return_distance=False)
+    covered = np.zeros(len(sample), dtype=bool)
+    for index in np.flatnonzero(labeled[sample]):
+        covered[graph[index]] = True
+    allowed = candidates[sample].copy()
+    rows, scores = [], []
+    for _ in range(budget):
+        gains = np.array([(~covered[graph[i]]).sum() if allowed[i] else -1 for i in range(len(sample))])
+        best = int(np.argmax(gains))
+        rows.append(sample[best])
+        scores.append(float(gains[best]))
+        covered[graph[best]] = True
+        allowed[best] = False
+    return choose.Choice(np.array(rows, dtype=np.int64), np.full(budget, -1, dtype=np.int64), np.array(scores))
+
+
+def _purest_radius(points: np.ndarray, seed: int, purity: float, num_clusters: int = 10) -> float:
+    """The largest radius (among quantiles of nearest-neighbour distances) at which at least `purity` of the
+    balls hold objects of one k-means cluster only."""
+    sample = points[np.random.default_rng(seed).choice(len(points), min(3000, len(points)), replace=False)]
+    labels = choose.cluster(sample, num_clusters, seed)
+    distances = torch.cdist(torch.from_numpy(sample), torch.from_numpy(sample)).numpy()
+    same = labels[:, None] == labels[None, :]
+    best = float(np.quantile(distances[distances > 0], 0.001))
+    for radius in np.quantile(distances[distances > 0], np.linspace(0.002, 0.2, 40)):
+        pure = np.mean([(same[i][distances[i] <= radius]).all() for i in range(len(sample))])
+        if pure < purity:
+            break
+        best = float(radius)
+    return best
 
 
 def fit_cheap(data: dict, rows: np.ndarray):

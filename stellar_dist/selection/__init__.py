@@ -1,1 +1,2 @@
-"""Choosing which objects get spectra next: cheap photometric features, TypiClust / ProbCover / margin rules, and `stellar-dist select`."""
+"""Choosing which objects get spectra next: cheap photometric features, TypiClust and margin rules, and
+`stellar-dist select`."""

@@ -4,9 +4,6 @@
   budget) clusters; the clusters holding no label yet, largest first, each give their most typical object (the
   inverse mean distance to its nearest neighbours within the cluster). Few labels bind hardest: every label then
   stands for a dense, distinct region of the catalog, not an outlier.
-- `covering`: ProbCover (Yehuda et al., NeurIPS 2022): balls of radius delta (the largest radius whose balls stay
-  mostly inside one k-means cluster) around every object; greedily the object whose ball covers the most objects
-  no label covers yet.
 - `uncertain`: for a trained model at larger budgets: k-means into `budget` clusters; in each, the object the
   model is least sure of (smallest margin between its two most probable classes), so that the picks are both
   informative and spread out.
@@ -120,27 +117,23 @@ def typical(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
 
 def uncertain(features: np.ndarray, probabilities: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
               eligible: np.ndarray | None = None) -> Choice:
-    """Smallest margin per cluster, `budget` clusters, largest first: see the module docstring."""
+    """Smallest margin per cluster, `budget` clusters, largest first: see the module docstring. Picks are ordered
+    by their doubt rank within their cluster, then by cluster size: every cluster gives its most doubtful object
+    before any gives a second (one sort, no pass over the rows per cluster)."""
     candidates = _candidates(labeled, eligible)
     _check_budget(budget, candidates)
     top = np.sort(probabilities, axis=1)[:, -2:]
     doubt = 1.0 - (top[:, 1] - top[:, 0])  # 1: a coin toss between two classes
     assignment = cluster(features, budget, seed)
-    k = int(assignment.max()) + 1
-    order = np.argsort(-np.bincount(assignment, minlength=k), kind="stable")
-    rows, clusters, scores = [], [], []
-    taken = np.zeros(len(features), dtype=bool)
-    while len(rows) < budget:
-        for c in order:
-            members = np.flatnonzero((assignment == c) & candidates & ~taken)
-            if not len(members) or len(rows) == budget:
-                continue
-            best = members[np.argmax(doubt[members])]
-            taken[best] = True
-            rows.append(best)
-            clusters.append(c)
-            scores.append(doubt[best])
-    return Choice(np.array(rows, dtype=np.int64), np.array(clusters, dtype=np.int64), np.array(scores))
+    sizes = np.bincount(assignment)
+    size_rank = np.empty(len(sizes), dtype=np.int64)
+    size_rank[np.argsort(-sizes, kind="stable")] = np.arange(len(sizes))  # 0: the largest cluster
+    rows = np.flatnonzero(candidates)
+    rows = rows[np.lexsort((-doubt[rows], assignment[rows]))]  # by cluster, most doubtful first (ties: row order)
+    clusters = assignment[rows]
+    within = np.arange(len(rows)) - np.searchsorted(clusters, clusters)  # 0: the cluster's most doubtful
+    picked = rows[np.lexsort((size_rank[clusters], within))[:budget]]
+    return Choice(picked.astype(np.int64), assignment[picked].astype(np.int64), doubt[picked])
 
 
 def at_random(num_rows: int, labeled: np.ndarray, budget: int, seed: int,
@@ -149,48 +142,3 @@ def at_random(num_rows: int, labeled: np.ndarray, budget: int, seed: int,
     _check_budget(budget, candidates)
     rows = np.random.default_rng(seed).choice(np.flatnonzero(candidates), budget, replace=False)
     return Choice(rows.astype(np.int64), np.full(budget, -1, dtype=np.int64), np.zeros(budget))
-
-
-def covering(features: np.ndarray, labeled: np.ndarray, budget: int, seed: int,
-             eligible: np.ndarray | None = None, purity: float = 0.95) -> Choice:
-    """ProbCover on at most FIT_SAMPLE rows (greedy max coverage of delta-balls): see the module docstring."""
-    from sklearn.neighbors import NearestNeighbors
-
-    candidates = _candidates(labeled, eligible)
-    _check_budget(budget, candidates)
-    rng = np.random.default_rng(seed)
-    sample = np.arange(len(features)) if len(features) <= 20_000 else np.sort(
-        np.concatenate([np.flatnonzero(labeled), rng.choice(len(features), 20_000, replace=False)]))
-    sample = np.unique(sample)
-    points = np.ascontiguousarray(features[sample], dtype=np.float32)
-    delta = _purest_radius(points, seed, purity)
-    graph = NearestNeighbors(radius=delta).fit(points).radius_neighbors(points, return_distance=False)
-    covered = np.zeros(len(sample), dtype=bool)
-    for index in np.flatnonzero(labeled[sample]):
-        covered[graph[index]] = True
-    allowed = candidates[sample].copy()
-    rows, scores = [], []
-    for _ in range(budget):
-        gains = np.array([(~covered[graph[i]]).sum() if allowed[i] else -1 for i in range(len(sample))])
-        best = int(np.argmax(gains))
-        rows.append(sample[best])
-        scores.append(float(gains[best]))
-        covered[graph[best]] = True
-        allowed[best] = False
-    return Choice(np.array(rows, dtype=np.int64), np.full(budget, -1, dtype=np.int64), np.array(scores))
-
-
-def _purest_radius(points: np.ndarray, seed: int, purity: float, num_clusters: int = 10) -> float:
-    """The largest radius (among quantiles of nearest-neighbour distances) at which at least `purity` of the
-    balls hold objects of one k-means cluster only."""
-    sample = points[np.random.default_rng(seed).choice(len(points), min(3000, len(points)), replace=False)]
-    labels = cluster(sample, num_clusters, seed)
-    distances = torch.cdist(torch.from_numpy(sample), torch.from_numpy(sample)).numpy()
-    same = labels[:, None] == labels[None, :]
-    best = float(np.quantile(distances[distances > 0], 0.001))
-    for radius in np.quantile(distances[distances > 0], np.linspace(0.002, 0.2, 40)):
-        pure = np.mean([(same[i][distances[i] <= radius]).all() for i in range(len(sample))])
-        if pure < purity:
-            break
-        best = float(radius)
-    return best

@@ -12,19 +12,17 @@ MAX_SHOWN = 60  # targets shown, in rank order
 PER_ROW = 10
 
 
-def plot_targets(frame: pd.DataFrame, shard_of: dict[int, int], shards_dir: str, manifest: dict, path: Path) -> Path:
-    """The first MAX_SHOWN targets in rank order, each captioned with its rank and cluster; `shard_of`: each
-    target id's unlabeled shard number (only those shards are read)."""
+def plot_targets(frame: pd.DataFrame, raws: dict[int, dict], manifest: dict, path: Path) -> Path:
+    """The first MAX_SHOWN targets in rank order, each captioned with its rank and cluster; `raws`: the targets'
+    raw samples by id (already read for the table)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..data.streams import picture, read_some
+    from ..data.streams import picture
 
     shown = frame.head(MAX_SHOWN)
-    raws = read_some(shards_dir, {"unlabeled": {shard_of[int(value)] for value in shown["id"]}},
-                     set(shown["id"].tolist()))
     num_rows = -(-len(shown) // PER_ROW)
     figure, axes = plt.subplots(num_rows, PER_ROW, figsize=(1.15 * PER_ROW, 1.3 * num_rows + 0.5), squeeze=False)
     for index, axis in enumerate(axes.flat):

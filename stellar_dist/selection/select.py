@@ -81,17 +81,20 @@ def choose_rows(rows, rule: str, budget: int, seed: int) -> choose.Choice:
     return choose.typical(rows.features, rows.labeled, budget, seed)
 
 
-def _targets(rows, picked: choose.Choice, rule: str, shards_dir: str) -> pd.DataFrame:
+def _targets(rows, picked: choose.Choice, rule: str, shards_dir: str) -> tuple[pd.DataFrame, dict[int, dict]]:
+    """The targets table, and the chosen raw samples (read once: their records here, their pixels in the figure)."""
     from ..data.streams import read_some
 
     ids = rows.ids[picked.rows]
     wanted: dict[str, set[int]] = {"unlabeled": set(rows.shards[picked.rows].tolist())}
-    records = {key: json.loads(raw["json"]) for key, raw in read_some(shards_dir, wanted, set(ids.tolist())).items()}
+    raws = read_some(shards_dir, wanted, set(ids.tolist()))
+    records = {key: json.loads(raw["json"]) for key, raw in raws.items()}
     objids = [records[int(i)].get("meta", {}).get("objid") for i in ids]
-    return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "id": ids,
-                         "objid": ["" if value is None else str(value) for value in objids],
-                         "image_path": [records[int(i)]["source"] for i in ids], "cluster": picked.cluster,
-                         "score": np.round(picked.score, 6), "rule": rule})
+    frame = pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "id": ids,
+                          "objid": ["" if value is None else str(value) for value in objids],
+                          "image_path": [records[int(i)]["source"] for i in ids], "cluster": picked.cluster,
+                          "score": np.round(picked.score, 6), "rule": rule})
+    return frame, raws
 
 
 def write_targets(frame: pd.DataFrame, out: Path) -> None:
@@ -146,10 +149,9 @@ def _choose_and_write(args, rows, rule: str, manifest: dict) -> pd.DataFrame:
     if args.budget > candidates:
         raise UserError(f"--budget {args.budget} exceeds the {candidates} readable unlabeled objects")
     picked = choose_rows(rows, rule, args.budget, args.seed)
-    frame = _targets(rows, picked, rule, args.shards)
+    frame, raws = _targets(rows, picked, rule, args.shards)
     write_targets(frame, out)
-    shard_of = dict(zip(rows.ids[picked.rows].tolist(), rows.shards[picked.rows].tolist()))
-    figure = plot_targets(frame, shard_of, args.shards, manifest, out.with_suffix(".png"))
+    figure = plot_targets(frame, raws, manifest, out.with_suffix(".png"))
     print(f"chose {len(frame)} of {candidates} unlabeled objects ({int(rows.labeled.sum())} with spectra) by "
           f"{rule}; wrote {out} and {figure}")
     return frame
