@@ -3,12 +3,14 @@ algorithms and seeds, all trained through launch/train.py; one table (mean +/- s
 number of labels (log axis).
 
     python bench/label_efficiency.py --catalog ../shared/sdss_dr16/catalog.csv --out runs/label_efficiency \
-        --config configs/sdss_cpu.yaml --pack "--preprocess crop --image-size 32" \
+        --config configs/sdss_cpu.yaml --pack "--image-size 64" \
         --run "100 supervised 0,1,2" --run "100 softmatch 0,1,2 pretrain.steps=500" --run "0.8 supervised 0"
 
 Each --run is "LABELS ALGORITHM SEEDS [KEY=VALUE ...]": LABELS is a count (an integer: `pack --labeled-count`,
 one per class first, then by class share, nested in the count) or a fraction (`pack --labeled-fraction`);
-overrides name a variant (e.g. "300 fixmatch 0 ssl.distribution_alignment=true"). A labeled fraction of
+overrides name a variant (e.g. "300 fixmatch 0 ssl.distribution_alignment=true"). ALGORITHM `tree` or
+`logreg` is no network: bench/baseline.py's aperture photometry and a boosted tree or a logistic regression on the
+same shards and split (the bar a network must clear). A labeled fraction of
 1 - test fraction (0.8 by default) labels every training sample: the ceiling of the recipe. `--validation`
 evaluates every run on a validation split carved from the training pool (`pack --validation-fraction`), never on
 the test split: choose recipes and hyperparameters with it, then report the chosen ones without it. Every count or
@@ -142,7 +144,24 @@ def share_pretraining(folder: Path, run: dict, seed: int, tag: str) -> None:
             return
 
 
+BASELINES = ("tree", "logreg")  # bench/baseline.py on the same shards: aperture photometry + a classical model
+
+
+def fit_baseline(shards: Path, folder: Path, run: dict, seed: int) -> None:
+    """The algorithms `tree` and `logreg`: bench/baseline.py's photometric numbers and classifier on the same
+    shards, scored on the same split, written as the network's metrics.json."""
+    if (folder / "metrics.json").exists():
+        return
+    started = time.perf_counter()
+    subprocess.run([sys.executable, str(REPO / "bench" / "baseline.py"), "--shards", str(shards), "--out",
+                    str(folder), "--model", run["algorithm"], "--seed", str(seed)], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)
+    (folder / "wall_seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
+
+
 def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: list[str], tag: str = "") -> None:
+    if run["algorithm"] in BASELINES:
+        return fit_baseline(shards, folder, run, seed)
     overrides = run_overrides(shards, folder, run, seed, extra)
     if (folder / "metrics.json").exists():
         same_config_or_exit(config, overrides, folder)
@@ -157,7 +176,9 @@ def train(config: str, shards: Path, folder: Path, run: dict, seed: int, extra: 
 
 def pseudo_label_share(folder: Path, name: str) -> float | None:
     """Share of the accepted pseudo-labels that are `name`, over the second half of the run (None: no pseudo-labels
-    or a run logged before this diagnostic existed)."""
+    or a run logged before this diagnostic existed, or a baseline: no log)."""
+    if not (folder / "log.jsonl").exists():
+        return None
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     values = [row.get(f"train/pseudo_label_share/{name}") for row in rows if "train/sup_loss" in row]
     values = [value for value in values[len(values) // 2 :] if value is not None]
@@ -255,7 +276,8 @@ def main() -> None:
     parser.add_argument("--catalog", default="../shared/sdss_dr16/catalog.csv")
     parser.add_argument("--out", default="runs/label_efficiency")
     parser.add_argument("--config", default="configs/sdss_cpu.yaml")
-    parser.add_argument("--pack", default="--preprocess crop --image-size 32", help="extra `stellar-dist pack` flags")
+    parser.add_argument("--pack", default="--image-size 64", help="extra `stellar-dist pack` flags (the recipe's "
+                        "64 px whole field; issue 17's runs used \"--preprocess crop --image-size 32\")")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--run", action="append", default=[], help='"LABELS ALGORITHM SEEDS [KEY=VALUE ...]"')
     parser.add_argument("--validation", action="store_true", help="evaluate on a validation split carved from the "
@@ -280,7 +302,7 @@ def main() -> None:
     for run in runs:  # --report too: a table never mixes configs
         for seed in run["seeds"]:
             folder = run_dir(out, run, seed, tag)
-            if (folder / "metrics.json").exists():
+            if (folder / "metrics.json").exists() and run["algorithm"] not in BASELINES:
                 shards = shards_dir(out, run["labels"], tag, seed)
                 same_config_or_exit(args.config, run_overrides(shards, folder, run, seed, args.overrides), folder)
     rows = collect(out, runs, tag)

@@ -10,7 +10,7 @@ is trained on them, and macro-F1 / QSO F1 are measured on validation (to choose 
     python bench/selection_cnn.py --out runs/selection --rules stratified,typical --budgets 30,100
     python bench/selection.py report --out runs/selection     # OUT/table.md + OUT/selection.png
 
-`features`: the photometric numbers `stellar-dist select` clusters (stellar_dist/selection/photometry.py), of
+`features`: the photometric numbers `stellar-dist select` clusters (stellar_dist.data.photometry.py), of
 every cutout at 64 px, and the fixed splits. `cheap`: a logistic regression on those numbers as the classifier
 (seconds a run: every rule, budgets 30 / 100 / 300, 3 draws, and the rounds 30 -> 100 -> 300). `cnn`: the
 project's network on the same picks (pack --labels, train the supervised baseline or the recipe, predict the
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stellar_dist.selection import choose  # noqa: E402
-from stellar_dist.selection.photometry import measure, standardize  # noqa: E402
+from stellar_dist.data.photometry import measure, standardize  # noqa: E402
 
 BUDGETS = (30, 100, 300)
 DRAWS = (0, 1, 2)

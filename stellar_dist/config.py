@@ -26,6 +26,8 @@ class DataConfig:
     shuffle_buffer: int = 256  # samples mixed across shards within each worker
     grayscale: bool = False  # single-channel input, as in the original design; RGB keeps the colours
     balanced_labeled: bool = False  # class-balanced labeled stream (rejection sampling by the manifest's counts)
+    max_shift_fraction: float = 0.125  # the weak view's random shift, as a fraction of the side (reflect padding);
+    # 0 keeps objects centred, as the photometric branch's apertures expect (model.photometry)
     strong_view: str = "sky"  # "sky": FixMatch's RandAugment + Cutout anywhere; "evidence": keeps colours, profile
     # and the centre (flux scale, rotation, noise; Cutout off the central quarter)
     augment_on: str = "auto"  # "workers": views made per sample in the dataloader workers; "device": workers only
@@ -65,6 +67,10 @@ class SSLConfig:
 class ModelConfig:
     arch: str = "mobilenet_v2"  # any torchvision classification model
     weights: str = "none"  # "none", "imagenet" (needs the torchvision cache or internet), or a .pt/.pth/.safetensors path
+    photometry: bool = False  # a photometric branch: ~80 aperture numbers measured on each whole input image
+    # (fluxes, colours, profile, size; data/photometry.py) join the CNN's features before the head
+    centre_crop: int = 0  # pixels: the CNN sees the central N x N of the input (0: all of it); the photometric
+    # branch still measures the whole field, and the CNN's cost falls with the square of N
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ CHOICES = {
 # typo cannot grow memory without limit (a shuffle buffer of 10^8 samples, a batch of 10^7 images). 0 means "off" only where a default's comment
 # says so (eval/checkpoint/cluster every_steps, cluster.k, cluster.pca_dim, train.cpu_threads, keep_last).
 RANGES = {
-    "data.num_workers": "[0, 64]", "data.shuffle_buffer": "[1, 100000]",
+    "data.num_workers": "[0, 64]", "data.max_shift_fraction": "[0, 0.5)", "data.shuffle_buffer": "[1, 100000]",
     "train.steps": "[1, 1e9]", "train.batch_size": "[1, 65536]", "train.lr": "(0, inf)", "train.momentum": "[0, 1)",
     "train.weight_decay": "[0, inf)", "train.warmup_steps": "[0, inf)", "train.ema_decay": "[0, 1)",
     "train.log_every_steps": "[1, 1e9]", "train.cpu_threads": "[0, 1024]", "train.logit_adjustment": "[0, 10]",
@@ -149,7 +155,7 @@ RANGES = {
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, 100000]", "cluster.pca_dim": "[0, 4096]",
     "cluster.iterations": "[1, 10000]", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, 100]",
     "cluster.fit_samples": "[100, 1e8]", "cluster.probe_samples": "[10, 1e7]",
-    "dist.timeout_s": "(0, 86400]", "pretrain.steps": "[0, 1e9]",
+    "model.centre_crop": "[0, 4096]", "dist.timeout_s": "(0, 86400]", "pretrain.steps": "[0, 1e9]",
     "seed": "[0, inf)",
 }
 

@@ -61,10 +61,13 @@ def _loaders(run: Run):
     if algorithm.needs_labeled:
         accept = _balanced_acceptance(run.manifest) if config.data.balanced_labeled else None
         labeled = loader("labeled", ItemMaker.for_shards("raw" if on_device else "labeled", manifest,
-                                                         config.data.grayscale), config.train.batch_size, accept)
+                                                         config.data.grayscale,
+                                                         max_shift_fraction=config.data.max_shift_fraction),
+                         config.train.batch_size, accept)
     if algorithm.unlabeled_views:
         make_item = ItemMaker.for_shards("raw" if on_device else "unlabeled", manifest, config.data.grayscale,
-                                         views=algorithm.unlabeled_views, strong_view=config.data.strong_view)
+                                         views=algorithm.unlabeled_views, strong_view=config.data.strong_view,
+                                         max_shift_fraction=config.data.max_shift_fraction)
         unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu,
                            splits=algorithm.unlabeled_splits)
     return labeled, unlabeled
@@ -86,7 +89,8 @@ def augment_on_device(config: Config, manifest: dict, device: torch.device) -> b
     return config.data.augment_on == "device"
 
 
-def _next_batch(iterator, device: torch.device, views: tuple[str, ...], kind: str = "sky") -> dict | None:
+def _next_batch(iterator, device: torch.device, views: tuple[str, ...], kind: str = "sky",
+                shift: float = 0.125) -> dict | None:
     """The stream's next batch on the device; a raw batch (uint8 images + seeds) gets its views made there."""
     if iterator is None:
         return None
@@ -94,7 +98,7 @@ def _next_batch(iterator, device: torch.device, views: tuple[str, ...], kind: st
     if "seed" not in batch:
         return batch
     images, seeds = batch.pop("image"), batch.pop("seed")
-    return batch | make_views(images, seeds, views, kind)
+    return batch | make_views(images, seeds, views, kind, shift)
 
 
 def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> None:
@@ -184,9 +188,9 @@ def train_loop(run: Run) -> int:
     for step in progress:
         run.step = step + 1
         waiting_since = time.perf_counter()
-        labeled = _next_batch(labeled_iter, accelerator.device, ("image",))
+        labeled = _next_batch(labeled_iter, accelerator.device, ("image",), shift=config.data.max_shift_fraction)
         unlabeled = _next_batch(unlabeled_iter, accelerator.device, run.algorithm.unlabeled_views,
-                                config.data.strong_view)
+                                config.data.strong_view, config.data.max_shift_fraction)
         data_wait_s += time.perf_counter() - waiting_since
         cluster = run.head.targets(unlabeled)
         loss, step_stats = run.algorithm.loss(run.model, labeled, unlabeled, step, cluster)

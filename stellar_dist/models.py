@@ -1,4 +1,5 @@
-"""Classifier = any torchvision backbone (its last Linear removed) + a class head (+ a cluster head, DeepCluster)."""
+"""Classifier = any torchvision backbone (its last Linear removed), optionally beside a photometric branch, + a
+class head (+ a cluster head, DeepCluster)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+from .data.photometry import feature_names, measure
 from .errors import UserError
 
 WEIGHT_FILES = (".pt", ".pth", ".safetensors")  # a local state dict: torch.load(weights_only=True) or safetensors
@@ -68,12 +70,33 @@ def _adapt_first_conv(model: nn.Module, channels: int, pretrained: bool) -> None
     setattr(parent, name.rsplit(".", 1)[-1], new)
 
 
+class PhotometricBranch(nn.Module):
+    """The aperture numbers of `data/photometry.measure`, read off the whole input image (no gradient: they are
+    measurements), batch-normalised (their scales differ by orders of magnitude) and clipped (one artefact cannot
+    dominate), then a two-layer MLP. A boosted tree on the same numbers rivals a CNN on these cutouts (issue 32):
+    with the branch the network starts from what the tree knows and the CNN adds what apertures miss."""
+
+    def __init__(self, channels: int, width: int = 256):
+        super().__init__()
+        count = len(feature_names(channels))
+        self.norm = nn.BatchNorm1d(count)
+        self.mlp = nn.Sequential(nn.Linear(count, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+                                 nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True))
+        self.width = width
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        numbers = measure(images.contiguous())
+        return self.mlp(self.norm(numbers).clamp(-10, 10))
+
+
 class StellarNet(nn.Module):
     def __init__(self, arch: str, num_classes: int, weights: str = "none", num_clusters: int = 0,
-                 in_channels: int = 3):
+                 in_channels: int = 3, photometry: bool = False, centre_crop: int = 0):
         super().__init__()
         self.backbone = _load_backbone(arch, weights)
-        self.feature_dim = _strip_last_linear(self.backbone)
+        self.centre_crop = centre_crop
+        self.photometry = PhotometricBranch(in_channels) if photometry else None
+        self.feature_dim = _strip_last_linear(self.backbone) + (self.photometry.width if photometry else 0)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.cluster_head = nn.Linear(self.feature_dim, num_clusters) if num_clusters else None
         if weights not in ("none", "imagenet"):
@@ -98,7 +121,14 @@ class StellarNet(nn.Module):
         self.backbone.load_state_dict(usable, strict=False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        """The backbone's features of the (centre-cropped) image, joined by the photometric branch's of the whole
+        image when the model has one."""
+        seen = images
+        if self.centre_crop and self.centre_crop < images.shape[-1]:
+            start = (images.shape[-1] - self.centre_crop) // 2
+            seen = images[..., start : start + self.centre_crop, start : start + self.centre_crop]
+        features = self.backbone(seen)
+        return features if self.photometry is None else torch.cat([features, self.photometry(images)], dim=1)
 
     def forward(self, images: torch.Tensor, with_clusters: bool = False):
         """Class logits; with `with_clusters`, (class logits, cluster logits) from one backbone pass. (A flag, not
@@ -118,9 +148,10 @@ class StellarNet(nn.Module):
 
 
 def build_model(arch: str, num_classes: int, *, weights: str = "none", num_clusters: int = 0, in_channels: int = 3,
-                channels_last: bool = False) -> StellarNet:
+                channels_last: bool = False, photometry: bool = False, centre_crop: int = 0) -> StellarNet:
     """The one way a network is made: for training (session), and for every command that loads one (the model
     folder reader), in the run's layout (channels_last: the convolutions run NHWC whatever the input's layout,
     and a loaded model evaluates to the same numbers as in its run)."""
-    model = StellarNet(arch, num_classes, weights, num_clusters=num_clusters, in_channels=in_channels)
+    model = StellarNet(arch, num_classes, weights, num_clusters=num_clusters, in_channels=in_channels,
+                       photometry=photometry, centre_crop=centre_crop)
     return model.to(memory_format=torch.channels_last) if channels_last else model

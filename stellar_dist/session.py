@@ -74,6 +74,9 @@ def _check_before_writing(config: Config, manifest: dict, world_size: int) -> Re
     if config.data.grayscale and manifest["encoding"] == "npy":
         raise UserError(f"data.grayscale=true applies to RGB images, but {config.data.shards} holds "
                         f"{manifest['channels']}-band FITS cutouts: drop data.grayscale")
+    if config.model.centre_crop > manifest["image_size"]:
+        raise UserError(f"model.centre_crop={config.model.centre_crop} is larger than the {manifest['image_size']} "
+                        f"px images of {config.data.shards}: set it to at most {manifest['image_size']} (0: all)")
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("train.mixed_precision=fp16 needs a GPU and none is visible here: use auto (bf16 on GPUs, "
                         "none on CPU), no, or bf16")
@@ -212,7 +215,8 @@ def setup(config: Config) -> Run:
     set_seed(config.seed)  # same initial weights on every rank
     model = build_model(config.model.arch, len(manifest["classes"]), weights=config.model.weights,
                         num_clusters=head_size(config, len(manifest["classes"])),
-                        in_channels=manifest.get("channels", 3), channels_last=config.train.channels_last)
+                        in_channels=manifest.get("channels", 3), channels_last=config.train.channels_last,
+                        photometry=config.model.photometry, centre_crop=config.model.centre_crop)
     ema = AveragedModel(model, use_buffers=False)  # updated by optim.update_ema, never by update_parameters
     optimizer = build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).

@@ -71,9 +71,12 @@ def trained_run(sim_shards, tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def plain_run(sim_shards, tmp_path_factory) -> Path:
-    """The same run without the final clustering (its model carries no clusters), trained once; read it or copy it."""
+    """The same run without the final clustering (its model carries no clusters) and with the recipe's photometric
+    branch and centre crop (every command downstream must take that model as it takes a plain one), trained once;
+    read it or copy it."""
     from test_train import train
 
     run = tmp_path_factory.mktemp("plain") / "run"
-    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false")
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false", "model.photometry=true",
+          "model.centre_crop=24", "data.max_shift_fraction=0")
     return run

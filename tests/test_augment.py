@@ -117,3 +117,23 @@ def test_device_path_makes_the_evidence_view():
     centre = views[:, :, 12:20, 12:20]
     assert torch.all(centre > 0)  # rotation, noise and brightness only dim it; nothing blanks it
     assert (views == 0).flatten(1).any(1).float().mean() > 0.5  # Cutout blanked a square elsewhere in most
+
+
+def test_no_shift_keeps_the_object_centred_on_both_paths():
+    """data.max_shift_fraction=0: every weak view is a flip / quarter turn of the image (the photometric branch's
+    apertures stay on the object); with the default, the batched views do move it."""
+    from stellar_dist.data import batch_augment
+
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    dihedral = [torch.rot90(flipped, turns, dims=(-2, -1)) for flipped in (image, image.flip(-1))
+                for turns in range(4)]
+    for seed in range(20):
+        view = augment.weak(image, torch.Generator().manual_seed(seed), max_shift_fraction=0)
+        assert any(torch.equal(view, candidate) for candidate in dihedral)
+    batch = (image[None].repeat(20, 1, 1, 1) * 255).round().to(torch.uint8)
+    seeds = torch.arange(20)
+    still = batch_augment.make_views(batch, seeds, ("weak", "strong"), max_shift_fraction=0)["weak"]
+    reference = [(candidate * 255).round() / 255 for candidate in dihedral]
+    assert all(any(torch.allclose(view, candidate) for candidate in reference) for view in still)
+    moved = batch_augment.make_views(batch, seeds, ("weak",))["weak"]
+    assert not all(any(torch.allclose(view, candidate) for candidate in reference) for view in moved)

@@ -121,8 +121,9 @@ def test_missing_wandb_or_faiss_or_gpu_is_refused_in_one_line_or_falls_back(sim_
              (("faiss",), ["cluster.backend=faiss"], "faiss is not installed")]
     if not torch.cuda.is_available():
         cases.append(((), ["train.mixed_precision=fp16"], "fp16 needs a GPU"))
-    for missing, overrides, words in cases:
-        out = tmp_path / (missing[0] if missing else "fp16")
+    cases.append(((), ["model.centre_crop=64"], "larger than the 32 px images"))
+    for index, (missing, overrides, words) in enumerate(cases):
+        out = tmp_path / f"case{index}"
         result = train_without(tmp_path, sim_shards, missing, f"output_dir={out}", *overrides)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and words in lines[0], result.stderr[-2000:]

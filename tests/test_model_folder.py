@@ -22,6 +22,7 @@ def test_the_model_folder_travels_alone(sim_shards, tmp_path, plain_run):
     assert description["classes"] == manifest["classes"] and description["image_size"] == manifest["image_size"]
     assert description["arch"] == "resnet18" and description["training"]["steps"] == 6
     assert description["preprocess"] == manifest["preprocess"] and description["package_version"]
+    assert description["photometry"] is True and description["centre_crop"] == 24 and model.feature_dim == 512 + 256
     with torch.no_grad():
         probabilities = model(torch.rand(2, 3, 32, 32)).softmax(-1)
     assert probabilities.shape == (2, 3) and torch.allclose(probabilities.sum(-1), torch.ones(2))

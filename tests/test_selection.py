@@ -123,9 +123,9 @@ def test_select_cold_start_writes_targets_from_the_unlabeled_split(sim_shards, t
     assert "--budget 100000 must lie in" in line and not (tmp_path / "u.csv").exists()
 
 
-def test_select_warm_start_from_a_model_and_a_catalog_without_classes(trained_run, sim_shards, sim_catalog,
+def test_select_warm_start_from_a_model_and_a_catalog_without_classes(plain_run, sim_shards, sim_catalog,
                                                                       tmp_path):
-    run, _ = trained_run
+    run = plain_run  # with the photometric branch: its features are the joined ones
     run_cli("select", "--shards", str(sim_shards), "--budget", "5", "--out", str(tmp_path / "t.parquet"),
             "--model", str(run), "--workers", "1")
     targets = pd.read_parquet(tmp_path / "t.parquet")

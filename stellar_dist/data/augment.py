@@ -19,7 +19,8 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 
 def weak(image: torch.Tensor, generator: torch.Generator, max_shift_fraction: float = 0.125) -> torch.Tensor:
-    """Flips, a multiple of 90 degrees, and a shift of up to 12.5% (reflect padding)."""
+    """Flips, a multiple of 90 degrees, and a shift of up to `max_shift_fraction` of the side (reflect padding;
+    none at 0)."""
     flips = torch.rand(2, generator=generator)
     if flips[0] < 0.5:
         image = image.flip(-1)
@@ -27,7 +28,9 @@ def weak(image: torch.Tensor, generator: torch.Generator, max_shift_fraction: fl
         image = image.flip(-2)
     image = torch.rot90(image, int(torch.randint(4, (), generator=generator)), dims=(-2, -1))
     size = image.shape[-1]
-    pad = max(1, int(round(size * max_shift_fraction)))
+    pad = max(1, int(round(size * max_shift_fraction))) if max_shift_fraction else 0
+    if not pad:
+        return image
     padded = F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="reflect").squeeze(0)
     top, left = (int(value) for value in torch.randint(2 * pad + 1, (2,), generator=generator))
     return padded[:, top : top + size, left : left + size]
@@ -119,7 +122,7 @@ def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, trace: li
 
 
 def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, kind: str = "sky",
-           flux: bool = False, trace: list | None = None) -> torch.Tensor:
+           flux: bool = False, trace: list | None = None, max_shift_fraction: float = 0.125) -> torch.Tensor:
     """Weak view, then `num_ops` random ops of STRONG_OPS[kind, flux] (RandAugment-style), then Cutout.
 
     kind "sky": all astronomy-aware ops, Cutout anywhere (FixMatch's recipe; it can erase the target or change
@@ -127,7 +130,7 @@ def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, ki
     `flux`: the image is N-band flux in noise units (not [0, 1]): photometric ops only, no clamping; Cutout
     sets the sky level (0). `trace`: a list that receives (op, parameter) as drawn (for tests)."""
     ops = STRONG_OPS[kind, flux]
-    image = weak(image, generator)
+    image = weak(image, generator, max_shift_fraction)
     for index in torch.randperm(len(ops), generator=generator)[:num_ops].tolist():
         name = ops[index]
         value = _uniform(generator, *PARAMETERS[name])

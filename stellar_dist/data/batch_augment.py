@@ -56,7 +56,8 @@ def _select(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.T
 
 
 def weak(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, max_shift_fraction: float = 0.125):
-    """Flips, a multiple of 90 degrees (square images), a shift of up to 12.5% with reflect padding."""
+    """Flips, a multiple of 90 degrees (square images), a shift of up to `max_shift_fraction` of the side with
+    reflect padding (none at 0)."""
     draws = uniform(seeds, salt, (5,))
     images = _select(draws[:, 0] < 0.5, images.flip(-1), images)
     images = _select(draws[:, 1] < 0.5, images.flip(-2), images)
@@ -64,7 +65,9 @@ def weak(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, max_shift_fra
     for k in (1, 2, 3):
         images = _select(turns == k, torch.rot90(images, k, dims=(-2, -1)), images)
     batch, _, size, _ = images.shape
-    pad = max(1, round(size * max_shift_fraction))
+    pad = max(1, round(size * max_shift_fraction)) if max_shift_fraction else 0
+    if not pad:
+        return images
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
     top, left = ((draws[:, 3 + axis] * (2 * pad + 1)).long() for axis in (0, 1))
     rows = (top[:, None] + torch.arange(size, device=images.device))[:, :, None]
@@ -157,12 +160,12 @@ def _cutout_off_centre(images, seeds, salt, trace: dict | None = None, keep_frac
 
 
 def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: int = 2, kind: str = "sky",
-           trace: dict | None = None) -> torch.Tensor:
+           trace: dict | None = None, max_shift_fraction: float = 0.125) -> torch.Tensor:
     """Weak view, then `num_ops` of STRONG_OPS[kind] per sample (each op kept only for the samples that drew it),
     then Cutout (anywhere for "sky", off the centre for "evidence"); clamped to [0, 1] before Cutout, as
     augment.strong. `trace`: a dict that receives {op: the values drawn} (for tests)."""
     ops = STRONG_OPS[kind, False]
-    images = weak(images, seeds, salt)
+    images = weak(images, seeds, salt, max_shift_fraction)
     scores = uniform(seeds, salt + 10, (len(ops),))
     chosen = scores.argsort(dim=1)[:, :num_ops]
     draws = uniform(seeds, salt + 11, (len(ops),))
@@ -180,10 +183,12 @@ def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: in
 
 
 def make_views(images_uint8: torch.Tensor, seeds: torch.Tensor, views: tuple[str, ...],
-               kind: str = "sky") -> dict[str, torch.Tensor]:
+               kind: str = "sky", max_shift_fraction: float = 0.125) -> dict[str, torch.Tensor]:
     """{view name: float views in [0, 1]} of a uint8 [B, 3, H, W] batch; the i-th view uses salts 100 i + ...,
     so "weak" and the weak part of "strong" differ, as two separate draws do on the CPU path. `kind`: the
     strong view (data.strong_view)."""
     images = images_uint8.float().div_(255.0)
-    return {view: strong(images, seeds, salt=100 * index, kind=kind) if view.startswith("strong")
-            else weak(images, seeds, salt=100 * index) for index, view in enumerate(views)}
+    return {view: strong(images, seeds, salt=100 * index, kind=kind, max_shift_fraction=max_shift_fraction)
+            if view.startswith("strong") else weak(images, seeds, salt=100 * index,
+                                                   max_shift_fraction=max_shift_fraction)
+            for index, view in enumerate(views)}

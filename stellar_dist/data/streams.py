@@ -44,6 +44,7 @@ class ItemMaker:
     grayscale: bool = False
     views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
     strong_view: str = "sky"  # augment.strong's kind: "sky" or "evidence"
+    max_shift_fraction: float = 0.125  # the weak view's shift (data.max_shift_fraction)
     stretch: bands.Stretch | None = None  # N-band (npy) shards: the manifest's asinh stretch
     image_size: int = 0  # every image must be image_size x image_size (0: not checked)
     num_classes: int = 0  # labels must lie in [-1, num_classes) (0: not checked)
@@ -94,13 +95,14 @@ class ItemMaker:
         true_label = record.get("true_label", label)
         item = {"id": record["id"], "label": label, "true_label": true_label}
         if self.use == "labeled":
-            item["image"] = self.finish(augment.weak(image, generator))
+            item["image"] = self.finish(augment.weak(image, generator, self.max_shift_fraction))
         elif self.use == "unlabeled":
             flux = self.stretch is not None
             for view in self.views:  # only the views the algorithm uses are computed
                 item[view] = self.finish(
-                    augment.strong(image, generator, kind=self.strong_view, flux=flux) if view.startswith("strong")
-                    else augment.weak(image, generator))
+                    augment.strong(image, generator, kind=self.strong_view, flux=flux,
+                                   max_shift_fraction=self.max_shift_fraction) if view.startswith("strong")
+                    else augment.weak(image, generator, self.max_shift_fraction))
         else:
             item["image"] = self.finish(image)
             item["shard"] = shard_number(raw["__url__"])  # where to fetch it again without a pass over the split

@@ -45,6 +45,10 @@ def check_description(folder: Path, description: dict) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise UserError(f"model folder {folder}: config.json's {key} is {value!r}, not an integer in "
                             f"[{low}, {high}]: copy the folder again from the run")
+    crop = description.get("centre_crop", 0)
+    if not isinstance(crop, int) or isinstance(crop, bool) or not 0 <= crop <= description["image_size"]:
+        raise UserError(f"model folder {folder}: config.json's centre_crop is {crop!r}, not an integer in [0, "
+                        f"image_size]: copy the folder again from the run")
     classes = description.get("classes")
     if not isinstance(classes, list) or not 2 <= len(classes) <= 10000 or \
             not all(isinstance(name, str) for name in classes):
@@ -79,7 +83,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     try:
         model = build_model(description["arch"], len(description["classes"]), num_clusters=num_clusters,
                             in_channels=description.get("channels", 3),
-                            channels_last=bool(description.get("channels_last", False)))
+                            channels_last=bool(description.get("channels_last", False)),
+                            photometry=description.get("photometry") is True,
+                            centre_crop=description.get("centre_crop", 0))
         model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"model folder {folder}: its config.json does not match its weights ("

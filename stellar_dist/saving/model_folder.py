@@ -38,7 +38,7 @@ def model_tensors(ema_state: dict, cluster_state=None) -> dict:
     """The network's EMA weights, and the latest clustering's space (PCA mean and projection, centroids) when the
     run has one, so that predict can name each object's cluster."""
     tensors = {key: value for key, value in ema_state.items()
-               if key.startswith(("backbone.", "classifier.", "cluster_head."))}
+               if key.startswith(("backbone.", "photometry.", "classifier.", "cluster_head."))}
     if cluster_state is not None:
         tensors["cluster.centroids"] = cluster_state.centroids
         if cluster_state.pca_projection is not None:
@@ -56,6 +56,8 @@ def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
     return {
         "format": FORMAT,
         "arch": config.model.arch,
+        "photometry": config.model.photometry,  # a photometric branch measures the whole input image
+        "centre_crop": config.model.centre_crop,  # the CNN sees the central N px (0: all)
         "classes": list(manifest["classes"]),
         "channels": manifest.get("channels", 3),
         "bands": manifest.get("bands", ["R", "G", "B"]),  # an RGB rendering (e.g. SDSS gri JPEGs)

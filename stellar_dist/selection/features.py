@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
-from .photometry import measure, standardize
+from ..data.photometry import measure, standardize
 
 SPLITS = ("labeled", "unlabeled")  # selection candidates come from unlabeled; labeled rows mark covered regions
 RANDOM_DIM = 128
