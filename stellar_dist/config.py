@@ -69,6 +69,8 @@ class ModelConfig:
     weights: str = "none"  # "none", "imagenet" (needs the torchvision cache or internet), or a .pt/.pth/.safetensors path
     photometry: bool = False  # a photometric branch: ~80 aperture numbers measured on each whole input image
     # (fluxes, colours, profile, size; data/photometry.py) join the CNN's features before the head
+    photometry_dropout: float = 0.0  # in training, the share of samples whose photometric features are zeroed: the
+    # CNN must also classify alone (with few labels the branch's MLP memorises them otherwise)
     centre_crop: int = 0  # pixels: the CNN sees the central N x N of the input (0: all of it); the photometric
     # branch still measures the whole field, and the CNN's cost falls with the square of N
 
@@ -155,7 +157,7 @@ RANGES = {
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, 100000]", "cluster.pca_dim": "[0, 4096]",
     "cluster.iterations": "[1, 10000]", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, 100]",
     "cluster.fit_samples": "[100, 1e8]", "cluster.probe_samples": "[10, 1e7]",
-    "model.centre_crop": "[0, 4096]", "dist.timeout_s": "(0, 86400]", "pretrain.steps": "[0, 1e9]",
+    "model.centre_crop": "[0, 4096]", "model.photometry_dropout": "[0, 1)", "dist.timeout_s": "(0, 86400]", "pretrain.steps": "[0, 1e9]",
     "seed": "[0, inf)",
 }
 

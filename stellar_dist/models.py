@@ -74,10 +74,13 @@ class PhotometricBranch(nn.Module):
     """The aperture numbers of `data/photometry.measure`, read off the whole input image (no gradient: they are
     measurements), batch-normalised (their scales differ by orders of magnitude) and clipped (one artefact cannot
     dominate), then a two-layer MLP. A boosted tree on the same numbers rivals a CNN on these cutouts (issue 32):
-    with the branch the network starts from what the tree knows and the CNN adds what apertures miss."""
+    with the branch the network starts from what the tree knows and the CNN adds what apertures miss.
+    `dropout`: in training, the share of samples whose branch output is zeroed, so that the CNN learns to classify
+    on its own too (with ~100 labels the MLP otherwise memorises them and the head leans on it alone)."""
 
-    def __init__(self, channels: int, width: int = 256):
+    def __init__(self, channels: int, width: int = 256, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout
         count = len(feature_names(channels))
         self.norm = nn.BatchNorm1d(count)
         self.mlp = nn.Sequential(nn.Linear(count, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
@@ -86,16 +89,21 @@ class PhotometricBranch(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         numbers = measure(images.contiguous())
-        return self.mlp(self.norm(numbers).clamp(-10, 10))
+        features = self.mlp(self.norm(numbers).clamp(-10, 10))
+        if self.training and self.dropout:
+            keep = torch.rand(features.shape[0], 1, device=features.device) >= self.dropout
+            features = features * keep
+        return features
 
 
 class StellarNet(nn.Module):
     def __init__(self, arch: str, num_classes: int, weights: str = "none", num_clusters: int = 0,
-                 in_channels: int = 3, photometry: bool = False, centre_crop: int = 0):
+                 in_channels: int = 3, photometry: bool = False, centre_crop: int = 0,
+                 photometry_dropout: float = 0.0):
         super().__init__()
         self.backbone = _load_backbone(arch, weights)
         self.centre_crop = centre_crop
-        self.photometry = PhotometricBranch(in_channels) if photometry else None
+        self.photometry = PhotometricBranch(in_channels, dropout=photometry_dropout) if photometry else None
         self.feature_dim = _strip_last_linear(self.backbone) + (self.photometry.width if photometry else 0)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.cluster_head = nn.Linear(self.feature_dim, num_clusters) if num_clusters else None
@@ -148,10 +156,11 @@ class StellarNet(nn.Module):
 
 
 def build_model(arch: str, num_classes: int, *, weights: str = "none", num_clusters: int = 0, in_channels: int = 3,
-                channels_last: bool = False, photometry: bool = False, centre_crop: int = 0) -> StellarNet:
+                channels_last: bool = False, photometry: bool = False, centre_crop: int = 0,
+                photometry_dropout: float = 0.0) -> StellarNet:
     """The one way a network is made: for training (session), and for every command that loads one (the model
     folder reader), in the run's layout (channels_last: the convolutions run NHWC whatever the input's layout,
     and a loaded model evaluates to the same numbers as in its run)."""
     model = StellarNet(arch, num_classes, weights, num_clusters=num_clusters, in_channels=in_channels,
-                       photometry=photometry, centre_crop=centre_crop)
+                       photometry=photometry, centre_crop=centre_crop, photometry_dropout=photometry_dropout)
     return model.to(memory_format=torch.channels_last) if channels_last else model

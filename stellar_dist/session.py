@@ -216,7 +216,8 @@ def setup(config: Config) -> Run:
     model = build_model(config.model.arch, len(manifest["classes"]), weights=config.model.weights,
                         num_clusters=head_size(config, len(manifest["classes"])),
                         in_channels=manifest.get("channels", 3), channels_last=config.train.channels_last,
-                        photometry=config.model.photometry, centre_crop=config.model.centre_crop)
+                        photometry=config.model.photometry, centre_crop=config.model.centre_crop,
+                        photometry_dropout=config.model.photometry_dropout)
     ema = AveragedModel(model, use_buffers=False)  # updated by optim.update_ema, never by update_parameters
     optimizer = build_optimizer(model, config)
     # The scheduler is stepped by us once per step (Accelerate would step it once per process).

@@ -50,3 +50,15 @@ def test_the_numbers_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = measure(images)
     assert inside.dtype == torch.float32 and torch.equal(inside, measure(images))
+
+
+def test_branch_dropout_zeroes_whole_samples_in_training_only():
+    model = build_model("resnet18", 3, photometry=True, photometry_dropout=0.5)
+    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trained = model.train().photometry(images)
+        evaluated = model.eval().photometry(images)
+    dropped = trained.abs().sum(dim=1) == 0
+    assert 10 < int(dropped.sum()) < 54 and (trained[~dropped] != 0).any(dim=1).all()
+    assert (evaluated.abs().sum(dim=1) > 0).all()
