@@ -17,7 +17,7 @@ from .saving import checkpoint
 
 # Keys whose change makes a checkpoint unusable (other heads, other losses) and keys whose change only breaks the
 # bit-exact continuation of the data order.
-MUST_MATCH = ("model.arch", "ssl.algorithm", *HEAD_MUST_MATCH)
+MUST_MATCH = ("model.arch", "model.photometry", "model.centre_crop", "ssl.algorithm", *HEAD_MUST_MATCH)
 SAME_ORDER = ("data.num_workers", "train.batch_size", "ssl.mu", "seed", "data.shards")
 SCHEDULE = ("train.steps", "train.warmup_steps", "train.lr")  # the learning-rate curve is recomputed from these
 # The names a run writes in its output_dir; anything else there is the user's and is never touched.

@@ -69,6 +69,9 @@ def trained_run(sim_shards, tmp_path_factory) -> tuple[Path, str]:
     return run, result.stdout + result.stderr
 
 
+PLAIN_RUN = ("cluster.at_end=false", "model.photometry=true", "model.centre_crop=24", "data.max_shift_fraction=0")
+
+
 @pytest.fixture(scope="session")
 def plain_run(sim_shards, tmp_path_factory) -> Path:
     """The same run without the final clustering (its model carries no clusters) and with the recipe's photometric
@@ -77,6 +80,5 @@ def plain_run(sim_shards, tmp_path_factory) -> Path:
     from test_train import train
 
     run = tmp_path_factory.mktemp("plain") / "run"
-    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false", "model.photometry=true",
-          "model.centre_crop=24", "data.max_shift_fraction=0")
+    train(f"data.shards={sim_shards}", f"output_dir={run}", *PLAIN_RUN)
     return run

@@ -139,7 +139,9 @@ def test_export_never_overwrites_the_model_and_survives_a_rerun(plain_run, sim_s
     # Running the finished run's command again re-reports it: the export and the user's notes stay.
     from test_train import train
 
-    train(f"data.shards={sim_shards}", f"output_dir={run}", "cluster.at_end=false", "resume=auto")
+    from conftest import PLAIN_RUN
+
+    train(f"data.shards={sim_shards}", f"output_dir={run}", "resume=auto", *PLAIN_RUN)  # plain_run's command
     assert (run / "model" / "model.torchscript.pt").is_file() and (run / "model" / "notes.txt").read_text() == "mine"
     assert (run / "notes.txt").read_text() == "mine too"
     assert oct((run / "model" / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~umask())

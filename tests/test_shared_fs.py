@@ -172,16 +172,21 @@ def test_kill_9_leftovers_are_removed_by_the_next_run_and_said_so(sim_catalog, t
     assert not list(tmp_path.glob(".sdtmp-*")) and (tmp_path / "out" / "manifest.json").is_file()
 
 
-def test_a_refused_resume_changes_nothing_and_names_the_change(plain_run, sim_catalog, tmp_path):
+def test_a_refused_resume_changes_nothing_and_names_the_change(plain_run, sim_catalog, sim_shards, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(plain_run, run)
-    other = tmp_path / "shards16"
+    other = tmp_path / "shards48"
     run_cli("pack", "--catalog", str(sim_catalog), "--out", str(other), "--labeled-fraction", "0.2",
-            "--test-fraction", "0.2", "--image-size", "16", "--workers", "2")
+            "--test-fraction", "0.2", "--image-size", "48", "--workers", "2")
     before = {name: (run / name).read_bytes() for name in ("config.yaml", "log.jsonl", "metrics.json")}
+    from conftest import PLAIN_RUN
+
     line = one_line_error(train(f"data.shards={other}", f"output_dir={run}", "resume=auto", "train.steps=8",
-                                "cluster.at_end=false", check=False))
-    assert "image_size 32 -> 16" in line and "nothing was changed" in line
+                                *PLAIN_RUN, check=False))
+    assert "image_size 32 -> 48" in line and "nothing was changed" in line
+    line = one_line_error(train(f"data.shards={sim_shards}", f"output_dir={run}", "resume=auto", "train.steps=8",
+                                "cluster.at_end=false", check=False))  # the same shards, but no photometric branch: other weights
+    assert "model.photometry=True" in line and "cannot continue" in line
     assert {name: (run / name).read_bytes() for name in before} == before
 
 

@@ -87,6 +87,8 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
 
         with warnings.catch_warnings():  # one line of ours instead of three FutureWarnings from torch.jit
             warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+            # The image size is fixed per model: the trace's constants (crop, photometric masks) are right for it.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             with torch.no_grad():
                 traced = torch.jit.trace(wrapper, example)
             traced.save(str(temporary))
