@@ -157,7 +157,8 @@ RANGES = {
     "cluster.every_steps": "[0, inf)", "cluster.k": "[0, 100000]", "cluster.pca_dim": "[0, 4096]",
     "cluster.iterations": "[1, 10000]", "cluster.lambda_c": "[0, inf)", "cluster.grid_clusters": "[1, 100]",
     "cluster.fit_samples": "[100, 1e8]", "cluster.probe_samples": "[10, 1e7]",
-    "model.centre_crop": "[0, 4096]", "model.photometry_dropout": "[0, 1)", "dist.timeout_s": "(0, 86400]", "pretrain.steps": "[0, 1e9]",
+    "model.centre_crop": "[0, 4096]", "model.photometry_dropout": "[0, 1)", "dist.timeout_s": "(0, 86400]",
+    "pretrain.steps": "[0, 1e9]",
     "seed": "[0, inf)",
 }
 

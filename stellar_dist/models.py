@@ -88,7 +88,7 @@ class PhotometricBranch(nn.Module):
         self.width = width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        numbers = measure(images.contiguous())
+        numbers = measure(images)
         features = self.mlp(self.norm(numbers).clamp(-10, 10))
         if self.training and self.dropout:
             keep = torch.rand(features.shape[0], 1, device=features.device) >= self.dropout

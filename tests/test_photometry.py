@@ -34,6 +34,7 @@ def test_one_by_one_equals_the_batch_and_the_network_measures_its_whole_input():
     batch = measure(images)
     single = torch.cat([measure(image[None]) for image in images])
     assert torch.allclose(batch, single, atol=1e-5)
+    assert torch.equal(measure(images.to(memory_format=torch.channels_last)), batch)  # the run's layout
     model = build_model("resnet18", 3, photometry=True, centre_crop=24).eval()
     assert model.feature_dim == 512 + 256
     with torch.no_grad():

@@ -16,6 +16,8 @@ on CPU and GPU, in a batch or one by one, and in an ONNX export of a network tha
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -40,9 +42,11 @@ def feature_names(channels: int) -> list[str]:
                     "signal_to_noise", "saturated"]
 
 
+@lru_cache(maxsize=16)
 def _geometry(size: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The pixel masks of an S x S image, flattened to S*S: aperture and profile discs as float rows (a flux is
-    a matrix product), the sky border, the centre and the outskirts as pixel indices."""
+    a matrix product), the sky border, the centre and the outskirts as pixel indices. Built once per size and
+    device: the network measures every batch, and `nonzero` would wait for a GPU at each step. Read-only."""
     centre = (size - 1) / 2
     axis = torch.arange(size, device=device, dtype=torch.float32) - centre
     y, x = torch.meshgrid(axis, axis, indexing="ij")
@@ -77,7 +81,7 @@ def measure(images: torch.Tensor) -> torch.Tensor:
 
 
 def _measure(images: torch.Tensor) -> torch.Tensor:
-    pixels = images.float().flatten(2)  # B x C x S*S
+    pixels = images.float().flatten(2).contiguous()  # B x C x S*S, whatever the layout: the same sums
     channels, size = int(images.shape[1]), int(images.shape[-1])  # fixed per model: constants when exported
     geometry = _geometry(size, images.device)
     ring = pixels.index_select(2, geometry["sky"])
