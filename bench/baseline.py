@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from stellar_dist.data.manifest import load_manifest  # noqa: E402
 from stellar_dist.data.photometry import measure  # noqa: E402
 from stellar_dist.data.streams import ItemMaker, OnceStream, make_loader, shard_paths  # noqa: E402
-from stellar_dist.evaluate import classification_report, format_report  # noqa: E402
+from stellar_dist.core.metrics import classification_report, format_report  # noqa: E402
 
 MODELS = ("tree", "logreg")
 

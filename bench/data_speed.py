@@ -83,7 +83,7 @@ def views_rate(shards: Path, batches: int) -> float:
 def pack(catalog: str, out: Path, encoding: str) -> Path:
     shards = out / f"shards-{encoding}"
     if not (shards / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", catalog, "--out", str(shards),
+        subprocess.run([sys.executable, "-m", "stellar_dist", "pack", "--catalog", catalog, "--out", str(shards),
                         "--image-size", "64", "--encoding", encoding, "--shard-size", "500"], check=True, cwd=REPO)
     return shards
 

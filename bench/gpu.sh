@@ -8,7 +8,7 @@
 #
 # $OUT receives gpu.log (every step's output), smoke.json, step_speed.json, kmeans.txt and summary.json; cutouts,
 # shards and runs live in a mktemp folder that is deleted at the end. No `pip install -e .`: the repository is put
-# on PYTHONPATH and commands run as `python3 -m stellar_dist.cli`. Missing wheels (webdataset, braceexpand: the
+# on PYTHONPATH and commands run as `python3 -m stellar_dist`. Missing wheels (webdataset, braceexpand: the
 # only packages training needs that the machine lacks; wandb, faiss and astropy are not needed: tracking=none,
 # cluster.backend=auto falls back to torch k-means) are installed from .whl/ into the scratch folder.
 # Steps (limit in seconds): 1. environment (20 + 20); 2. random cutouts packed (30 + 40); 3. smoke: bf16 step, views and
@@ -36,7 +36,7 @@ run() {
   cat "$SCRATCH/step.out" >> "$LOG"; tr '\r' '\n' < "$SCRATCH/step.out" | grep -v "it/s\|img/s" | tail -n 4
   [ $status = 124 ] && say "(stopped at its ${1} s limit)"; return $status
 }
-SD=(python3 -m stellar_dist.cli)
+SD=(python3 -m stellar_dist)
 if [ "$SMALL" = 1 ]; then NUM=600; SIZE=32; KMEANS=20000; STEPS=12; BATCH=(train.batch_size=8 ssl.mu=2 eval.batch_size=64)
 else NUM=8000; SIZE=64; KMEANS=1000000; STEPS=60; BATCH=(); fi
 

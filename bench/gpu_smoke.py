@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def bf16_step(device: torch.device) -> dict:
     from accelerate import Accelerator
 
-    from stellar_dist.models import build_model
+    from stellar_dist.model.network import build_model
 
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no")
     model = build_model("resnet18", 3, weights="none", num_clusters=0, in_channels=3, channels_last=True)
@@ -66,7 +66,7 @@ def device_kmeans(device: torch.device) -> dict:
 
 
 def engine_steps(shards: str, out: str, device: torch.device) -> dict:
-    from stellar_dist.train import main
+    from stellar_dist.cli import main
 
     overrides = ["--config", "configs/sdss.yaml", f"data.shards={shards}", f"output_dir={out}", "train.steps=3",
                  "train.batch_size=16", "ssl.mu=2", "eval.every_steps=0", "checkpoint.every_steps=0",
@@ -77,7 +77,7 @@ def engine_steps(shards: str, out: str, device: torch.device) -> dict:
         torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        main(overrides)
+        main(["train", *overrides])
     if device.type == "cuda":
         torch.cuda.set_sync_debug_mode("default")
     syncs = [str(item.message) for item in caught if "synchroniz" in str(item.message)]

@@ -70,7 +70,7 @@ def pack(catalog: str, out: Path, labels: str, pack_args: str, test_fraction: fl
     held = ["--validation-fraction", str(VALIDATION_FRACTION)] if "_validation" in tag else []
     held += ["--labeled-seed", str(seed)] if tag.endswith("_sets") else []
     if not (shards / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", catalog, "--out", str(shards),
+        subprocess.run([sys.executable, "-m", "stellar_dist", "pack", "--catalog", catalog, "--out", str(shards),
                         *amount, "--test-fraction", str(test_fraction), *held, *shlex.split(pack_args)],
                        check=True, cwd=REPO)
     return shards
@@ -85,7 +85,7 @@ def same_config_or_exit(config: str, overrides: list[str], folder: Path) -> None
     """A finished run is reused only if it ran with the config this command asks for: a changed config file must
     never relabel old results."""
     sys.path.insert(0, str(REPO))
-    from stellar_dist.config import Config, load_config, to_dict
+    from stellar_dist.training.config import Config, load_config, to_dict
 
     def flat(tree: dict, prefix: str = "") -> dict:
         return {key: value for name, item in tree.items()
@@ -132,7 +132,7 @@ def share_pretraining(folder: Path, run: dict, seed: int, tag: str) -> None:
         same_split = other.parents[2].name.split("_", 2)[2:] == folder.parents[1].name.split("_", 2)[2:]
         if other != stage and same_split and (other / "metrics.json").exists():
             sys.path.insert(0, str(REPO))
-            from stellar_dist.resume import RUN_MARKER
+            from stellar_dist.training.resume import RUN_MARKER
 
             if stage.exists():
                 shutil.rmtree(stage)  # an unfinished stage of this run: the finished one replaces it

@@ -45,7 +45,7 @@ def scaled_catalog(catalog: Path, out: Path, copies: int) -> Path:
 
 def measure(catalog: Path, shards: Path, workers: int) -> dict:
     shutil.rmtree(shards, ignore_errors=True)
-    command = [sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", str(catalog), "--out", str(shards),
+    command = [sys.executable, "-m", "stellar_dist", "pack", "--catalog", str(catalog), "--out", str(shards),
                "--workers", str(workers), "--image-size", "64"]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -136,7 +136,7 @@ def measure(folder: Path, count: int) -> dict:
     result = {"samples": count, "make_images_s": time.perf_counter() - started}
     shards, run = folder / "shards", folder / "run"
     if not (shards / "manifest.json").exists():
-        result["pack"] = timed([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", str(catalog), "--out",
+        result["pack"] = timed([sys.executable, "-m", "stellar_dist", "pack", "--catalog", str(catalog), "--out",
                                 str(shards), "--image-size", str(SIDE), "--encoding", "u8", "--shard-size", "10000",
                                 "--workers", "2"], log)
     manifest = json.loads((shards / "manifest.json").read_text())
@@ -146,10 +146,10 @@ def measure(folder: Path, count: int) -> dict:
                                            f"output_dir={run}", *TRAIN), log)
     metrics = json.loads((run / "metrics.json").read_text())
     result["phase_seconds"], result["peak_rss_mb"] = metrics["phase_seconds"], metrics["peak_rss_mb"]
-    result["cluster_faiss"] = timed([sys.executable, "-m", "stellar_dist.cli", "cluster", "--checkpoint", str(run),
+    result["cluster_faiss"] = timed([sys.executable, "-m", "stellar_dist", "cluster", "--checkpoint", str(run),
                                      "--shards", str(shards), "--backend", "faiss", "--k", "50", "--out",
                                      str(folder / "cluster_faiss")], log)
-    result["predict_parts"] = timed(launch("-m", "stellar_dist.inference.predict", "--model", str(run), "--input",
+    result["predict_parts"] = timed(launch("-m", "stellar_dist", "predict", "--model", str(run), "--input",
                                            str(shards), "--out", f"{folder / 'predicted'}/", "--workers", "1"), log)
     return result
 

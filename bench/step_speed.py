@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
 
 from stellar_dist.algorithms.fixmatch import masked_cross_entropy  # noqa: E402
-from stellar_dist.models import StellarNet  # noqa: E402
+from stellar_dist.model.network import StellarNet  # noqa: E402
 
 
 def make_step(variant: str, model, optimizer, device):

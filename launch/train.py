@@ -10,7 +10,7 @@ All GPUs of a node (bf16):
         launch/train.py --config configs/sdss.yaml
 Without accelerate (one process), or without a checkout (`pip install` gives the same entry point):
     python launch/train.py --config configs/demo.yaml train.steps=50 ssl.algorithm=supervised
-    stellar-dist train --config configs/demo.yaml          # or: accelerate launch ... -m stellar_dist.train
+    stellar-dist train --config configs/demo.yaml          # or: accelerate launch ... -m stellar_dist train
 DeepCluster alone (no labels), or a DeepCluster head beside FixMatch:
     python launch/train.py --config configs/demo.yaml ssl.algorithm=deepcluster output_dir=runs/dc
     python launch/train.py --config configs/demo.yaml cluster.lambda_c=0.3 cluster.every_steps=100
@@ -18,7 +18,9 @@ DeepCluster alone (no labels), or a DeepCluster head beside FixMatch:
 Any config key can be overridden as KEY=VALUE (e.g. ssl.threshold=0.9 output_dir=runs/t09 resume=auto).
 """
 
-from stellar_dist.train import main
+import sys
+
+from stellar_dist.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["train", *sys.argv[1:]])

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from stellar_dist import dist
-from stellar_dist.config import load_config
-from stellar_dist.engine import setup, train_loop
-from stellar_dist.evaluate import gather_predictions
+from stellar_dist.core import dist
+from stellar_dist.training.config import load_config
+from stellar_dist.training.engine import setup, train_loop
+from stellar_dist.training.evaluation import gather_predictions
 
 TINY = ["cluster.k=6", "cluster.pca_dim=16", "model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "eval.every_steps=1000",
         "checkpoint.every_steps=1000", "data.num_workers=1", "data.shuffle_buffer=16", "ssl.threshold=0.5"]

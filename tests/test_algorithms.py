@@ -11,8 +11,8 @@ from stellar_dist.algorithms.alignment import align
 from stellar_dist.algorithms.flexmatch import class_thresholds, learning_effect
 from stellar_dist.algorithms.freematch import fairness_loss
 from stellar_dist.algorithms.mixmatch import mixmatch_loss, mixup, sharpen
-from stellar_dist.config import load_config
-from stellar_dist.errors import UserError
+from stellar_dist.training.config import load_config
+from stellar_dist.core.errors import UserError
 
 MANIFEST = {"classes": ["GALAXY", "QSO", "STAR"], "num_input": 12, "num_samples": {"unlabeled": 10},
             "counts": {"labeled": {"GALAXY": 6, "QSO": 1, "STAR": 3}}}
@@ -120,7 +120,7 @@ def test_alignment_ramps_and_logit_adjustment():
 
 @pytest.mark.parametrize("name", [name for name in ALGORITHMS if name != "deepcluster"])
 def test_every_algorithm_trains_one_step_and_keeps_its_views(name):
-    from stellar_dist.models import StellarNet
+    from stellar_dist.model.network import StellarNet
 
     torch.manual_seed(0)
     algorithm = make(name)
@@ -145,7 +145,7 @@ def test_class_statistics_are_identical_on_two_ranks_and_equal_one_process(sim_s
 
     from ddp_probe import TINY, algorithm_states
     from stellar_dist.data.manifest import load_manifest
-    from stellar_dist.models import StellarNet
+    from stellar_dist.model.network import StellarNet
     from test_ddp import launch
 
     launch("state", str(tmp_path), str(sim_shards))
@@ -172,7 +172,7 @@ def test_a_new_algorithm_is_one_file(monkeypatch):
     from typing import ClassVar
 
     from stellar_dist.algorithms.fixmatch import FixMatch
-    from stellar_dist.errors import UserError
+    from stellar_dist.core.errors import UserError
 
     @dataclass(frozen=True)
     class ToyOptions:
@@ -190,6 +190,6 @@ def test_a_new_algorithm_is_one_file(monkeypatch):
     assert algorithm.options == ToyOptions(scale=0.25) and algorithm.unsup_weight(0) == 0.5
     with pytest.raises(UserError, match=r"ssl.toymatch.scale=2.0 is out of range"):
         make("toymatch", "ssl.toymatch.scale=2")
-    from stellar_dist.config import to_dict
+    from stellar_dist.training.config import to_dict
 
     assert to_dict(load_config(None, ["ssl.algorithm=toymatch"]))["ssl"]["toymatch"] == {"scale": 0.5}

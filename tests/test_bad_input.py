@@ -109,7 +109,7 @@ def train_without(tmp_path, shards, missing: tuple[str, ...], *overrides):
     from test_train import REPO_ROOT, TINY
 
     hide = "".join(f"sys.modules[{name!r}] = None; " for name in missing)
-    code = f"import sys; {hide}from stellar_dist.train import main; main()"
+    code = f"import sys; {hide}from stellar_dist.cli import main; main(['train', *sys.argv[1:]])"
     return subprocess.run([sys.executable, "-c", code, *TINY, f"data.shards={shards}", *overrides],
                           capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 

@@ -3,7 +3,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from stellar_dist.clustering.cluster import (cluster_accuracy, initial_centroids, kmeans_faiss, kmeans_torch,
-                                           match_clusters, split_empty_clusters)
+                                             match_clusters, split_empty_clusters)
 
 
 def blobs(num_per_blob=200, k=5, dim=16, seed=0):

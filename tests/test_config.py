@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stellar_dist.config import load_config, save_config
-from stellar_dist.errors import UserError
+from stellar_dist.training.config import load_config, save_config
+from stellar_dist.core.errors import UserError
 
 
 def test_yaml_then_overrides_typed(tmp_path):
@@ -57,7 +57,7 @@ def test_alignment_is_off_where_nothing_is_pseudo_labelled():
 def test_every_numeric_key_has_a_range():
     """Core keys in config.RANGES; each algorithm's own keys (ssl.<name>.*) in its Options.RANGES."""
     from stellar_dist.algorithms import ALGORITHMS
-    from stellar_dist.config import RANGES, Config
+    from stellar_dist.training.config import RANGES, Config
 
     def numeric_keys(cls, prefix=""):
         for name, kind in typing.get_type_hints(cls).items():
@@ -86,10 +86,10 @@ def test_command_line_version_fast_help_and_config_command(tmp_path):
     import sys
 
     from stellar_dist import __version__
-    from stellar_dist.config import config_from_dict, to_dict
+    from stellar_dist.training.config import config_from_dict, to_dict
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "stellar_dist.cli", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "stellar_dist", *args], capture_output=True, text=True,
                               timeout=120, cwd=Path(__file__).resolve().parents[1])
 
     assert cli("--version").stdout.strip() == f"stellar-dist {__version__}"

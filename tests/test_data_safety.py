@@ -89,7 +89,7 @@ def test_shard_names_from_the_manifest_are_never_run(sim_shards, tmp_path):
     assert not marker.exists() and not (tmp_path / "run").exists()
     # The stream itself opens local files only: a pipe: path is a missing file, not a command.
     from stellar_dist.data.streams import iter_samples
-    from stellar_dist.errors import UserError
+    from stellar_dist.core.errors import UserError
 
     with pytest.raises(UserError, match="can no longer be read"):
         list(iter_samples([f"pipe:touch {marker}"]))
@@ -153,7 +153,7 @@ def test_folder_catalog_ignores_hidden_folders_and_refuses_lookalike_classes(sim
 def test_sigterm_during_pack_leaves_nothing(sim_catalog, tmp_path):
     copied_catalog(sim_catalog, tmp_path, 15)  # 3,000 images: a few seconds of packing
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", str(tmp_path / "c.csv"),
+    process = subprocess.Popen([sys.executable, "-m", "stellar_dist", "pack", "--catalog", str(tmp_path / "c.csv"),
                                 "--out", str(out), "--workers", "2", "--shard-size", "50"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
     deadline, workers = time.time() + 60, []

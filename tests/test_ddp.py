@@ -45,9 +45,9 @@ def test_two_ranks_train_in_step_and_cover_the_test_split_once(sim_shards, tmp_p
 
 def test_ddp_gradients_match_one_process_with_the_global_batch(sim_shards, tmp_path):
     from stellar_dist.algorithms import ALGORITHMS
-    from stellar_dist.config import load_config
+    from stellar_dist.training.config import load_config
     from stellar_dist.data.manifest import load_manifest
-    from stellar_dist.models import StellarNet
+    from stellar_dist.model.network import StellarNet
     from accelerate.utils import set_seed
 
     launch("grads", str(tmp_path), str(sim_shards))

@@ -100,7 +100,7 @@ def test_pretraining_then_fine_tuning_is_one_resumable_command(sim_shards, tmp_p
     weights = (out / "pretrain" / "checkpoints" / "step_0000004" / "model" / "model.safetensors").resolve()
     assert saved["model"]["weights"] == str(weights) and saved["ssl"]["algorithm"] == "softmatch"
     # stage 2 starts from stage 1's backbone: model.weights loads every backbone tensor of that checkpoint
-    from stellar_dist.models import StellarNet
+    from stellar_dist.model.network import StellarNet
 
     pretrained = load_file(weights)
     model = StellarNet("resnet18", 3, str(weights))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, run_cli
-from stellar_dist.saving import checkpoint
+from stellar_dist.training import checkpoint
 from test_data_safety import one_line_error, tree
 from test_train import TINY, train
 

@@ -14,7 +14,7 @@ from astropy.table import Table
 
 from conftest import run_cli
 from stellar_dist.data.catalog import read_catalog
-from stellar_dist.models import StellarNet
+from stellar_dist.model.network import StellarNet
 from test_train import train
 
 BANDS = ["U", "G", "R", "I", "Z"]

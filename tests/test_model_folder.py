@@ -5,8 +5,8 @@ import shutil
 
 import torch
 
-from stellar_dist.saving import checkpoint
-from stellar_dist.errors import UserError
+from stellar_dist.training import checkpoint
+from stellar_dist.core.errors import UserError
 from stellar_dist.inference.model_folder import load_model
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file, save_file
 
-from stellar_dist.outputs import umask
+from stellar_dist.core.outputs import umask
 from conftest import run_cli
 from test_data_safety import one_line_error, tree
 
@@ -38,7 +38,7 @@ def predict(model, source, out, *extra, check=False):
 
 def refused(*args, **options) -> str:
     """predict() in this process (the command's own code, without a new interpreter): its one-line refusal."""
-    from stellar_dist.errors import UserError
+    from stellar_dist.core.errors import UserError
     from stellar_dist.inference.predict import predict as predict_rows
 
     with pytest.raises(UserError) as error:
@@ -52,11 +52,11 @@ def test_predict_never_writes_over_its_inputs_or_the_users_files(model, catalog,
     assert "would destroy an input" in one_line_error(predict(model, catalog, catalog))
     assert "would destroy an input" in refused(model, catalog, tmp_path / "p.csv", embeddings=str(model / "x.npy"))
     assert "must end in .npy" in refused(model, catalog, tmp_path / "p.csv", embeddings=str(catalog))
-    side = tmp_path / "p.rejected.csv"
-    side.write_text("row,reason\nmy own notes\n")  # a file of the user's under the rejected list's name
-    assert "not written by `stellar-dist predict`" in refused(model, catalog, tmp_path / "p.csv")
-    assert side.read_text() == "row,reason\nmy own notes\n"
-    side.unlink()
+    mine = tmp_path / "p.csv"
+    mine.write_text("row,reason\nmy own notes\n")  # a file of the user's under the output's name
+    assert "not written by `stellar-dist predict`" in refused(model, catalog, mine)
+    assert mine.read_text() == "row,reason\nmy own notes\n"
+    mine.unlink()
     assert tree(tmp_path) == before
     # Its own output is replaced by a second run; once the user edits it, it is theirs.
     out = tmp_path / "p.csv"
@@ -67,11 +67,6 @@ def test_predict_never_writes_over_its_inputs_or_the_users_files(model, catalog,
     assert "--overwrite" in refused(model, catalog, out) and out.read_text().endswith("my,extra,row\n")
     predict(model, catalog, out, "--overwrite", check=True)
     assert len(pd.read_csv(out)) == 30
-    # The input named like another run's rejected list is never deleted.
-    renamed = tmp_path / "x.rejected.csv"
-    shutil.copy(catalog, renamed)
-    assert "would destroy an input" in refused(model, renamed, tmp_path / "x.csv")
-    assert renamed.read_bytes() == catalog.read_bytes()
     assert not list(tmp_path.glob(".sdtmp-*")), "temporary files left behind"
 
 
@@ -82,7 +77,7 @@ def test_predict_that_classifies_nothing_fails_and_mismatches_are_named(model, s
         (images / f"{index}.jpg").write_bytes(b"not an image")
     line = one_line_error(predict(model, images, tmp_path / "p.csv"))
     assert "none of the 3 input(s) could be classified" in line and "UnidentifiedImageError" in line
-    assert not (tmp_path / "p.csv").exists() and (tmp_path / "p.rejected.csv").exists()
+    assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob("p.*"))
     # Shards of another size than the model's: one line naming both, before any row is read.
     other = tmp_path / "other"
     run_cli("pack", "--catalog", str(sim_catalog), "--out", str(other), "--image-size", "16", "--workers", "1")
@@ -168,7 +163,7 @@ def test_two_writers_of_one_output_the_second_exits_at_once(model, catalog, tmp_
     from test_trust import finish, hold_when_locked
 
     out = tmp_path / "p.csv"
-    first = hold_when_locked([sys.executable, "-m", "stellar_dist.cli", "predict", "--model", str(model), "--input",
+    first = hold_when_locked([sys.executable, "-m", "stellar_dist", "predict", "--model", str(model), "--input",
                               str(catalog), "--out", str(out)], tmp_path / ".p.csv.lock")
     line = one_line_error(predict(model, catalog, out))
     assert "is being written by stellar-dist predict" in line and f"PID {first.pid}" in line
@@ -184,11 +179,11 @@ def test_a_forked_child_never_keeps_a_killed_writers_lock(tmp_path):
     import subprocess
     import time
 
-    from stellar_dist.errors import UserError
-    from stellar_dist.outputs import OutputLock
+    from stellar_dist.core.errors import UserError
+    from stellar_dist.core.outputs import OutputLock
 
     target = tmp_path / "run"
-    script = (f"import os, sys, time; from stellar_dist.outputs import OutputLock; OutputLock({str(target)!r}, 'x')\n"
+    script = (f"import os, sys, time; from stellar_dist.core.outputs import OutputLock; OutputLock({str(target)!r}, 'x')\n"
               "child = os.fork()\n"
               "if child == 0:\n    time.sleep(60); os._exit(0)\n"
               "print(child, flush=True); time.sleep(60)\n")

@@ -109,7 +109,7 @@ def test_labeled_counts_are_nested_stratified_and_keep_the_test_split():
     import numpy as np
 
     from stellar_dist.data.splits import stratified_split
-    from stellar_dist.errors import UserError
+    from stellar_dist.core.errors import UserError
 
     rng = np.random.default_rng(0)
     classes = pd.Series(rng.choice(["GALAXY", "QSO", "STAR"], size=3000, p=[0.6, 0.08, 0.32]))

@@ -3,7 +3,7 @@
 import torch
 
 from stellar_dist.data.photometry import feature_names, measure
-from stellar_dist.models import build_model
+from stellar_dist.model.network import build_model
 
 
 def _source(size: int, sigma: float, colour: tuple[float, float, float], sky: float = 0.1) -> torch.Tensor:

@@ -1,7 +1,6 @@
-"""`stellar-dist predict`: the evaluation's predictions on the same images, bad rows listed, 2 ranks = 1 rank,
+"""`stellar-dist predict`: the evaluation's predictions on the same images, bad rows kept with their reason, 2 ranks = 1 rank,
 CSV = parquet = FITS."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -31,11 +30,16 @@ def test_object_ids_keep_their_type_and_every_digit(tmp_path):
     big = "1237648720693755918"  # > 2**53: float64 would change it
     assert id_type([big, None, "-5", ""]) == "int64" and id_type([big, "J1234+5678"]) == "string"
     assert id_type(["9223372036854775808"]) == "string" and id_type([None, ""]) is None
-    rows = [{"row": index, "objid": objid, "image_path": "a.png", "predicted_class": "QSO", "p_GALAXY": 0.1,
-             "p_QSO": 0.9, "max_probability": 0.9, "unusual": False} for index, objid in enumerate([big, None])]
+    from stellar_dist.inference.pipeline import columns
+
+    schema = columns(["GALAXY", "QSO"], (), "int64")
+    frame = pd.DataFrame({"row": [0, 1], "objid": pd.array([int(big), None], dtype="Int64"), "image_path": "a.png",
+                          "predicted_class": "QSO",
+                          "p_GALAXY": 0.1, "p_QSO": 0.9, "max_probability": 0.9, "unusual": False,
+                          "rejected_reason": ""}).astype(schema)
     for name in ("t.parquet", "t.fits"):
-        writer = Writer(tmp_path / name, ["GALAXY", "QSO"], integer_ids=True)
-        writer.write(rows)
+        writer = Writer(tmp_path / name, schema)
+        writer.write(frame)
         writer.close()
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -65,14 +69,15 @@ def split_catalog_with_bad_rows(sim_catalog, sim_shards, folder):
 def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, sim_shards, tmp_path):
     catalog, rows = split_catalog_with_bad_rows(sim_catalog, sim_shards, tmp_path)
     result = run_cli("predict", "--model", str(trained), "--input", str(catalog), "--out", str(tmp_path / "p.csv"))
-    assert "2 unreadable input(s)" in result.stdout
-    out = pd.read_csv(tmp_path / "p.csv", dtype={"objid": str})
-    assert out["row"].tolist() == [index for index in range(len(rows)) if index not in (3, 4)]  # input order
-    assert out["objid"].tolist() == [row["objid"] for index, row in enumerate(rows) if index not in (3, 4)]
-    with open(tmp_path / "p.rejected.csv") as handle:
-        rejected = list(csv.DictReader(handle))
-    assert [int(row["row"]) for row in rejected] == [3, 4] and all(row["reason"] for row in rejected)
-    assert [row["objid"] for row in rejected] == ["1", "2"] and rejected[0]["image_path"].endswith("missing.jpg")
+    assert "2 input(s) could not be read" in result.stdout
+    every = pd.read_csv(tmp_path / "p.csv", dtype={"objid": str})
+    assert every["row"].tolist() == list(range(len(rows)))  # one row per input row, in input order
+    assert every["objid"].tolist() == [row["objid"] for row in rows]
+    bad = every.iloc[[3, 4]]  # unread images keep their place: empty predictions, the reason
+    assert bad["rejected_reason"].str.len().gt(0).all() and bad["predicted_class"].isna().all()
+    assert bad["max_probability"].isna().all() and bad["unusual"].isna().all()
+    assert bad["image_path"].iloc[0].endswith("missing.jpg") and every["rejected_reason"].drop([3, 4]).isna().all()
+    out = every.drop(index=[3, 4]).reset_index(drop=True)
     truth = [row["Class"] for index, row in enumerate(rows) if index not in (3, 4)]
     accuracy = float(np.mean(out["predicted_class"].to_numpy() == np.array(truth)))
     assert accuracy == pytest.approx(json.loads((trained / "metrics.json").read_text())["test"]["accuracy"])
@@ -92,14 +97,26 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
         [index in (3, 4) for index in range(len(rows))]
     assert list(predicted["predicted_class"][read]) == out["predicted_class"].tolist()
     assert np.allclose(np.array(predicted["max_probability"][read]), out["max_probability"], atol=1e-5)
-    assert np.isnan(predicted["max_probability"][3]) and predicted["predicted_class"][4] == ""
+    assert np.isnan(predicted["max_probability"][3]) and predicted["predicted_class"].mask[4]
+    assert predicted["cluster"].mask[3] if "cluster" in predicted.colnames else True
+    # the README's example: the returned Table writes to FITS and parquet and reads back the same
+    for name in ("qso_candidates.fits", "qso_candidates.parquet"):
+        predicted.write(tmp_path / name)
+        back = Table.read(tmp_path / name)
+        assert list(back["predicted_class"][read]) == list(predicted["predicted_class"][read])
+        assert back["predicted_class"].mask[4] and list(back["objid"]) == list(predicted["objid"])
+        assert np.allclose(np.array(back["max_probability"][read]), np.array(predicted["max_probability"][read]))
     frame = predict_catalog(trained, catalog)  # a CSV path: a DataFrame, ids as written
     assert frame["objid"].tolist() == [row["objid"] for row in rows]
     assert frame["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
+    frame.to_parquet(tmp_path / "frame.parquet")  # typed columns: pyarrow writes them
     table.write(tmp_path / "catalog.fits")  # the command reads every table format pack reads
+    from_path = predict_catalog(trained, tmp_path / "catalog.fits")  # FITS text arrives as bytes: paths still read
+    assert from_path["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
+    assert isinstance(from_path["image_path"].iloc[0], str)
     run_cli("predict", "--model", str(trained), "--input", str(tmp_path / "catalog.fits"), "--out",
             str(tmp_path / "f.csv"))
-    from_fits = pd.read_csv(tmp_path / "f.csv", dtype={"objid": str})
+    from_fits = pd.read_csv(tmp_path / "f.csv", dtype={"objid": str}).drop(index=[3, 4])
     assert from_fits["objid"].tolist() == out["objid"].tolist()
     assert from_fits["predicted_class"].tolist() == out["predicted_class"].tolist()
 
@@ -109,7 +126,7 @@ def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_s
             str(tmp_path / "one.csv"), "--embeddings", str(tmp_path / "one.npy"))
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
-               "-m", "stellar_dist.inference.predict", "--model", str(trained), "--input", str(sim_shards),
+               "-m", "stellar_dist", "predict", "--model", str(trained), "--input", str(sim_shards),
                "--out", str(tmp_path / "two.parquet"), "--embeddings", str(tmp_path / "two.npy")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -186,7 +186,7 @@ def test_two_ranks_choose_what_one_rank_chooses(sim_shards, tmp_path):
             "--workers", "1")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO_ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
-               "-m", "stellar_dist.selection.select", "--shards", str(sim_shards), "--budget", "9", "--out",
+               "-m", "stellar_dist", "select", "--shards", str(sim_shards), "--budget", "9", "--out",
                str(tmp_path / "two.csv"), "--workers", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO_ROOT, copied_catalog, run_cli
-from stellar_dist import files
+from stellar_dist.core import files
 from stellar_dist.data import bands
 from test_data_safety import one_line_error
 from test_train import train
@@ -85,13 +85,14 @@ def test_a_fifo_among_the_images_is_rejected_not_waited_on(plain_run, sim_catalo
     os.mkfifo(tmp_path / "pipe.jpg")
     catalog.loc[3, "image_path"] = str(tmp_path / "pipe.jpg")
     catalog.to_csv(tmp_path / "c.csv", index=False)
-    result = subprocess.run([sys.executable, "-m", "stellar_dist.cli", "predict", "--model", str(plain_run),
+    result = subprocess.run([sys.executable, "-m", "stellar_dist", "predict", "--model", str(plain_run),
                              "--input", str(tmp_path / "c.csv"), "--out", str(tmp_path / "p.csv")],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    rejected = pd.read_csv(tmp_path / "p.rejected.csv")
-    assert list(rejected["row"]) == [3] and "FIFO" in rejected["reason"][0]
-    line = one_line_error(subprocess.run([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog",
+    out = pd.read_csv(tmp_path / "p.csv")
+    rejected = out[out["rejected_reason"].notna()]
+    assert list(rejected["row"]) == [3] and "FIFO" in rejected["rejected_reason"].iloc[0]
+    line = one_line_error(subprocess.run([sys.executable, "-m", "stellar_dist", "pack", "--catalog",
                                           str(tmp_path / "pipe.jpg"), "--out", str(tmp_path / "s")],
                                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=300))
     assert "FIFO" in line and not (tmp_path / "s").exists()
@@ -156,7 +157,7 @@ def test_parts_refuse_a_model_republished_at_the_same_path_and_survive_a_torn_in
 
 def test_kill_9_leftovers_are_removed_by_the_next_run_and_said_so(sim_catalog, tmp_path):
     copied_catalog(sim_catalog, tmp_path, 10)  # 2,000 images: seconds of packing
-    process = subprocess.Popen([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", str(tmp_path / "c.csv"),
+    process = subprocess.Popen([sys.executable, "-m", "stellar_dist", "pack", "--catalog", str(tmp_path / "c.csv"),
                                 "--out", str(tmp_path / "out"), "--workers", "1", "--shard-size", "50"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT, start_new_session=True)
     deadline = time.time() + 120

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from stellar_dist.algorithms.fixmatch import FixMatch
-from stellar_dist.config import load_config
+from stellar_dist.training.config import load_config
 
 MANIFEST = {"classes": ["GALAXY", "QSO", "STAR"], "num_input": 12, "num_samples": {"unlabeled": 10},
             "counts": {"labeled": {"GALAXY": 1, "QSO": 1, "STAR": 1}}}
@@ -80,7 +80,7 @@ def test_ema_update_matches_averaged_model_with_its_counter_on_the_host():
     AveragedModel.update_parameters with the warmup-decay lerp computes, to the bit; buffers are copied."""
     from torch.optim.swa_utils import AveragedModel
 
-    from stellar_dist.optim import ema_weight, keep_count_on_host, update_ema
+    from stellar_dist.training.optim import ema_weight, keep_count_on_host, update_ema
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
@@ -114,8 +114,8 @@ def test_training_steps_never_read_a_tensor_on_the_host_outside_log_intervals(si
     the 4 extra steps read nothing (sync-free), with the views made on the device, FixMatch, the EMA and the
     per-step diagnostics. The EMA's counter is read every step: it lives on the host (no device to wait for). (On CUDA bench/gpu_smoke.py counts the same with torch.cuda.set_sync_debug_mode.)
     Images are read in a DataLoader worker (another process: not counted)."""
-    from stellar_dist.engine import train_loop
-    from stellar_dist.session import setup
+    from stellar_dist.training.engine import train_loop
+    from stellar_dist.training.session import setup
 
     reads, on_host = [], []  # on_host: the EMA's update counter, kept on the host by design (optim.py)
     for name in HOST_READS:

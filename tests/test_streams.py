@@ -72,12 +72,12 @@ def test_train_streams_split_shards_by_rank_when_there_are_enough(sim_shards):
 
 
 def test_class_balanced_labeled_stream_and_only_the_declared_views(sim_shards):
-    from stellar_dist.engine import _balanced_acceptance
+    from stellar_dist.training.batches import balanced_acceptance
     from stellar_dist.data.manifest import load_manifest
 
     manifest = load_manifest(sim_shards)
     counts = [manifest["counts"]["labeled"][name] for name in manifest["classes"]]
-    accept = _balanced_acceptance(manifest)
+    accept = balanced_acceptance(manifest)
     assert min(counts) < max(counts) and max(accept) == 1.0
     paths = shard_paths(sim_shards, "labeled")
 

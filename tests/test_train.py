@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, Warm, run_cli
 from wandb_records import config_and_summary, read_records
 
 TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "data.num_workers=2",
@@ -18,8 +18,9 @@ TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_ever
 
 
 def train(*overrides, check=True):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "train.py"), *TINY, *overrides],
-                            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    """launch/train.py TINY OVERRIDES in a process of its own (forked from the warm interpreter: conftest.Warm)."""
+    script = str(REPO_ROOT / "launch" / "train.py")
+    result = Warm.run([script, *TINY, *overrides], path=script)
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
@@ -147,13 +148,13 @@ def test_missing_shards_and_bad_weights_are_one_line_errors(tmp_path, sim_shards
 
 
 def test_training_without_a_checkout(sim_shards, tmp_path):
-    """`stellar-dist train` and `accelerate launch -m stellar_dist.train` from any folder (a pip install)."""
+    """`stellar-dist train` and `accelerate launch -m stellar_dist train` from any folder (a pip install)."""
     args = [*TINY, f"data.shards={sim_shards}", "train.steps=2", "eval.every_steps=0", "checkpoint.every_steps=0",
             "cluster.at_end=false"]
-    cli = subprocess.run([sys.executable, "-m", "stellar_dist.cli", "train", *args, f"output_dir={tmp_path / 'a'}"],
+    cli = subprocess.run([sys.executable, "-m", "stellar_dist", "train", *args, f"output_dir={tmp_path / 'a'}"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                               str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "-m", "stellar_dist.train", *args,
+                               str(REPO_ROOT / "accelerate_configs" / "cpu.yaml"), "-m", "stellar_dist", "train", *args,
                                f"output_dir={tmp_path / 'b'}"], capture_output=True, text=True, timeout=300,
                               cwd=tmp_path)
     for result, folder in ((cli, "a"), (launched, "b")):

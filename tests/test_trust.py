@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stellar_dist.outputs import umask
+from stellar_dist.core.outputs import umask
 from conftest import REPO_ROOT, run_cli
 from test_bad_input import pack_fails
 from test_data_safety import one_line_error, tree
@@ -114,7 +114,7 @@ def finish(process: subprocess.Popen) -> None:
 def test_a_second_pack_into_the_same_out_exits_at_once(sim_catalog, tmp_path):
     user_catalog(sim_catalog, tmp_path).to_csv(tmp_path / "c.csv", index=False)
     out = tmp_path / "out"
-    first = hold_when_locked([sys.executable, "-m", "stellar_dist.cli", "pack", "--catalog", str(tmp_path / "c.csv"),
+    first = hold_when_locked([sys.executable, "-m", "stellar_dist", "pack", "--catalog", str(tmp_path / "c.csv"),
                               "--out", str(out), "--workers", "1"], tmp_path / ".out.lock")
     second = run_cli("pack", "--catalog", str(tmp_path / "c.csv"), "--out", str(out), "--workers", "1", check=False)
     assert f"PID {first.pid}" in one_line_error(second)
@@ -237,8 +237,8 @@ def test_bad_samples_in_shards_evaluation_goes_on_training_says_one_line(trained
 
 
 def test_sizes_and_overrides_are_bounded_one_line_each(sim_shards, tmp_path):
-    from stellar_dist.config import load_config
-    from stellar_dist.errors import UserError
+    from stellar_dist.training.config import load_config
+    from stellar_dist.core.errors import UserError
 
     for override, expected in (("data.shuffle_buffer=100000000", "[1, 100000]"),
                                ("train.batch_size=10000000", "[1, 65536]"),

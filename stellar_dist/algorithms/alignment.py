@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import dist
+from ..core import dist
 
 
 def align(probabilities: torch.Tensor, target: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:

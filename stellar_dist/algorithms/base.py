@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def labeled_prior(manifest: dict) -> torch.Tensor:
     """Class frequencies of the labeled split (what the labels tell of the class mix)."""
     counts = torch.tensor([float(manifest["counts"]["labeled"].get(name, 0)) for name in manifest["classes"]])

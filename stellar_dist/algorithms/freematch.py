@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .. import dist
+from ..core import dist
 from .fixmatch import FixMatch
 
 

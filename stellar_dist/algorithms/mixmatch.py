@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import dist
+from ..core import dist
 from .base import Algorithm
 
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from .. import dist
+from ..core import dist
 from .alignment import DistributionAlignment
 from .fixmatch import FixMatch
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .. import dist
-from ..errors import UserError
+from ..core import dist
+from ..core.errors import UserError
 
 SPLIT_EPSILON = 1e-4
 

@@ -11,9 +11,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.preprocessing import StandardScaler
 
+from ..core.files import atomic_path
+from ..core.metrics import classification_report
 from ..data.streams import picture, read_some
-from ..evaluate import classification_report
-from ..files import atomic_path
 from .cluster import cluster_accuracy, match_clusters
 from .features import SPLIT_CODES
 from .gathered import GRID_PER_CLUSTER

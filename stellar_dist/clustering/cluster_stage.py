@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cluster_report import cluster_metrics, linear_probe, plot_cluster_grid, plot_cluster_table
-from .gathered import gather_report, write_assignments
-from .. import dist
-from ..config import ClusterConfig
+from ..core import dist
+from ..core.config import ClusterConfig
 from ..data.eval_data import EvalData
+from .cluster_report import (
+    cluster_metrics,
+    linear_probe,
+    plot_cluster_grid,
+    plot_cluster_table,
+)
 from .features import assign_kept, assign_stream, extract_features, plan_selection
+from .gathered import gather_report, write_assignments
 from .recluster import ClusterState, finish_clustering, fit_clustering
 
 

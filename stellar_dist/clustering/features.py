@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import dist
+from ..core import dist
 from .cluster import HASH_PRIME, assign, id_hash, id_hash_int
 
 SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import dist
+from ..core import dist
+from ..core.files import discard_private, private_folder
+from ..core.outputs import follow_umask
 from ..data.eval_data import objid_text_maker
-from ..files import discard_private, private_folder
-from ..outputs import follow_umask
 from .features import SPLIT_CODES, Assigned, LocalFeatures
 
 GRID_PER_CLUSTER = 8  # objects shown per cluster in the grid (the nearest to its centroid)
@@ -77,7 +77,7 @@ def write_assignments(assigned: Assigned, shards_dir: str, path: Path, num_ids: 
     main = dist.is_main()
     texts = objid_text_maker(shards_dir, tuple(SPLIT_CODES)) if main else None
     names = {code: name for name, code in SPLIT_CODES.items()}
-    staging = private_folder(path.parent, path.name) if main else None  # see files.py
+    staging = private_folder(path.parent, path.name) if main else None  # see core/files.py
     temporary = staging / path.name if main else None
     try:
         with open(temporary, "w", newline="") if main else contextlib.nullcontext() as handle:

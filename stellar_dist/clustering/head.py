@@ -4,7 +4,10 @@ and EMA copy are reset), the targets of each unlabeled batch, the final cluster 
 checkpoints.
 
 Built once by the session from objects (model, EMA, optimizer, config, evaluation data, tracker), never from the
-run; the training loop only asks `targets(batch)` and `due(step)`:
+run; the training loop only asks `targets(batch)` and `due(step)`; the checkpoint collector (training/state.py)
+asks `state_dict` / `load_state_dict`, the model folder `portable_tensors` / `portable_description`, resuming
+`must_match(config)`. Which algorithms have a head is the algorithm's `cluster_head` ("always", "optional",
+"never"), passed in: this file names no algorithm.
 
     head = ClusterHead(model, ema, optimizer, config, data, tracker, trains_classifier=True, world_size=2,
                        unlabeled_samples=manifest["num_samples"]["unlabeled"])
@@ -20,24 +23,25 @@ from pathlib import Path
 
 import torch
 
-from ..algorithms import ALGORITHMS
 from ..data.eval_data import EvalData
 from .cluster_stage import num_clusters, run_clustering
 from .recluster import ClusterState
 
-# Config keys whose change makes a run's checkpoints unusable for its head (another head, other targets).
-MUST_MATCH = ("cluster.lambda_c>0", "cluster.k")
+
+def wanted(policy: str, options) -> bool:
+    """Does this run train a cluster head: `policy` is the algorithm's cluster_head ("always": DeepCluster alone;
+    "optional": beside the others when cluster.lambda_c > 0; "never"); `options` the config's cluster section."""
+    return policy == "always" or (policy == "optional" and options.lambda_c > 0)
 
 
-def wanted(config) -> bool:
-    """Does this run train a cluster head: always for DeepCluster alone, beside others when cluster.lambda_c > 0."""
-    head = ALGORITHMS[config.ssl.algorithm].cluster_head
-    return head == "always" or (head == "optional" and config.cluster.lambda_c > 0)
-
-
-def head_size(config, num_classes: int) -> int:
+def head_size(policy: str, options, num_classes: int) -> int:
     """Outputs of the model's cluster head (0: none)."""
-    return num_clusters(config.cluster, num_classes) if wanted(config) else 0
+    return num_clusters(options, num_classes) if wanted(policy, options) else 0
+
+
+def must_match(config) -> dict:
+    """What a run's checkpoints fix for its head: a change makes them unusable (another head, other targets)."""
+    return {"cluster.lambda_c>0": config.cluster.lambda_c > 0, "cluster.k": config.cluster.k}
 
 
 class ClusterHead:
@@ -114,7 +118,32 @@ class ClusterHead:
         if plots:
             self.tracker.log_images({f"cluster/{name}": Path(path) for name, path in metrics["plots"].items()}, step)
 
-    # -- checkpoints ---------------------------------------------------------------------------------------
+    # -- checkpoints and the model folder -------------------------------------------------------------------
+    @property
+    def has_clustering(self) -> bool:
+        return self.state is not None
+
+    def portable_tensors(self) -> dict:
+        """The latest clustering's space (PCA mean and projection, centroids) for the model folder, so that
+        predict can name each object's cluster; none without a clustering."""
+        if self.state is None:
+            return {}
+        tensors = {"cluster.centroids": self.state.centroids}
+        if self.state.pca_projection is not None:
+            tensors |= {"cluster.pca_mean": self.state.pca_mean, "cluster.pca_projection": self.state.pca_projection}
+        return tensors
+
+    def portable_description(self) -> dict | None:
+        """The model folder's "cluster" entry: k, predict's `unusual` thresholds, the space (None: no clustering)."""
+        state = self.state
+        if state is None:
+            return None
+        return {"k": int(state.centroids.shape[0]), "far_distance": state.far_distance,
+                # the 99th percentile of the training features' whitened distance (None: no PCA)
+                "far_feature_distance": None if math.isinf(state.far_feature_distance) else state.far_feature_distance,
+                "space": "L2-normalised whitened PCA of the backbone features" if state.pca_projection is not None
+                else "L2-normalised backbone features"}
+
     def state_dict(self) -> dict | None:
         return None if self.state is None else self.state.state_dict()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .. import dist
+from ..core import dist
 from .cluster import bounded_sample, kmeans_faiss, kmeans_torch, resolve_backend
 from .features import ROW_BLOCK, Assigned, LocalFeatures, assign_kept, reduce_features
 

@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+MAX_SHIFT_FRACTION = 0.125  # the weak view's default random shift (data.max_shift_fraction), fraction of the side
+
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def weak(image: torch.Tensor, generator: torch.Generator, max_shift_fraction: float = 0.125) -> torch.Tensor:
+def weak(image: torch.Tensor, generator: torch.Generator,
+         max_shift_fraction: float = MAX_SHIFT_FRACTION) -> torch.Tensor:
     """Flips, a multiple of 90 degrees, and a shift of up to `max_shift_fraction` of the side (reflect padding;
     none at 0)."""
     flips = torch.rand(2, generator=generator)
@@ -49,6 +52,8 @@ PARAMETERS = {
     "gamma": (0.6, 1.6),  # exponent on [0, 1] pixels
 }
 CUTOUT_FRACTION = (0.1, 0.5)  # side of Cutout's blank square, as a fraction of the image side
+KEEP_FRACTION = 0.25  # the "evidence" view's Cutout never touches the central KEEP_FRACTION x side box
+CUTOUT_TRIES = 8  # seeded positions tried for that Cutout before giving it up
 # The ops a strong view draws from, by (data.strong_view, N-band flux). "evidence" keeps what separates the
 # classes: the colour ratios between bands (gamma and contrast change them) and the light profile against the
 # PSF (blur changes it); on N-band flux only photometric ops apply, without clamping.
@@ -101,7 +106,7 @@ def cutout(image: torch.Tensor, generator: torch.Generator, trace: list | None =
 
 
 def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, trace: list | None = None,
-                      keep_fraction: float = 0.25) -> torch.Tensor:
+                      keep_fraction: float = KEEP_FRACTION) -> torch.Tensor:
     """Cutout that never touches the central `keep_fraction` x side box, where the target object is.
 
     The square is placed uniformly among the positions that miss the box (a few seeded tries, else no cutout)."""
@@ -111,7 +116,7 @@ def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, trace: li
     if trace is not None:
         trace.append(("cutout", fraction))
     side = min(max(1, int(size * fraction)), int(keep_low))  # fits beside the box
-    for _ in range(8):
+    for _ in range(CUTOUT_TRIES):
         top, left = (int(value) for value in torch.randint(size - side + 1, (2,), generator=generator))
         misses = top + side <= keep_low or top >= keep_high or left + side <= keep_low or left >= keep_high
         if misses:
@@ -122,7 +127,8 @@ def cutout_off_centre(image: torch.Tensor, generator: torch.Generator, trace: li
 
 
 def strong(image: torch.Tensor, generator: torch.Generator, num_ops: int = 2, kind: str = "sky",
-           flux: bool = False, trace: list | None = None, max_shift_fraction: float = 0.125) -> torch.Tensor:
+           flux: bool = False, trace: list | None = None,
+           max_shift_fraction: float = MAX_SHIFT_FRACTION) -> torch.Tensor:
     """Weak view, then `num_ops` random ops of STRONG_OPS[kind, flux] (RandAugment-style), then Cutout.
 
     kind "sky": all astronomy-aware ops, Cutout anywhere (FixMatch's recipe; it can erase the target or change

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import UserError
-from ..files import open_regular
+from ..core.errors import UserError
+from ..core.files import open_regular
 from .images import check_image_shapes
 
 if TYPE_CHECKING:  # torch is imported where it is used: pack's worker processes never need it

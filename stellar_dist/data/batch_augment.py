@@ -16,7 +16,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .augment import CUTOUT_FRACTION, PARAMETERS, STRONG_OPS
+from .augment import (
+    CUTOUT_FRACTION,
+    CUTOUT_TRIES,
+    KEEP_FRACTION,
+    MAX_SHIFT_FRACTION,
+    PARAMETERS,
+    STRONG_OPS,
+)
 
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64  # splitmix64 constants as signed 64-bit integers
 _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
@@ -55,7 +62,7 @@ def _select(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.T
     return torch.where(mask[:, None, None, None], new, old)
 
 
-def weak(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, max_shift_fraction: float = 0.125):
+def weak(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, max_shift_fraction: float = MAX_SHIFT_FRACTION):
     """Flips, a multiple of 90 degrees (square images), a shift of up to `max_shift_fraction` of the side with
     reflect padding (none at 0)."""
     draws = uniform(seeds, salt, (5,))
@@ -140,7 +147,8 @@ def _cutout(images, seeds, salt, trace: dict | None = None):
     return images.masked_fill(hole[:, None], 0.0)
 
 
-def _cutout_off_centre(images, seeds, salt, trace: dict | None = None, keep_fraction: float = 0.25, tries: int = 8):
+def _cutout_off_centre(images, seeds, salt, trace: dict | None = None, keep_fraction: float = KEEP_FRACTION,
+                       tries: int = CUTOUT_TRIES):
     """augment.cutout_off_centre, batched: the first of `tries` seeded positions that misses the central box."""
     size = images.shape[-1]
     keep_low, keep_high = (size - size * keep_fraction) / 2, (size + size * keep_fraction) / 2
@@ -160,7 +168,7 @@ def _cutout_off_centre(images, seeds, salt, trace: dict | None = None, keep_frac
 
 
 def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: int = 2, kind: str = "sky",
-           trace: dict | None = None, max_shift_fraction: float = 0.125) -> torch.Tensor:
+           trace: dict | None = None, max_shift_fraction: float = MAX_SHIFT_FRACTION) -> torch.Tensor:
     """Weak view, then `num_ops` of STRONG_OPS[kind] per sample (each op kept only for the samples that drew it),
     then Cutout (anywhere for "sky", off the centre for "evidence"); clamped to [0, 1] before Cutout, as
     augment.strong. `trace`: a dict that receives {op: the values drawn} (for tests)."""
@@ -183,7 +191,7 @@ def strong(images: torch.Tensor, seeds: torch.Tensor, salt: int = 0, num_ops: in
 
 
 def make_views(images_uint8: torch.Tensor, seeds: torch.Tensor, views: tuple[str, ...],
-               kind: str = "sky", max_shift_fraction: float = 0.125) -> dict[str, torch.Tensor]:
+               kind: str = "sky", max_shift_fraction: float = MAX_SHIFT_FRACTION) -> dict[str, torch.Tensor]:
     """{view name: float views in [0, 1]} of a uint8 [B, 3, H, W] batch; the i-th view uses salts 100 i + ...,
     so "weak" and the weak part of "strong" differ, as two separate draws do on the CPU path. `kind`: the
     strong view (data.strong_view)."""

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from ..files import check_regular
+from ..core.errors import UserError
+from ..core.files import check_regular
 
 REQUIRED_COLUMNS = ("image_path", "Class")
 TABLE_SUFFIXES = (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet", ".pq", ".vot", ".xml", ".hdf5")

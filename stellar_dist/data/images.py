@@ -8,8 +8,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
-from ..files import open_regular
+from ..core.errors import UserError
+from ..core.files import open_regular
 
 MAX_INPUT_PIXELS = 8192 * 8192  # an input image (all its bands) larger than this is skipped and listed, never decoded
 MIN_SIDE = 8  # pixels: a smaller image holds no object to classify

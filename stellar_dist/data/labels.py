@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .catalog import MISSING, TABLE_SUFFIXES, _read_csv, _read_table
 
 

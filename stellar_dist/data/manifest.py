@@ -13,8 +13,8 @@ import re
 import tarfile
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import read_json
+from ..core.errors import UserError
+from ..core.files import read_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -23,16 +23,16 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from ..core.errors import UserError, sigterm_as_exit
+from ..core.files import discard_private, finish_private, private_folder
+from ..core.outputs import OutputLock, inside
 from . import bands as fits_bands
 from .catalog import SPLITS, find_duplicates, read_catalog
-from .labels import join_labels
-from .splits import split_rows
-from .objids import id_type
 from .images import encode, preprocess_image
-from ..errors import UserError, sigterm_as_exit
-from ..files import discard_private, finish_private, private_folder
-from ..outputs import OutputLock, inside
+from .labels import join_labels
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
+from .objids import id_type
+from .splits import split_rows
 
 ENCODINGS = ("png", "jpg", "u8")
 PREPROCESS_MODES = ("resize", "crop")

@@ -21,12 +21,20 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import UserError, sigterm_as_exit
-from ..files import discard_private, finish_private, private_folder, read_json
-from ..outputs import OutputLock
+from ..core.errors import UserError, sigterm_as_exit
+from ..core.files import discard_private, finish_private, private_folder, read_json
+from ..core.outputs import OutputLock
 from .manifest import MANIFEST_NAME
-from .pack import (PackOptions, build_manifest, check_out_dir, check_strict, make_staging, prepare, replace_dir,
-                   write_shards)
+from .pack import (
+    PackOptions,
+    build_manifest,
+    check_out_dir,
+    check_strict,
+    make_staging,
+    prepare,
+    replace_dir,
+    write_shards,
+)
 
 PART_FILE = "part.json"
 PART_NAME = re.compile(r"part-(\d{3,})-of-(\d{3,})")

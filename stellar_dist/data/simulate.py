@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import UserError, sigterm_as_exit
-from ..files import discard_private, finish_private, private_folder
-from ..outputs import OutputLock
+from ..core.errors import UserError, sigterm_as_exit
+from ..core.files import discard_private, finish_private, private_folder
+from ..core.outputs import OutputLock
 from .pack import ignore_interrupts
 
 CLASS_FRACTIONS = {"GALAXY": 0.57, "STAR": 0.32, "QSO": 0.11}  # DR16 spectroscopic proportions

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def stratified_split(

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..core.errors import UserError
 from . import augment, bands
-from ..errors import UserError
 from .manifest import load_manifest
 from .objids import integer_objid
 
@@ -44,7 +44,7 @@ class ItemMaker:
     grayscale: bool = False
     views: tuple[str, ...] = ("weak", "strong")  # unlabeled views, named by kind: "weak", "strong", "weak1", ...
     strong_view: str = "sky"  # augment.strong's kind: "sky" or "evidence"
-    max_shift_fraction: float = 0.125  # the weak view's shift (data.max_shift_fraction)
+    max_shift_fraction: float = augment.MAX_SHIFT_FRACTION  # the weak view's shift (data.max_shift_fraction)
     stretch: bands.Stretch | None = None  # N-band (npy) shards: the manifest's asinh stretch
     image_size: int = 0  # every image must be image_size x image_size (0: not checked)
     num_classes: int = 0  # labels must lie in [-1, num_classes) (0: not checked)
@@ -186,7 +186,9 @@ def _worker() -> tuple[int, int]:
 def iter_samples(paths: list[str]):
     """Raw samples of local shard files, in order. Opened with `open()`, never through WebDataset's URL opener
     (which runs `pipe:` names in a shell); a shard that vanished or broke mid-run is a one-line error."""
-    from webdataset.tariterators import group_by_keys  # here: commands that read no shard run without it
+    from webdataset.tariterators import (
+        group_by_keys,  # here: commands that read no shard run without it
+    )
 
     for path in paths:
         try:

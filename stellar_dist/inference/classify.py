@@ -1,13 +1,12 @@
-"""The core every way of predicting shares (`stellar-dist predict`, its FOLDER/ parts, `predict_catalog`): one
-chunk of rows prepared in DataLoader workers and classified, each object's nearest cluster, the prediction columns
-of a list of rows, and the provenance an output records."""
+"""The computing kernel of the prediction pipeline (pipeline.py): one chunk of rows prepared in DataLoader workers
+and classified, each object's nearest cluster, the rule for `unusual`, the domain-shift warning, and the
+provenance an output records."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .inputs import PreparedRows
@@ -113,46 +112,9 @@ def provenance(model_folder: Path, description: dict, model_sha256: str | None =
     import datetime
 
     from .. import __version__
-    from ..files import sha256_of
+    from ..core.files import sha256_of
     from .model_folder import WEIGHTS
 
     return {"model": str(Path(model_folder).resolve()), "model_sha256": (model_sha256 or sha256_of(model_folder / WEIGHTS))[:16],
             "model_commit": description.get("git_commit") or "", "classes": ",".join(description["classes"]),
             "stellar_dist": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()[:19]}
-
-
-def predictions_of_rows(model, description: dict, rows: list[tuple[int, tuple]], device, *, batch_size: int,
-                        workers: int, unusual_below: float) -> pd.DataFrame:
-    """The prediction columns of `rows` ((input index, (objid, path, payload)) as predict's inputs yield them),
-    one output row per input row in the given order, prepared and classified in chunks."""
-    classes, clusters = description["classes"], description["cluster_tensors"]
-    names = cluster_columns(description)
-    far_column, far = far_rule(description)
-    count = len(rows)
-    position = {index: place for place, (index, _) in enumerate(rows)}
-    probabilities = np.full((count, len(classes)), np.nan, dtype=np.float32)
-    columns = {name: np.full(count, -1, dtype=np.int64) if name == "cluster" else np.full(count, np.nan)
-               for name in names}
-    reasons = [""] * count
-    for start in range(0, count, CHUNK_ROWS):
-        kept, values, features, rejected = classify_rows(model, rows[start : start + CHUNK_ROWS], description,
-                                                         device, batch_size, workers)
-        places = np.array([position[int(index)] for index in kept.tolist()], dtype=np.int64)
-        probabilities[places] = values.cpu().numpy()
-        if names and len(places):
-            for name, value in nearest_cluster(features, clusters).items():
-                columns[name][places] = value.cpu().numpy()
-        for index, reason in rejected:
-            reasons[position[int(index)]] = reason
-    read = np.array([not reason for reason in reasons], dtype=bool)
-    best = np.nan_to_num(probabilities).argmax(1) if count else np.zeros(0, dtype=np.int64)
-    maximum = np.where(read, np.nan_to_num(probabilities, nan=-1.0).max(1, initial=-1.0), np.nan)
-    table = {"predicted_class": [classes[index] if ok else "" for index, ok in zip(best, read)],
-             **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
-             "max_probability": maximum.astype(np.float32)}
-    unusual, beyond = unusual_flags(maximum, columns, unusual_below, (far_column, far))
-    unusual, beyond = unusual & read, beyond & read
-    table |= {name: value if name == "cluster" else value.astype(np.float32) for name, value in columns.items()}
-    frame = pd.DataFrame(table | {"unusual": unusual, "rejected_reason": reasons})
-    frame.attrs["far"] = (int(beyond.sum()), int(read.sum()))  # for shift_warning: (beyond the threshold, read)
-    return frame

@@ -12,15 +12,14 @@ config.json says) and returns class probabilities. Before it is kept, the export
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..outputs import atomic_file, check_paths, claim, take_files
+from ..core.errors import UserError
+from ..core.outputs import atomic_file, check_paths, claim, take_files
 from .model_folder import DESCRIPTION, WEIGHTS, find_model_folder, load_model
 
 TOLERANCE = 1e-4
@@ -105,29 +104,3 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
                       dynamo=True, verbose=False, external_data=False)
     session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
     return _check("ONNX", expected, session.run(None, {"images": check.numpy()})[0])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="a run folder, its model/ folder or a checkpoints/step_*")
-    parser.add_argument("--format", required=True, choices=list(FORMATS), help="onnx (onnxruntime-checked), pt2 "
-                        "(torch.export, load with torch.export.load) or torchscript (deprecated by PyTorch)")
-    parser.add_argument("--out", help="file to write (default: model.onnx / model.pt2 / model.torchscript.pt in the "
-                        "model folder)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out that export did not "
-                        "write (its own earlier exports are replaced without it)")
-    return parser
-
-
-def run(args: argparse.Namespace) -> None:
-    path, difference = export(args.model, args.format, args.out, args.overwrite)
-    print(f"wrote {path} ({args.format}; largest difference from PyTorch {difference:.1e})")
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ..errors import run_module
-
-    run_module(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..core.errors import UserError
 from ..data.bands import is_fits, read_cutout, resize_cutout
 from ..data.catalog import IMAGE_SUFFIXES
 from ..data.streams import ItemMaker
-from ..errors import UserError
 
 
 def check_input_matches(source: Path, description: dict) -> None:

@@ -1,4 +1,4 @@
-"""Reading a portable model folder (written by saving/model_folder.py): the one loader every command uses (predict,
+"""Reading a portable model folder (written by training/model_folder.py): the one loader every command uses (predict,
 export, evaluate, cluster), from a model folder, a checkpoint or a run folder, moved anywhere.
 
     model, description = load_model("runs/demo/model")      # or a run folder, or a checkpoints/step_* folder
@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import UserError
-from ..files import read_json
-from ..saving import checkpoint
-from ..saving.model_folder import DESCRIPTION, FORMAT, WEIGHTS
+from ..core.errors import UserError
+from ..core.files import read_json
+from ..training import checkpoint
+from ..training.model_folder import DESCRIPTION, FORMAT, WEIGHTS
 
 
 def find_model_folder(path: str | Path) -> Path:
@@ -62,7 +62,7 @@ def check_description(folder: Path, description: dict) -> None:
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """(the EMA network in eval mode, in the run's layout, its description) from a model, checkpoint or run
     folder; description["folder"] is the model folder it came from."""
-    from ..models import build_model
+    from ..model.network import build_model
 
     folder = find_model_folder(path)
     try:

@@ -1,7 +1,7 @@
 """Predict at survey scale: a partitioned parquet dataset that every rank writes its own parts of, resumable.
 
     stellar-dist predict --model runs/demo --input catalog.fits --out predictions/ --part-rows 100000
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.inference.predict \
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist predict \
         --model runs/demo --input data/sim-shards --out predictions/
 
 An --out ending in "/" (or an existing folder) is a dataset folder: OUT/part-000000.parquet, part-000001.parquet,
@@ -25,12 +25,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import __version__, dist
-from ..errors import UserError, raise_if_any
-from ..files import MARK, atomic_path, read_json, sha256_of, sweep, write_atomically
-from .classify import predictions_of_rows, provenance
+from .. import __version__
+from ..core import dist
+from ..core.errors import UserError, raise_if_any
+from ..core.files import (
+    MARK,
+    atomic_path,
+    read_json,
+    sha256_of,
+    sweep,
+    write_atomically,
+)
 from .inputs import check_input_matches, input_rows
-from .model_folder import WEIGHTS, find_model_folder, load_model
+from .model_folder import WEIGHTS
+from .pipeline import Predictor
 
 INDEX = "_index.json"  # "_": pyarrow and pandas skip it when they read the folder as one table
 PART = re.compile(r"part-(\d{6})\.parquet")
@@ -117,8 +125,8 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     out_dir, source_path = Path(out), Path(source)
     if not source_path.exists():
         raise UserError(f"--input {source} does not exist")
-    model_folder = find_model_folder(model_path)
-    model, description = load_model(model_folder, device)
+    predictor = Predictor.load(model_path, device)
+    model_folder, description = predictor.folder, predictor.description
     check_input_matches(source_path, description)
     mine: set[int] = set()  # this process's unfinished parts (known below; read lazily, as the rows stream)
 
@@ -141,21 +149,19 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     else:
         raise_if_any(refusal)
     num_parts = -(-total // part_rows)
-    recorded = wanted | provenance(model_folder, description, wanted["model_sha256"]) | {"objid_type": ids_type}
+    recorded = wanted | predictor.provenance(wanted["model_sha256"]) | {"objid_type": ids_type}
     mine.update(part for part in range(rank, num_parts, world) if not _part_path(out_dir, part).exists())
     done, current, held = 0, None, []
     for index, row in enumerate(rows):  # every rank walks the row list; only its own parts' shards are read
         part = index // part_rows
         if part != current:
             if held:
-                done += _finish(out_dir, current, held, model, description, device, batch_size, unusual_below,
-                                workers, recorded)
+                done += _finish(out_dir, current, held, predictor, batch_size, unusual_below, workers, recorded)
             current, held = part, []
         if part in mine:
             held.append((index, row))
     if held:
-        done += _finish(out_dir, current, held, model, description, device, batch_size, unusual_below, workers,
-                        recorded)
+        done += _finish(out_dir, current, held, predictor, batch_size, unusual_below, workers, recorded)
     if not task:
         dist.barrier()
     if not dist.is_main():
@@ -166,14 +172,9 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     return {"rows": total, "parts": num_parts, "written_here": done, "missing": num_parts - len(parts)}
 
 
-def _finish(out_dir, part, held, model, description, device, batch_size, unusual_below, workers, wanted) -> int:
-    frame = predictions_of_rows(model, description, held, device, batch_size=batch_size, workers=workers,
-                                unusual_below=unusual_below)
-    frame.insert(0, "row", [index for index, _ in held])
-    # typed by the whole input (not by this part's ids): every part has one schema; integer ids as 64-bit integers
-    integers = wanted.get("objid_type") == "int64"
-    frame.insert(1, "objid", pd.array([(int(objid) if integers else objid) if objid else None
-                                       for _, (objid, _, _) in held], dtype="Int64" if integers else "string"))
-    frame.insert(2, "image_path", pd.array([path for _, (_, path, _) in held], dtype="string"))
+def _finish(out_dir, part, held, predictor, batch_size, unusual_below, workers, wanted) -> int:
+    # typed by the whole input (not by this part's ids): every part has one schema
+    frame = predictor.predict_rows(held, batch_size=batch_size, workers=workers, unusual_below=unusual_below,
+                                   objid_type=wanted.get("objid_type"))
     _write_part(_part_path(out_dir, part), frame, wanted | {"part": part})
     return 1

@@ -14,14 +14,15 @@ from pathlib import Path
 import torch
 
 from ..clustering.cluster_stage import num_clusters, run_clustering
-from ..config import config_from_dict, load_config
+from ..core.errors import UserError
+from ..core.files import write_atomically
+from ..core.metrics import classification_report
+from ..core.outputs import claim_all, take_folder
 from ..data.eval_data import EvalData
 from ..data.manifest import evaluated_on, load_manifest
-from ..errors import UserError
-from ..evaluate import classification_report, gather_predictions, plot_confusion, write_predictions
-from ..files import write_atomically
-from ..outputs import claim_all, take_folder
-from ..saving import checkpoint
+from ..training import checkpoint
+from ..training.config import config_from_dict, load_config
+from ..training.evaluation import gather_predictions, plot_confusion, write_predictions
 from .model_folder import load_model
 
 

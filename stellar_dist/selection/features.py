@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 from ..data.photometry import measure, standardize
+from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 SPLITS = ("labeled", "unlabeled")  # selection candidates come from unlabeled; labeled rows mark covered regions
 RANDOM_DIM = 128
@@ -68,7 +68,7 @@ def collect(shards_dir: str, manifest: dict, model=None, batch_size: int = 256, 
             device: torch.device = torch.device("cpu")) -> Rows | None:
     """The features of every labeled and unlabeled sample (an unreadable one is left out), on rank 0 (None on the
     other ranks)."""
-    from .. import dist
+    from ..core import dist
 
     parts = {"ids": [], "labeled": [], "shards": [], "features": [], "probabilities": []}
     axes = _random_axes(model.feature_dim) if model is not None else None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..files import atomic_path
+from ..core.files import atomic_path
 
 MAX_SHOWN = 60  # targets shown, in rank order
 PER_ROW = 10

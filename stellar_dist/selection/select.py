@@ -2,7 +2,7 @@
 
     stellar-dist select --shards data/shards --budget 50 --out targets.csv               # cold start: no model
     stellar-dist select --shards data/shards --budget 50 --out targets.csv --model runs/mine   # warm start
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.selection.select \
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist select \
         --shards data/shards --budget 50 --out targets.parquet --model runs/mine     # every rank reads a share
 
 Candidates are the shards' unlabeled objects (never one with a spectrum; the test split is never read). Cold
@@ -16,33 +16,20 @@ bench/RESULTS.md ("Choosing the spectra").
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from ..files import atomic_path
-from ..outputs import OutputLock
+from ..core.errors import UserError
+from ..core.files import atomic_path
+from ..core.outputs import OutputLock
 from . import choose
 
 RULES = ("auto", "typical", "uncertain", "random")
 FORMATS = (".csv", ".parquet", ".fits")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--shards", required=True, help="packed shards: candidates are their unlabeled objects")
-    parser.add_argument("--budget", type=int, required=True, help="how many objects to choose (spectra you can get)")
-    parser.add_argument("--out", required=True, help="targets file: .csv, .parquet or .fits (+ a .png figure)")
-    parser.add_argument("--model", help="a trained run, model or checkpoint folder: warm start from its features")
-    parser.add_argument("--rule", choices=RULES, default="auto", help="auto (default): typical without a model, "
-                        "uncertain with one")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the clustering (default 0)")
-    parser.add_argument("--workers", type=int, default=2, help="processes decoding images")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    return parser
 
 
 def _check(args, manifest: dict) -> None:
@@ -110,14 +97,21 @@ def write_targets(frame: pd.DataFrame, out: Path) -> None:
             Table.from_pandas(frame).write(temporary, format="fits")
 
 
-def select(args) -> pd.DataFrame | None:
-    """Every rank reads its share of the shards; rank 0 chooses and writes (returns the targets there)."""
+def select(shards: str, budget: int, out: str, *, model: str | None = None, rule: str = "auto", seed: int = 0,
+           workers: int = 2, overwrite: bool = False) -> pd.DataFrame | None:
+    """Choose `budget` unlabeled objects of `shards` and write them to `out` (see the module docstring; the
+    command is `stellar-dist select`). Every rank reads its share of the shards; rank 0 chooses and writes
+    (returns the targets there)."""
+    if rule not in RULES:
+        raise UserError(f"rule={rule!r} is not one of {', '.join(RULES)}")
+    args = SimpleNamespace(shards=shards, budget=budget, out=out, model=model, rule=rule, seed=seed, workers=workers,
+                           overwrite=overwrite)
     import torch
     from accelerate import PartialState
 
-    from .. import dist
+    from ..core import dist
+    from ..core.errors import raise_if_any
     from ..data.manifest import check_shards, load_manifest
-    from ..errors import raise_if_any
     from .features import collect
 
     device = PartialState(cpu=not torch.cuda.is_available()).device  # starts the process group when launched
@@ -155,17 +149,3 @@ def _choose_and_write(args, rows, rule: str, manifest: dict) -> pd.DataFrame:
     print(f"chose {len(frame)} of {candidates} unlabeled objects ({int(rows.labeled.sum())} with spectra) by "
           f"{rule}; wrote {out} and {figure}")
     return frame
-
-
-def run(args) -> None:
-    select(args)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from ..errors import run_module
-
-    run_module(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from .data.photometry import feature_names, measure
-from .errors import UserError
+from ..core.errors import UserError
+from ..data.photometry import feature_names, measure
 
 WEIGHT_FILES = (".pt", ".pth", ".safetensors")  # a local state dict: torch.load(weights_only=True) or safetensors
 

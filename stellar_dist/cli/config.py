@@ -26,7 +26,7 @@ def _comments(cls) -> dict[str, str]:
         if stripped.startswith("#"):
             pending.append(stripped.lstrip("#").strip())
             continue
-        match = FIELD_LINE.match(line)
+        match = None if "ClassVar" in line else FIELD_LINE.match(line)  # RANGES / CHOICES are no keys
         if match and match.group(2) is None and pending:
             comments[match.group(1)] = " ".join(pending)
         elif last and pending:
@@ -42,8 +42,8 @@ def _comments(cls) -> dict[str, str]:
 
 def key_lines() -> list[str]:
     """One line per key: `dotted.key = default  [allowed]  comment`, sections in the order of Config."""
-    from .algorithms import ALGORITHMS
-    from .config import CHOICES, RANGES, Config
+    from ..algorithms import ALGORITHMS
+    from ..training.config import CHOICES, RANGES, Config
 
     lines = []
 
@@ -84,6 +84,6 @@ def run(args: argparse.Namespace) -> None:
     if args.keys:
         print("\n".join(key_lines()))
         return
-    from .config import load_config, to_dict
+    from ..training.config import load_config, to_dict
 
     print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")

@@ -1,15 +1,15 @@
-"""Train StellarDeepCluster from packed shards: `stellar-dist train`, `python -m stellar_dist.train`, or under
-`accelerate launch -m stellar_dist.train` (no checkout needed; launch/train.py is the same entry point).
+"""Train StellarDeepCluster from packed shards: `stellar-dist train`, `python -m stellar_dist train`, or under
+`accelerate launch -m stellar_dist train` (no checkout needed; launch/train.py is the same entry point).
 
 1 CPU process / 1 GPU:
     stellar-dist train --config configs/demo.yaml
-    accelerate launch -q --config_file accelerate_configs/cpu.yaml -m stellar_dist.train --config configs/demo.yaml
+    accelerate launch -q --config_file accelerate_configs/cpu.yaml -m stellar_dist train --config configs/demo.yaml
 2 CPU processes (DDP on gloo):
-    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist.train --config configs/demo.yaml
+    accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist train --config configs/demo.yaml
 All GPUs of a node (bf16):
     GPUS=$(nvidia-smi -L | wc -l)
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes $GPUS \\
-        -m stellar_dist.train --config configs/sdss.yaml
+        -m stellar_dist train --config configs/sdss.yaml
 DeepCluster pretraining on the unlabeled images, then FixMatch from those weights (two stages, one command):
     stellar-dist train --config configs/demo.yaml pretrain.steps=300 output_dir=runs/pretrained
 DeepCluster alone (no labels), or a DeepCluster head beside FixMatch:
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config (see configs/); defaults apply to missing keys")
     parser.add_argument("overrides", nargs="*", help="dotted KEY=VALUE overrides")
@@ -32,17 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from .config import load_config
-    from .stages import train_in_stages
+    from ..training.config import load_config
+    from ..training.stages import train_in_stages
 
     train_in_stages(load_config(args.config, args.overrides))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from .errors import run_module
-
-    run_module(__doc__, add_arguments, run, argv)
-
-
-if __name__ == "__main__":
-    main()

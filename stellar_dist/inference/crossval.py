@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .evaluate import classification_report, format_report
-from .files import check_regular, write_atomically
+from ..core.errors import UserError
+from ..core.files import check_regular, write_atomically
+from ..core.metrics import classification_report, format_report
 
 
 def _predictions(run: Path) -> pd.DataFrame:

@@ -8,7 +8,6 @@ import os
 import torch
 import torch.distributed as dist
 
-
 _LOCAL_ONLY = [False]
 
 

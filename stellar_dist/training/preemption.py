@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from . import dist
-from .files import write_atomically
+from ..core import dist
+from ..core.files import write_atomically
 
 STOP_FILE_ENV = "STELLAR_STOP_FILE"
 
@@ -70,14 +70,14 @@ class StopRequest:
 def resume_command() -> str:
     """The command that continues this run: the one that started it, with resume=auto."""
     args = shlex.join([arg for arg in sys.argv[1:] if not arg.startswith("resume=")] + ["resume=auto"])
-    program = sys.argv[0]
-    module = program.endswith(os.path.join("stellar_dist", "train.py"))
+    program = sys.argv[0]  # the module's __main__.py, the stellar-dist script or a script such as launch/train.py
+    module = program.endswith(os.path.join("stellar_dist", "__main__.py"))
     if "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ:  # started by accelerate launch
-        target = "-m stellar_dist.train" if module or Path(program).name == "stellar-dist" else shlex.quote(program)
+        target = "-m stellar_dist" if module or Path(program).name == "stellar-dist" else shlex.quote(program)
         return f"accelerate launch <the same launch options> {target} {args}"
     if Path(program).name == "stellar-dist":
         return f"stellar-dist {args}"
-    return f"python {'-m stellar_dist.train' if module else shlex.quote(program)} {args}"
+    return f"python {'-m stellar_dist' if module else shlex.quote(program)} {args}"
 
 
 class Stopped(Exception):

@@ -26,9 +26,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .. import dist
-from ..errors import UserError, storage_failure
-from ..files import ALIVE, discard_private, open_regular, read_json, finish_private, private_folder, sweep, write_atomically
+from ..core import dist
+from ..core.errors import UserError, storage_failure
+from ..core.files import (
+    ALIVE,
+    discard_private,
+    finish_private,
+    open_regular,
+    private_folder,
+    read_json,
+    sweep,
+    write_atomically,
+)
 from .model_folder import write_model
 
 TRAINER_STATE = "trainer_state.pt"

@@ -14,9 +14,9 @@ import string
 import time
 from pathlib import Path
 
-from . import dist
-from .errors import UserError
-from .files import open_append, open_regular, write_atomically
+from ..core import dist
+from ..core.errors import UserError
+from ..core.files import open_append, open_regular, write_atomically
 
 
 def prepare_wandb_environment(output_dir: Path) -> None:
@@ -81,7 +81,7 @@ class RunTracker:
         import numpy as np
         import wandb
 
-        from .evaluate import read_test_images
+        from .evaluation import read_test_images
 
         classes, labels, predictions = manifest["classes"], gathered["label"], gathered["prediction"]
         confusion = wandb.plot.confusion_matrix(y_true=labels.tolist(), preds=predictions.tolist(),

@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..core.errors import UserError
+from ..core.files import write_atomically
+from . import checkpoint
 from .config import Config
-from .errors import UserError
-from .files import write_atomically
 from .resume import RUN_MARKER, check_run_folder
-from .saving import checkpoint
 
 PRETRAIN_DIR = "pretrain"  # inside OUTPUT_DIR: stage 1's run folder
 

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
 
-from . import dist
-from .data.streams import ItemMaker, OnceStream, make_loader, shard_paths
-from .errors import UserError
-from .files import atomic_path
+from ..core import dist
+from ..core.errors import UserError
+from ..core.files import atomic_path
+from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 
 @torch.no_grad()
@@ -77,7 +75,7 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
     the probability of each class. Written whole or not at all."""
     import csv
 
-    from .data.eval_data import objid_texts
+    from ..data.eval_data import objid_texts
 
     objids = objid_texts(gathered.get("objid"), str(shards_dir), ("test",), gathered["id"])
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
@@ -93,36 +91,12 @@ def write_predictions(gathered: dict[str, np.ndarray], shards_dir: str | Path, c
 def read_test_images(shards_dir: str | Path, gathered: dict, indices, manifest: dict) -> dict:
     """{id: (RGB uint8 image, objid)} of the test samples at `indices` of the gathered predictions, reading only
     their shards."""
-    from .data.streams import picture, read_some
+    from ..data.streams import picture, read_some
 
     ids = {int(gathered["id"][index]) for index in indices}
     shards = {"test": {int(gathered["shard"][index]) for index in indices}}
     return {sample_id: (picture(raw, manifest), json.loads(raw["json"]).get("meta", {}).get("objid"))
             for sample_id, raw in read_some(shards_dir, shards, ids).items()}
-
-
-def classification_report(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> dict:
-    indices = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=indices, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(classes)},
-        "confusion_matrix": confusion_matrix(labels, predictions, labels=indices).tolist(),
-        "classes": list(classes),
-    }
-
-
-def format_report(report: dict) -> str:
-    lines = [f"accuracy {report['accuracy']:.4f}  balanced accuracy {report['balanced_accuracy']:.4f}  "
-             f"macro-F1 {report['macro_f1']:.4f}", f"{'class':>10} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>6}"]
-    for name, row in report["per_class"].items():
-        lines.append(f"{name:>10} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} {row['support']:6d}")
-    lines.append("confusion matrix (rows: true, columns: predicted): " + json.dumps(report["confusion_matrix"]))
-    return "\n".join(lines)
 
 
 def plot_confusion(report: dict, path: Path, where: str = "test") -> Path:

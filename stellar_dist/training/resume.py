@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .clustering.head import MUST_MATCH as HEAD_MUST_MATCH
+from ..clustering import head
+from ..core.errors import UserError
+from ..core.files import read_json
+from . import checkpoint
 from .config import Config, load_config
-from .errors import UserError
-from .files import read_json
-from .saving import checkpoint
 
-# Keys whose change makes a checkpoint unusable (other heads, other losses) and keys whose change only breaks the
-# bit-exact continuation of the data order.
-MUST_MATCH = ("model.arch", "model.photometry", "model.centre_crop", "ssl.algorithm", *HEAD_MUST_MATCH)
+# Keys whose change makes a checkpoint unusable (another network, other losses; the cluster head names its own in
+# head.must_match) and keys whose change only breaks the bit-exact continuation of the data order.
+MUST_MATCH = ("model.arch", "model.photometry", "model.centre_crop", "ssl.algorithm")
 SAME_ORDER = ("data.num_workers", "train.batch_size", "ssl.mu", "seed", "data.shards")
 SCHEDULE = ("train.steps", "train.warmup_steps", "train.lr")  # the learning-rate curve is recomputed from these
 # The names a run writes in its output_dir; anything else there is the user's and is never touched.
@@ -49,17 +49,21 @@ class ResumePoint:
 
 
 def _value(config: Config, key: str):
-    if key == "cluster.lambda_c>0":
-        return config.cluster.lambda_c > 0
     section, _, name = key.rpartition(".")
     return getattr(getattr(config, section), name) if section else getattr(config, name)
 
 
+def _fixed(config: Config) -> dict:
+    """What a run's checkpoints fix: the network and loss keys, and what the cluster head says it needs."""
+    return {key: _value(config, key) for key in MUST_MATCH} | head.must_match(config)
+
+
 def _compare(previous: Config, config: Config, world_size: int, state: dict) -> list[str]:
-    for key in MUST_MATCH:
-        if _value(previous, key) != _value(config, key):
-            raise UserError(f"{config.output_dir} was trained with {key}={_value(previous, key)!r}, this run asks for "
-                            f"{_value(config, key)!r}: its checkpoints cannot continue it; use the run's value or "
+    trained, asked = _fixed(previous), _fixed(config)
+    for key in trained:
+        if trained[key] != asked[key]:
+            raise UserError(f"{config.output_dir} was trained with {key}={trained[key]!r}, this run asks for "
+                            f"{asked[key]!r}: its checkpoints cannot continue it; use the run's value or "
                             "another output_dir")
     changed = [f"{key} {_value(previous, key)!r} -> {_value(config, key)!r}" for key in SAME_ORDER
                if _value(previous, key) != _value(config, key)]

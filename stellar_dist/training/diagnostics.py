@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import dist
+from ..core import dist
 
 
 class IntervalStats:

@@ -7,7 +7,6 @@ checkpoint (`checkpoints/step_*/model/`) by checkpoint.save and, at the end of a
 from __future__ import annotations
 
 import functools
-import math
 import json
 import os
 import shutil
@@ -17,8 +16,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ..config import to_dict
-from ..files import atomic_path, write_atomically
+from ..core.files import atomic_path, write_atomically
+from .config import to_dict
 
 FORMAT = "stellar-dist-model/1"
 WEIGHTS, DESCRIPTION = "model.safetensors", "config.json"
@@ -34,21 +33,15 @@ def _git_commit() -> str | None:  # once per process, not at every checkpoint
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def model_tensors(ema_state: dict, cluster_state=None) -> dict:
-    """The network's EMA weights, and the latest clustering's space (PCA mean and projection, centroids) when the
-    run has one, so that predict can name each object's cluster."""
-    tensors = {key: value for key, value in ema_state.items()
-               if key.startswith(("backbone.", "photometry.", "classifier.", "cluster_head."))}
-    if cluster_state is not None:
-        tensors["cluster.centroids"] = cluster_state.centroids
-        if cluster_state.pca_projection is not None:
-            tensors["cluster.pca_mean"] = cluster_state.pca_mean
-            tensors["cluster.pca_projection"] = cluster_state.pca_projection
-    return tensors
+def model_tensors(ema_state: dict, cluster_tensors: dict) -> dict:
+    """The network's EMA weights, and the cluster head's `portable_tensors` (its clustering's space, if any)."""
+    return {key: value for key, value in ema_state.items()
+            if key.startswith(("backbone.", "photometry.", "classifier.", "cluster_head."))} | cluster_tensors
 
 
-def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
-    """What config.json holds: the architecture, the classes and how an input image must be prepared."""
+def describe(config, manifest: dict, step: int, cluster: dict | None) -> dict:
+    """What config.json holds: the architecture, the classes and how an input image must be prepared; `cluster`:
+    the cluster head's `portable_description`."""
     try:
         version = metadata.version("stellar-dist")
     except metadata.PackageNotFoundError:
@@ -71,13 +64,7 @@ def describe(config, manifest: dict, step: int, cluster_state=None) -> dict:
         "channels_last": config.train.channels_last,  # the run's layout: evaluation gives its numbers exactly
         "training": {"algorithm": config.ssl.algorithm, "steps": step, "seed": config.seed},
         "run_config": to_dict(config),  # evaluate / cluster read their options here, wherever the folder is moved
-        "cluster": None if cluster_state is None else {
-            "k": int(cluster_state.centroids.shape[0]), "far_distance": cluster_state.far_distance,
-            # predict's `unusual` threshold: 99th percentile of the training features' whitened distance (None: no PCA)
-            "far_feature_distance": None if math.isinf(cluster_state.far_feature_distance)
-            else cluster_state.far_feature_distance,
-            "space": "L2-normalised whitened PCA of the backbone features" if cluster_state.pca_projection is not None
-            else "L2-normalised backbone features"},
+        "cluster": cluster,
         "package_version": version,
         "git_commit": _git_commit(),
     }

@@ -18,87 +18,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import dist
-from .clustering.cluster_stage import format_cluster_report
+from ..clustering.cluster_stage import format_cluster_report
+from ..core import dist
+from ..core.errors import UserError, peer_failure, user_message
+from ..core.files import write_atomically
+from ..core.metrics import classification_report, format_report
+from ..data.manifest import evaluated_on
+from . import checkpoint
+from .batches import TrainingBatches
 from .config import Config
-from .data.batch_augment import make_views
-from .data.manifest import evaluated_on
-from .data.streams import ItemMaker, TrainStream, make_loader, shard_paths
 from .diagnostics import IntervalStats, peak_rss_mb_of_this_process, phase
-from .errors import UserError, peer_failure, user_message
-from .evaluate import (classification_report, format_report, gather_predictions, plot_confusion, plot_curves,
-                       write_predictions)
-from .files import write_atomically
+from .evaluation import (
+    gather_predictions,
+    plot_confusion,
+    plot_curves,
+    write_predictions,
+)
 from .optim import update_ema
 from .preemption import Stopped, StopRequest, resume_command
 from .resume import finished_report
-from .saving import checkpoint
-from .session import Run, publish_model, save, setup, stop_if_non_finite
-
-
-def _balanced_acceptance(manifest: dict) -> list[float]:
-    """Per label, the probability of keeping a labeled sample so that every class is drawn equally often."""
-    counts = [manifest["counts"]["labeled"].get(name, 0) for name in manifest["classes"]]
-    rarest = min(count for count in counts if count > 0)
-    return [rarest / count if count else 0.0 for count in counts]
-
-
-def _loaders(run: Run):
-    config, rank, algorithm = run.config, run.accelerator.process_index, run.algorithm
-    manifest, pin = run.manifest, run.accelerator.device.type == "cuda"
-
-    def loader(split: str, make_item: ItemMaker, batch_size: int, accept=None, splits: tuple[str, ...] = ()):
-        paths = [path for name in splits or (split,) for path in shard_paths(config.data.shards, name)]
-        if not paths:
-            raise UserError(f"{config.data.shards} has no {split} shards: re-pack with a larger fraction")
-        stream = TrainStream(paths, make_item, batch_size, seed=config.seed, rank=rank, stream=split,
-                             world_size=run.accelerator.num_processes, shuffle_buffer=config.data.shuffle_buffer,
-                             start_batch=run.start_step, accept=accept)
-        return iter(make_loader(stream, config.data.num_workers, pin_memory=pin))
-
-    labeled = unlabeled = None
-    on_device = augment_on_device(config, manifest, run.accelerator.device)
-    if algorithm.needs_labeled:
-        accept = _balanced_acceptance(run.manifest) if config.data.balanced_labeled else None
-        labeled = loader("labeled", ItemMaker.for_shards("raw" if on_device else "labeled", manifest,
-                                                         config.data.grayscale,
-                                                         max_shift_fraction=config.data.max_shift_fraction),
-                         config.train.batch_size, accept)
-    if algorithm.unlabeled_views:
-        make_item = ItemMaker.for_shards("raw" if on_device else "unlabeled", manifest, config.data.grayscale,
-                                         views=algorithm.unlabeled_views, strong_view=config.data.strong_view,
-                                         max_shift_fraction=config.data.max_shift_fraction)
-        unlabeled = loader("unlabeled", make_item, config.train.batch_size * config.ssl.mu,
-                           splits=algorithm.unlabeled_splits)
-    return labeled, unlabeled
-
-
-def _to_device(batch: dict | None, device: torch.device) -> dict | None:
-    return None if batch is None else {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-def augment_on_device(config: Config, manifest: dict, device: torch.device) -> bool:
-    """Where the views are made (data.augment_on). The device path covers 8-bit RGB shards (either strong view);
-    anything else is refused when asked for explicitly, and made in the workers under "auto"."""
-    supported = manifest["encoding"] != "npy" and not config.data.grayscale
-    if config.data.augment_on == "device" and not supported:
-        raise UserError("data.augment_on=device makes views of 8-bit RGB shards without data.grayscale: use "
-                        "data.augment_on=workers for these shards and options")
-    if config.data.augment_on == "auto":
-        return supported and device.type == "cuda"
-    return config.data.augment_on == "device"
-
-
-def _next_batch(iterator, device: torch.device, views: tuple[str, ...], kind: str = "sky",
-                shift: float = 0.125) -> dict | None:
-    """The stream's next batch on the device; a raw batch (uint8 images + seeds) gets its views made there."""
-    if iterator is None:
-        return None
-    batch = _to_device(next(iterator), device)
-    if "seed" not in batch:
-        return batch
-    images, seeds = batch.pop("image"), batch.pop("seed")
-    return batch | make_views(images, seeds, views, kind, shift)
+from .session import Run, setup
+from .state import publish_model, save, stop_if_non_finite
 
 
 def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> None:
@@ -175,7 +115,8 @@ def _log_interval(run: Run, stats: IntervalStats, progress, done: int, elapsed_s
 
 def train_loop(run: Run) -> int:
     config, accelerator = run.config, run.accelerator
-    labeled_iter, unlabeled_iter = _loaders(run)
+    batches = TrainingBatches(config, run.manifest, run.algorithm, accelerator.device, accelerator.process_index,
+                              accelerator.num_processes, run.start_step)
     run.head.start(run.start_step)
     stats = IntervalStats(len(run.manifest["classes"]), accelerator.device)
     # A bar on a terminal; in a log file (SLURM output, nohup) one plain line per log interval instead
@@ -188,9 +129,7 @@ def train_loop(run: Run) -> int:
     for step in progress:
         run.step = step + 1
         waiting_since = time.perf_counter()
-        labeled = _next_batch(labeled_iter, accelerator.device, ("image",), shift=config.data.max_shift_fraction)
-        unlabeled = _next_batch(unlabeled_iter, accelerator.device, run.algorithm.unlabeled_views,
-                                config.data.strong_view, config.data.max_shift_fraction)
+        labeled, unlabeled = batches.next()
         data_wait_s += time.perf_counter() - waiting_since
         cluster = run.head.targets(unlabeled)
         loss, step_stats = run.algorithm.loss(run.model, labeled, unlabeled, step, cluster)
@@ -233,7 +172,7 @@ def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
     clusters). If a report fails, the training is saved first, so that nothing trained is lost. A finished run
     run again keeps its checkpoint unless the reports gave it a clustering it did not have."""
     config, classifier = run.config, run.algorithm.trains_classifier
-    had_clustering = run.head.state is not None
+    had_clustering = run.head.has_clustering
     resumed_at_end = run.resumed_from is not None and run.start_step == steps
     try:
         with phase(run.phase_seconds, "final_evaluation"):  # with predictions.csv
@@ -252,7 +191,7 @@ def _finish(run: Run, steps: int) -> tuple[dict | None, dict | None, Path]:
                             ) from None
         run.accelerator.print(f"the trained model is saved in {final}", file=sys.stderr)
         raise
-    keep = resumed_at_end and (had_clustering or run.head.state is None)
+    keep = resumed_at_end and (had_clustering or not run.head.has_clustering)
     with phase(run.phase_seconds, "final_save"):
         final = run.resumed_from if keep else save(run, steps, final=True)
     if keep:

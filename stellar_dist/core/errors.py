@@ -13,7 +13,6 @@ import threading
 import time
 
 
-
 class UserError(Exception):
     """A problem with the user's input or environment; its message says what to do."""
 
@@ -107,7 +106,9 @@ def exit_on_user_error(func):
             if error.errno not in STORAGE_ERRNOS:
                 raise
             message = storage_message(error)
-        from . import dist  # here, not at the top: `stellar-dist --help` never imports torch
+        from . import (
+            dist,  # here, not at the top: `stellar-dist --help` never imports torch
+        )
 
         prefix = "" if dist.is_main() else f"rank {os.environ.get('RANK', '?')}: "
         print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
@@ -137,12 +138,3 @@ def raise_if_any(message: str | None) -> None:
     message = dist.broadcast_object(message)
     if message:
         raise UserError(message)
-
-
-@exit_on_user_error
-def run_module(description: str, add_arguments, run, argv: list[str] | None = None) -> None:
-    """`python -m stellar_dist.X` / `accelerate launch -m stellar_dist.X`: one subcommand as its own program."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run(add_arguments(parser).parse_args(argv))

@@ -1,0 +1,80 @@
+"""A training run's streams: the labeled and the unlabeled stream of this rank (WebDataset shards, DataLoader
+workers, streams.TrainStream), each step's next batches on the device, and where the views are made (workers or
+the device, data.augment_on). Built from the config's data section, the manifest and what the algorithm reads.
+
+    batches = TrainingBatches(config, manifest, algorithm, device, rank, world_size, start_step)
+    labeled, unlabeled = batches.next()     # dicts of tensors on the device (None: a stream the algorithm skips)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.errors import UserError
+from ..data.batch_augment import make_views
+from ..data.streams import ItemMaker, TrainStream, make_loader, shard_paths
+
+
+def balanced_acceptance(manifest: dict) -> list[float]:
+    """Per label, the probability of keeping a labeled sample so that every class is drawn equally often."""
+    counts = [manifest["counts"]["labeled"].get(name, 0) for name in manifest["classes"]]
+    rarest = min(count for count in counts if count > 0)
+    return [rarest / count if count else 0.0 for count in counts]
+
+
+def augment_on_device(data, manifest: dict, device: torch.device) -> bool:
+    """Where the views are made (data.augment_on). The device path covers 8-bit RGB shards (either strong view);
+    anything else is refused when asked for explicitly, and made in the workers under "auto"."""
+    supported = manifest["encoding"] != "npy" and not data.grayscale
+    if data.augment_on == "device" and not supported:
+        raise UserError("data.augment_on=device makes views of 8-bit RGB shards without data.grayscale: use "
+                        "data.augment_on=workers for these shards and options")
+    if data.augment_on == "auto":
+        return supported and device.type == "cuda"
+    return data.augment_on == "device"
+
+
+class TrainingBatches:
+    def __init__(self, config, manifest: dict, algorithm, device: torch.device, rank: int, world_size: int,
+                 start_step: int):
+        data = config.data
+        self.device, self.data, self.unlabeled_views = device, data, algorithm.unlabeled_views
+        on_device = augment_on_device(data, manifest, device)
+
+        def stream(split: str, make_item: ItemMaker, batch_size: int, accept=None, splits: tuple[str, ...] = ()):
+            paths = [path for name in splits or (split,) for path in shard_paths(data.shards, name)]
+            if not paths:
+                raise UserError(f"{data.shards} has no {split} shards: re-pack with a larger fraction")
+            # start_batch: a resumed run continues the exact data order
+            train_stream = TrainStream(paths, make_item, batch_size, seed=config.seed, rank=rank, stream=split,
+                                       world_size=world_size, shuffle_buffer=data.shuffle_buffer,
+                                       start_batch=start_step, accept=accept)
+            return iter(make_loader(train_stream, data.num_workers, pin_memory=device.type == "cuda"))
+
+        self.labeled = self.unlabeled = None
+        if algorithm.needs_labeled:
+            accept = balanced_acceptance(manifest) if data.balanced_labeled else None
+            self.labeled = stream("labeled", ItemMaker.for_shards("raw" if on_device else "labeled", manifest,
+                                                                  data.grayscale,
+                                                                  max_shift_fraction=data.max_shift_fraction),
+                                  config.train.batch_size, accept)
+        if algorithm.unlabeled_views:
+            make_item = ItemMaker.for_shards("raw" if on_device else "unlabeled", manifest, data.grayscale,
+                                             views=algorithm.unlabeled_views, strong_view=data.strong_view,
+                                             max_shift_fraction=data.max_shift_fraction)
+            self.unlabeled = stream("unlabeled", make_item, config.train.batch_size * config.ssl.mu,
+                                    splits=algorithm.unlabeled_splits)
+
+    def next(self) -> tuple[dict | None, dict | None]:
+        return (self._next(self.labeled, ("image",)),
+                self._next(self.unlabeled, self.unlabeled_views, self.data.strong_view))
+
+    def _next(self, iterator, views: tuple[str, ...], kind: str = "sky") -> dict | None:
+        """The stream's next batch on the device; a raw batch (uint8 images + seeds) gets its views made there."""
+        if iterator is None:
+            return None
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in next(iterator).items()}
+        if "seed" not in batch:
+            return batch
+        images, seeds = batch.pop("image"), batch.pop("seed")
+        return batch | make_views(images, seeds, views, kind, self.data.max_shift_fraction)
