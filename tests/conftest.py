@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ class Warm:
 
     @classmethod
     def run(cls, argv: list[str], *, module: str | None = None, path: str | None = None, cwd=REPO_ROOT,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+            timeout: float = 600, hide: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        """`hide`: packages the command cannot import (none of them is imported before the fork)."""
         import json
         import os
         import tempfile
@@ -31,7 +33,7 @@ class Warm:
         with tempfile.TemporaryDirectory() as folder:
             out, err = Path(folder) / "out", Path(folder) / "err"
             request = {"argv": argv, "module": module, "path": path, "cwd": str(cwd), "env": dict(os.environ),
-                       "stdout": str(out), "stderr": str(err), "timeout": timeout}
+                       "stdout": str(out), "stderr": str(err), "timeout": timeout, "hide": list(hide)}
             cls.process.stdin.write(json.dumps(request) + "\n")
             cls.process.stdin.flush()
             code = json.loads(cls.process.stdout.readline())["returncode"]
@@ -49,6 +51,41 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"stellar-dist {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# A small network: each test run writes ~5 MB of checkpoints instead of ~140 MB (resnet18) and trains ~1.5x
+# faster; the recipes' resnet18 is built and checked in tests/test_photometry.py, test_algorithms.py, test_fits.py.
+TEST_ARCH, TEST_FEATURES = "shufflenet_v2_x0_5", 1024
+TINY = [f"model.arch={TEST_ARCH}", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "data.num_workers=2",
+        "data.shuffle_buffer=16", "ssl.threshold=0.5", "train.steps=6", "checkpoint.every_steps=3",
+        "eval.every_steps=3", "train.warmup_steps=2"]
+
+
+def train(*overrides, check=True):
+    """launch/train.py TINY OVERRIDES in a process of its own (forked from the warm interpreter: conftest.Warm)."""
+    script = str(REPO_ROOT / "launch" / "train.py")
+    result = Warm.run([script, *TINY, *overrides], path=script)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def copied_catalog(sim_catalog: Path, folder: Path, copies: int) -> Path:
@@ -91,8 +128,6 @@ def sim_shards(sim_catalog, tmp_path_factory) -> Path:
 def trained_run(sim_shards, tmp_path_factory) -> tuple[Path, str]:
     """One tiny FixMatch run (6 steps, checkpoints at steps 3 and 6, clustering at the end, W&B offline), trained
     once for the tests that read it (or copy it before changing it): (run folder, the training's stdout + stderr)."""
-    from test_train import train
-
     run = tmp_path_factory.mktemp("trained") / "run"
     result = train(f"data.shards={sim_shards}", f"output_dir={run}", "tracking=wandb")
     return run, result.stdout + result.stderr
@@ -106,8 +141,18 @@ def plain_run(sim_shards, tmp_path_factory) -> Path:
     """The same run without the final clustering (its model carries no clusters) and with the recipe's photometric
     branch and centre crop (every command downstream must take that model as it takes a plain one), trained once;
     read it or copy it."""
-    from test_train import train
-
     run = tmp_path_factory.mktemp("plain") / "run"
     train(f"data.shards={sim_shards}", f"output_dir={run}", *PLAIN_RUN)
     return run
+
+
+# The longest files first: two workers each take whole files (--dist loadfile), so a long file started last would
+# leave the other worker idle at the end (measured with `pytest --durations=40`).
+LONGEST_FIRST = ("test_slurm.py", "test_two_machines.py", "test_deepcluster.py", "test_faults.py", "test_train.py",
+                 "test_trust.py", "test_shared_fs.py", "test_predict.py", "test_ddp.py", "test_outputs.py",
+                 "test_selection.py", "test_bad_input.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -101,17 +101,12 @@ def test_bad_fractions(tmp_path, small_catalog):
 
 
 def train_without(tmp_path, shards, missing: tuple[str, ...], *overrides):
-    """launch/train.py in a Python where the `missing` packages cannot be imported (sys.modules[name] = None is
+    """launch/train.py in a process where the `missing` packages cannot be imported (sys.modules[name] = None is
     Python's own way to make an import fail: what a machine without the wheel sees)."""
-    import subprocess
-    import sys
+    from conftest import REPO_ROOT, TINY, Warm
 
-    from test_train import REPO_ROOT, TINY
-
-    hide = "".join(f"sys.modules[{name!r}] = None; " for name in missing)
-    code = f"import sys; {hide}from stellar_dist.cli import main; main(['train', *sys.argv[1:]])"
-    return subprocess.run([sys.executable, "-c", code, *TINY, f"data.shards={shards}", *overrides],
-                          capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    script = str(REPO_ROOT / "launch" / "train.py")
+    return Warm.run([script, *TINY, f"data.shards={shards}", *overrides], path=script, hide=missing)
 
 
 def test_missing_wandb_or_faiss_or_gpu_is_refused_in_one_line_or_falls_back(sim_shards, tmp_path):

@@ -15,20 +15,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, copied_catalog, run_cli
+from conftest import REPO_ROOT, copied_catalog, one_line_error, run_cli, tree
 from test_bad_input import pack_fails
-
-
-def one_line_error(result) -> str:
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), result.stderr
-    return last
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_overwrite_never_deletes_the_catalog_or_unrelated_files(sim_catalog, tmp_path):

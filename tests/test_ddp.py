@@ -1,19 +1,12 @@
 """Real 2-process DDP on gloo through `accelerate launch` (accelerate_configs/cpu_ddp.yaml)."""
 
-import socket
 import subprocess
 import sys
 
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 from ddp_probe import TINY, fixed_batch
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(*args: str, config: str = "cpu_ddp.yaml") -> None:

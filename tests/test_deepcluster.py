@@ -7,8 +7,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
-from test_train import train
+from conftest import TEST_ARCH, run_cli, train
 
 CLUSTER = ["cluster.every_steps=3", "cluster.lambda_c=0.5", "cluster.k=6", "cluster.pca_dim=16",
            "cluster.grid_clusters=4"]
@@ -103,7 +102,7 @@ def test_pretraining_then_fine_tuning_is_one_resumable_command(sim_shards, tmp_p
     from stellar_dist.model.network import StellarNet
 
     pretrained = load_file(weights)
-    model = StellarNet("resnet18", 3, str(weights))
+    model = StellarNet(TEST_ARCH, 3, str(weights))
     loaded = {f"backbone.{key}": value for key, value in model.backbone.state_dict().items()}
     backbone = [key for key in pretrained if key.startswith("backbone.") and pretrained[key].is_floating_point()]
     assert len(backbone) > 10 and all(torch.equal(loaded[key], pretrained[key]) for key in backbone)

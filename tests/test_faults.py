@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, TINY, one_line_error, run_cli, train, tree
 from stellar_dist.training import checkpoint
-from test_data_safety import one_line_error, tree
-from test_train import TINY, train
 
 
 def ckpt(run: Path, step: int) -> Path:
@@ -144,8 +142,8 @@ def tmpfs(path: Path, options: str):
 
 
 def test_full_and_read_only_disks(sim_catalog, sim_shards, tmp_path):
-    with tmpfs(tmp_path / "small", "size=4m") as small:
-        # Training: the first checkpoint (resnet18, ~45 MB) does not fit; no half-written checkpoint stays.
+    with tmpfs(tmp_path / "small", "size=2m") as small:
+        # Training: the first checkpoint (~4.5 MB) does not fit; no half-written checkpoint stays.
         result = train(f"data.shards={sim_shards}", f"output_dir={small / 'run'}", "tracking=none", check=False)
         assert "No space left on device" in one_line_error(result)
         assert not list((small / "run" / "checkpoints").glob("*step_*"))

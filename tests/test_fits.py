@@ -12,10 +12,9 @@ import torch
 from astropy.io import fits
 from astropy.table import Table
 
-from conftest import run_cli
+from conftest import run_cli, train
 from stellar_dist.data.catalog import read_catalog
 from stellar_dist.model.network import StellarNet
-from test_train import train
 
 BANDS = ["U", "G", "R", "I", "Z"]
 

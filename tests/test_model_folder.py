@@ -8,6 +8,7 @@ import torch
 from stellar_dist.training import checkpoint
 from stellar_dist.core.errors import UserError
 from stellar_dist.inference.model_folder import load_model
+from conftest import TEST_ARCH, TEST_FEATURES
 
 
 def test_the_model_folder_travels_alone(sim_shards, tmp_path, plain_run):
@@ -20,9 +21,9 @@ def test_the_model_folder_travels_alone(sim_shards, tmp_path, plain_run):
     model, description = load_model(portable)
     manifest = json.loads((sim_shards / "manifest.json").read_text())
     assert description["classes"] == manifest["classes"] and description["image_size"] == manifest["image_size"]
-    assert description["arch"] == "resnet18" and description["training"]["steps"] == 6
+    assert description["arch"] == TEST_ARCH and description["training"]["steps"] == 6
     assert description["preprocess"] == manifest["preprocess"] and description["package_version"]
-    assert description["photometry"] is True and description["centre_crop"] == 24 and model.feature_dim == 512 + 256
+    assert description["photometry"] is True and description["centre_crop"] == 24 and model.feature_dim == TEST_FEATURES + 256
     with torch.no_grad():
         probabilities = model(torch.rand(2, 3, 32, 32)).softmax(-1)
     assert probabilities.shape == (2, 3) and torch.allclose(probabilities.sum(-1), torch.ones(2))
@@ -80,4 +81,5 @@ def test_every_command_loads_a_checkpoint_moved_out_of_its_run(sim_shards, tmp_p
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["cluster"]["num_scored"] > 0
     model, description = load_model(moved)
     assert description["channels_last"] is True  # the run's layout (train.channels_last)
-    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    first_conv = next(module for module in model.backbone.modules() if isinstance(module, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)

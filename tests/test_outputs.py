@@ -10,8 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from stellar_dist.core.outputs import umask
-from conftest import run_cli
-from test_data_safety import one_line_error, tree
+from conftest import one_line_error, run_cli, tree
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +131,7 @@ def test_export_never_overwrites_the_model_and_survives_a_rerun(plain_run, sim_s
     (run / "model" / "notes.txt").write_text("mine")
     (run / "notes.txt").write_text("mine too")
     # Running the finished run's command again re-reports it: the export and the user's notes stay.
-    from test_train import train
+    from conftest import train
 
     from conftest import PLAIN_RUN
 

@@ -2,8 +2,7 @@
 
 import json
 
-from conftest import run_cli
-from test_data_safety import one_line_error
+from conftest import one_line_error, run_cli
 
 PACK = ["--labeled-fraction", "0.2", "--test-fraction", "0.2", "--image-size", "32", "--shard-size", "40"]
 SAME = ("classes", "counts", "num_samples", "shards", "skipped", "num_input", "encoding", "preprocess")

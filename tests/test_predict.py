@@ -10,10 +10,8 @@ import pandas as pd
 import pytest
 from astropy.table import Table
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, free_port, run_cli, train
 from stellar_dist.data.streams import iter_samples, shard_paths
-from test_ddp import free_port
-from test_train import train
 
 
 @pytest.fixture(scope="module")

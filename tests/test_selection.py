@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
-from test_data_safety import one_line_error
+from conftest import one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_every_spectrum_is_used_and_a_tiny_test_split_is_flagged(partial_catalog
 
 
 def test_no_test_split_trains_and_says_so(partial_catalog, tmp_path):
-    from test_train import train
+    from conftest import train
 
     catalog, keep, _ = partial_catalog
     assert "no test split" in pack(catalog, tmp_path / "s", "--test-fraction", "0").stdout
@@ -141,7 +140,7 @@ def test_select_warm_start_from_a_model_and_a_catalog_without_classes(plain_run,
     from astropy.table import Table
 
     assert len(Table.read(tmp_path / "c.fits")) == 7
-    from test_train import train
+    from conftest import train
 
     line = one_line_error(train(f"data.shards={tmp_path / 's'}", f"output_dir={tmp_path / 'run'}", check=False))
     assert "holds no object with a class" in line and "stellar-dist select" in line
@@ -180,7 +179,7 @@ def test_two_ranks_choose_what_one_rank_chooses(sim_shards, tmp_path):
     import sys
 
     from conftest import REPO_ROOT
-    from test_ddp import free_port
+    from conftest import free_port
 
     run_cli("select", "--shards", str(sim_shards), "--budget", "9", "--out", str(tmp_path / "one.csv"),
             "--workers", "1")

@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO_ROOT, copied_catalog, run_cli
+from conftest import REPO_ROOT, copied_catalog, one_line_error, run_cli, train
 from stellar_dist.core import files
 from stellar_dist.data import bands
-from test_data_safety import one_line_error
-from test_train import train
 
 
 def small_catalog(sim_catalog, folder: Path, rows: int = 30) -> Path:

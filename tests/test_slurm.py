@@ -12,9 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import TINY, run_cli
 from slurm_cluster import SlurmCluster, missing
-from test_train import TINY
 
 STEPS = 24
 CPU_JOB = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]

@@ -9,22 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, Warm, run_cli
+from conftest import REPO_ROOT, TINY, run_cli, train
 from wandb_records import config_and_summary, read_records
-
-TINY = ["model.arch=resnet18", "train.batch_size=4", "ssl.mu=2", "train.log_every_steps=2", "data.num_workers=2",
-        "data.shuffle_buffer=16", "ssl.threshold=0.5", "train.steps=6", "checkpoint.every_steps=3",
-        "eval.every_steps=3", "train.warmup_steps=2"]
-
-
-def train(*overrides, check=True):
-    """launch/train.py TINY OVERRIDES in a process of its own (forked from the warm interpreter: conftest.Warm)."""
-    script = str(REPO_ROOT / "launch" / "train.py")
-    result = Warm.run([script, *TINY, *overrides], path=script)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
 
 def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     out, stdout = trained_run

@@ -19,10 +19,8 @@ import pytest
 from PIL import Image
 
 from stellar_dist.core.outputs import umask
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, TINY, one_line_error, run_cli, train, tree
 from test_bad_input import pack_fails
-from test_data_safety import one_line_error, tree
-from test_train import TINY, train
 
 
 def user_catalog(sim_catalog, folder: Path, rows: int = 200) -> pd.DataFrame:

@@ -15,9 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
-from test_ddp import free_port
-from test_train import TINY
+from conftest import REPO_ROOT, TINY, free_port
 
 TIMEOUT_S = 10
 
