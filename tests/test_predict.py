@@ -33,7 +33,8 @@ def test_object_ids_keep_their_type_and_every_digit(tmp_path):
     schema = columns(["GALAXY", "QSO"], (), "int64")
     frame = pd.DataFrame({"row": [0, 1], "objid": pd.array([int(big), None], dtype="Int64"), "image_path": "a.png",
                           "predicted_class": "QSO",
-                          "p_GALAXY": 0.1, "p_QSO": 0.9, "max_probability": 0.9, "unusual": False,
+                          "p_GALAXY": 0.1, "p_QSO": 0.9, "max_probability": 0.9, "low_confidence": False,
+                          "unusual": False,
                           "rejected_reason": ""}).astype(schema)
     for name in ("t.parquet", "t.fits"):
         writer = Writer(tmp_path / name, schema)
@@ -117,6 +118,22 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     from_fits = pd.read_csv(tmp_path / "f.csv", dtype={"objid": str}).drop(index=[3, 4])
     assert from_fits["objid"].tolist() == out["objid"].tolist()
     assert from_fits["predicted_class"].tolist() == out["predicted_class"].tolist()
+    # SDSS's own column names through the command: objID found as the id, the path column named, every other
+    # catalog column (ra, class) carried into the output
+    sdss = pd.DataFrame({"objID": [row["objid"] for row in rows], "cutout": [row["image_path"] for row in rows],
+                         "ra": [f"{150 + index / 100:.5f}" for index in range(len(rows))],
+                         "class": [row["Class"] for row in rows]})
+    sdss.to_csv(tmp_path / "sdss.csv", index=False)
+    run_cli("predict", "--model", str(trained), "--input", str(tmp_path / "sdss.csv"), "--out",
+            str(tmp_path / "sdss.parquet"), "--path-column", "cutout")
+    back = pd.read_parquet(tmp_path / "sdss.parquet", dtype_backend="pyarrow")
+    assert list(back.columns[:5]) == ["row", "objid", "image_path", "ra", "class"]
+    assert [str(value) for value in back["objid"]] == sdss["objID"].tolist()  # 19-digit ids, every digit
+    assert back["ra"].tolist() == sdss["ra"].tolist()
+    assert back["predicted_class"].drop(index=[3, 4]).tolist() == out["predicted_class"].tolist()
+    clash = run_cli("predict", "--model", str(trained), "--input", str(catalog), "--out", str(tmp_path / "x.csv"),
+                    "--path-column", "nothing", check=False)
+    assert clash.returncode == 2 and "has no nothing column" in clash.stderr and "--path-column" in clash.stderr
 
 
 def test_two_ranks_equal_one_and_every_format_holds_the_same_rows(trained, sim_shards, tmp_path):
@@ -191,6 +208,9 @@ def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path
     far = description["cluster"]["far_feature_distance"]
     beyond = predicted["feature_distance"] > far
     assert (predicted["unusual"] == ((predicted["max_probability"] < 0.6) | beyond)).all()
+    # the two reasons apart: the model hesitates, or the object is unlike the training images
+    assert (predicted["low_confidence"] == (predicted["max_probability"] < 0.6)).all()
+    assert (predicted["unlike_training"] == beyond).all()
     # calibrated: ~1% of the images the clustering was fit on lie beyond the threshold (histogram bins: 0.2%)
     fit = joined["split"].isin(["labeled", "unlabeled"])
     assert fit.sum() > 100 and beyond[joined.index[fit]].mean() <= 0.02
@@ -205,6 +225,7 @@ def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path
     result = run_cli("predict", "--model", str(run), "--input", str(folder), "--out", str(tmp_path / "noise.csv"))
     noise = pd.read_csv(tmp_path / "noise.csv")
     assert (noise["feature_distance"] > far).mean() > 0.9 and noise["unusual"].all()
+    assert noise["unlike_training"].mean() > 0.9
     assert "warning: 60 of 60 objects (100.0%) lie farther from the training images' features" in result.stdout
 
 
@@ -221,8 +242,33 @@ def test_a_rank_reads_only_the_shards_of_its_own_parts(sim_shards, tmp_path):
     entries = [entry for split in ("labeled", "unlabeled", "test") for entry in manifest["shards"][split]]
     first = entries[0]["num_samples"]
     (shards / entries[1]["name"]).unlink()  # not needed below: must not be read
-    every = list(input_rows(sim_shards)[1])
-    total, rows, _, _ = input_rows(shards, needed=lambda start, stop: start == 0)
-    rows = list(rows)
+    every = list(input_rows(sim_shards).rows)
+    inputs = input_rows(shards, needed=lambda start, stop: start == 0)
+    total, rows = inputs.total, list(inputs.rows)
     assert len(rows) == total == len(every)
     assert rows[:first] == every[:first] and all(row is None for row in rows[first:])
+
+
+def test_the_readmes_python_example_runs_as_written(trained, sim_catalog, tmp_path):
+    """The README's "From Python" block, run as a user's script in a folder holding runs/demo, cutouts/ and
+    my_cutouts.fits (a FITS table of relative paths: its text arrives as bytes)."""
+    import re
+    import shutil
+
+    from conftest import Warm
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"\*\*From Python\*\*.*?```python\n(.*?)```", readme, flags=re.S).group(1)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(trained)
+    catalog = pd.read_csv(sim_catalog).head(40)
+    shutil.copytree(sim_catalog.parent / "images", tmp_path / "cutouts" / "images")
+    Table({"image_path": catalog["image_path"].tolist(), "objid": np.arange(40, dtype=np.int64) + 10**18,
+           "Class": catalog["Class"].tolist()}).write(tmp_path / "my_cutouts.fits")
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    result = Warm.run([str(script)], path=str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    candidates = Table.read(tmp_path / "qso_candidates.fits")
+    assert set(candidates["predicted_class"]) <= {"QSO"}  # the tiny test model may find none: an empty table
+    assert candidates["objid"].dtype.str[1:] == "i8" and {"max_probability", "rejected_reason"} <= set(candidates.colnames)

@@ -15,6 +15,11 @@ from wandb_records import config_and_summary, read_records
 def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     out, stdout = trained_run
     assert "accuracy" in stdout and str(out) in stdout
+    # what the user watches: a summary before the first step, evaluations and progress with the time left
+    run_id = (out / "wandb_run_id").read_text().strip()
+    assert "run: fixmatch on 1 process(es), device cpu" in stdout and "labeled 40 (GALAXY" in stdout
+    assert f"W&B offline, run id {run_id}" in stdout and "evaluation at step 3 on the test split" in stdout
+    assert "s left" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     test = metrics["test"]
     assert metrics["steps"] == 6 and metrics["world_size"] == 1
@@ -147,3 +152,14 @@ def test_training_without_a_checkout(sim_shards, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads((tmp_path / folder / "metrics.json").read_text())["steps"] == 2
     assert "cluster=" not in cli.stderr  # no cluster head: no cluster loss on the progress bar
+
+
+def test_a_gpu_launch_on_a_cpu_machine_says_so(sim_shards, tmp_path, monkeypatch):
+    """accelerate_configs/multi_gpu.yaml (bf16) where there is no GPU: the run trains on the CPU and says so in one
+    warning line (accelerate launch passes the config's mixed_precision as ACCELERATE_MIXED_PRECISION)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = train(f"data.shards={sim_shards}", f"output_dir={tmp_path / 'run'}", "train.steps=2",
+                   "cluster.at_end=false", "eval.every_steps=0", "checkpoint.every_steps=0")
+    assert "warning: this launch asks for GPUs" in result.stdout and "accelerate_configs/cpu.yaml" in result.stdout

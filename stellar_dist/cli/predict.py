@@ -5,9 +5,11 @@
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist predict \
         --model runs/demo --input data/sim-shards --out predictions.fits
 
-Input: a table (CSV, or FITS, ECSV, parquet, VOTable as `pack` reads them) with an `image_path` column (relative
-to the table; an `objid` column, if any, is copied exactly: as a 64-bit integer column in FITS and parquet when
-every id is an integer, as SDSS's 19-digit ids are, else as text), a folder of images (searched recursively, sorted by path) or a shards folder.
+Input: a table (CSV, or FITS, ECSV, parquet, VOTable as `pack` reads them) with an image path column
+(--path-column, image_path by default; relative to the table), an id column (--id-column, objid by default, which
+also finds SDSS's objID) copied exactly (a 64-bit integer column in FITS and parquet when every id is an integer,
+as SDSS's 19-digit ids are, else text), and any other columns (ra, dec, z, ...: carried into the output as text);
+a folder of images (searched recursively, sorted by path); or a shards folder.
 Images are prepared as in training, from the model's config.json (centre crop or area resize to its image size,
 JPEG round trip if it was trained on JPEG shards). Rows are processed in chunks: every rank takes every
 world_size-th row of a chunk, rank 0 writes the chunk in input order, so memory stays flat in the number of
@@ -15,13 +17,12 @@ objects. A row whose image is missing or unreadable keeps its place with empty p
 reason in `rejected_reason` (counted on the console): one output row per input row, never dropped silently.
 
 Columns (inference/pipeline.py `columns`): row, objid, image_path, predicted_class, p_<class> for each class,
-max_probability; where the model
-carries a clustering (a run with cluster.at_end or a cluster head), cluster and cluster_distance (to its centroid,
-in the space the clusters were fit in) and feature_distance (from the mean training feature, in whitened units);
-and `unusual`: max_probability below --unusual-below (0.6 by default: the model hesitates between classes), or a
-feature distance beyond the training images' 99th percentile (unlike the training images: 1% of them are flagged
-by construction); rejected_reason. When far more than 1% of the objects lie beyond it, predict warns of a domain
-shift.
+max_probability; where the model carries a clustering (a run with cluster.at_end or a cluster head), cluster and
+cluster_distance (to its centroid, in the space the clusters were fit in) and feature_distance (from the mean
+training feature, in whitened units); low_confidence (max_probability below --unusual-below, 0.6 by default: the
+model hesitates between classes); unlike_training (models with a clustering: a feature distance beyond the
+training images' 99th percentile, so 1% of them are flagged by construction); unusual (either of the two);
+rejected_reason. When far more than 1% of the objects lie beyond it, predict warns of a domain shift.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="flag rows whose max probability is below (0-1)")
     parser.add_argument("--workers", type=_workers, default=2, help="processes reading and preparing images "
                         "per rank (0-64; 0: in the main process)")
+    parser.add_argument("--path-column", default="image_path", help="a table's column of image paths (default "
+                        "image_path; matched without regard to case)")
+    parser.add_argument("--id-column", default="objid", help="a table's object id column, copied exactly (default "
+                        "objid, which also finds SDSS's objID; e.g. specObjID)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files that predict did "
                         "not write (files it wrote itself are replaced without it)")
     return parser
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
 
         task = parse_part(args.task, "--task") if args.task else None
         counts = predict_parts(args.model, args.input, args.out, args.part_rows, args.batch_size,
-                               args.unusual_below, args.workers, task)
+                               args.unusual_below, args.workers, task, args.path_column, args.id_column)
         if counts:
             left = f"; {counts['missing']} part(s) still to compute by other tasks" if counts["missing"] else ""
             print(f"{counts['rows']} rows in {counts['parts']} part(s) in {args.out} ({counts['written_here']} "
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
         return
     try:
         counts = predict(args.model, args.input, args.out, args.embeddings, args.batch_size, args.unusual_below,
-                         args.overwrite, args.workers)
+                         args.overwrite, args.workers, args.path_column, args.id_column)
     except NothingPredicted as nothing:
         raise UserError(f"none of the {nothing.total} input(s) could be classified, so {args.out} was not written; "
                         f"first: {nothing.first_reason}") from None

@@ -31,7 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..training.config import load_config
-    from ..training.stages import train_in_stages
+    from ..training.stages import train
 
-    train_in_stages(load_config(args.config, args.overrides))
+    train(args.config, args.overrides)

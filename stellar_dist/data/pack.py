@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from ..core.errors import UserError, sigterm_as_exit
 from ..core.files import discard_private, finish_private, private_folder
 from ..core.outputs import OutputLock, inside
+from ..core.progress import progress
 from . import bands as fits_bands
 from .catalog import SPLITS, find_duplicates, read_catalog
 from .images import encode, preprocess_image
@@ -213,10 +213,10 @@ def write_shards(catalog, frame, splits, class_names, pixels: dict, options: Pac
     # Never more processes than shards to write or cores to run them (--workers 40 on 8 shards starts 8).
     processes = max(1, min(options.workers or os.cpu_count() or 1, len(tasks), os.cpu_count() or 1))
     with get_context("spawn").Pool(processes, initializer=ignore_interrupts) as pool, \
-            tqdm(total=sum(len(task["rows"]) for task in tasks), desc="pack", unit="img") as progress:
+            progress(sum(len(task["rows"]) for task in tasks), "pack", "img") as bar:
         for result in pool.imap_unordered(_write_shard, tasks):
             results.append(result)
-            progress.update(result["input"])
+            bar.update(result["input"])
     return results
 
 

@@ -18,11 +18,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..core.errors import UserError, sigterm_as_exit
 from ..core.files import discard_private, finish_private, private_folder
 from ..core.outputs import OutputLock
+from ..core.progress import progress
 from .pack import ignore_interrupts
 
 CLASS_FRACTIONS = {"GALAXY": 0.57, "STAR": 0.32, "QSO": 0.11}  # DR16 spectroscopic proportions
@@ -284,7 +284,11 @@ def _render(out_dir: Path, num: int, seed: int, workers: int, image_format: str)
         tasks = [(index, seed, str(staging), image_format) for index in range(num)]
         workers = workers or os.cpu_count() or 1
         with get_context("spawn").Pool(min(workers, num), initializer=ignore_interrupts) as pool:
-            rows = list(tqdm(pool.imap(_simulate_one, tasks, chunksize=16), total=num, desc="simulate", unit="img"))
+            rows = []
+            with progress(num, "simulate", "img") as bar:
+                for row in pool.imap(_simulate_one, tasks, chunksize=16):
+                    rows.append(row)
+                    bar.update()
         suffixes = {"jpg": {"catalog.csv": "jpg"}, "fits": {"catalog.csv": "fits"},
                     "both": {"catalog.csv": "jpg", "catalog_fits.csv": "fits"}}[image_format]
         for name, suffix in suffixes.items():

@@ -9,7 +9,8 @@
 `catalog` is an astropy Table, a pandas DataFrame, or the path of a table (CSV, FITS, ECSV, parquet, VOTable);
 an astropy Table comes back as a Table, anything else as a DataFrame. Every input row comes back, in input order,
 with its own columns untouched, plus `predicted_class`, `p_<class>`, `max_probability`, `cluster`,
-`cluster_distance` and `feature_distance` (models that carry a clustering), `unusual`, and `rejected_reason` (empty
+`cluster_distance`, `feature_distance` and `unlike_training` (models that carry a clustering), `low_confidence`,
+`unusual`, and `rejected_reason` (empty
 when the image was read; otherwise why not, and the prediction columns are missing values: masked in a Table, <NA>
 / NaN in a DataFrame). The columns are typed (text, float32, nullable integers and booleans), so the result writes
 to FITS, parquet, ECSV or CSV as it is. When far more objects than the 1% expected lie beyond the training images'

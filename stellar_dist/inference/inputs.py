@@ -3,9 +3,12 @@ training (from the model's config.json), and a model/input mismatch named before
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -37,22 +40,37 @@ def check_input_matches(source: Path, description: dict) -> None:
                             "model's training shards, or the catalog itself")
 
 
-def input_rows(source: Path, fits: bool = False, needed=None):
-    """(number of rows, generator of (objid or None, image path or shard member name, payload or None), the image
-    paths read (outputs must not be one of them), the objid column's type in FITS and parquet outputs: "int64",
-    "string" or None; data/objids.py).
-    A folder is searched for the files the model reads: FITS cutouts (`fits`) or 8-bit images. A shard member's
-    payload is its bytes (N-band) or (encoding, bytes) for 8-bit shards. `needed(start, stop)`: whether this
-    process needs any of the rows [start, stop); a shard none of whose rows is needed is not read (its rows come
-    as None): ranks sharing a partitioned predict each read only the shards of their own parts."""
+@dataclass
+class Inputs:
+    """What predict reads: the number of rows; a generator of (objid or None, image path or shard member name,
+    payload or None); the image paths read (outputs must not be one of them); the objid column's type in FITS and
+    parquet outputs ("int64", "string" or None; data/objids.py); a table's other columns (as text, one row per
+    input row; None for folders and shards), carried into the output."""
+
+    total: int
+    rows: Iterator
+    image_paths: list[str]
+    objid_type: str | None
+    extra: pd.DataFrame | None = None
+
+
+def input_rows(source: Path, fits: bool = False, needed=None, path_column: str = "image_path",
+               id_column: str = "objid") -> Inputs:
+    """The rows of `source` (see Inputs). A folder is searched for the files the model reads: FITS cutouts
+    (`fits`) or 8-bit images. A shard member's payload is its bytes (N-band) or (encoding, bytes) for 8-bit
+    shards. `needed(start, stop)`: whether this process needs any of the rows [start, stop); a shard none of whose
+    rows is needed is not read (its rows come as None): ranks sharing a partitioned predict each read only the
+    shards of their own parts. A table's image and id columns are `path_column` and `id_column` (matched without
+    regard to case when the exact name is absent: SDSS's objID is an objid)."""
     if (source / "manifest.json").is_file():
         from ..data.manifest import load_manifest
 
         manifest = load_manifest(source)
         entries = [entry for split in ("labeled", "unlabeled", "test") for entry in manifest["shards"][split]
                    if entry["num_samples"]]  # the order of streams.shard_paths
-        return sum(manifest["num_samples"].values()), _from_shards(source, entries, manifest["encoding"], needed), \
-            [], manifest.get("objid_type", "string")  # shards packed before pack recorded it: text (exact anyway)
+        return Inputs(sum(manifest["num_samples"].values()), _from_shards(source, entries, manifest["encoding"],
+                                                                          needed),
+                      [], manifest.get("objid_type", "string"))  # packed before pack recorded it: text (exact)
     if source.is_dir():
         wanted = is_fits if fits else (lambda path: path.suffix.lower() in IMAGE_SUFFIXES)
         images = sorted(path for path in source.rglob("*") if wanted(path)
@@ -61,7 +79,23 @@ def input_rows(source: Path, fits: bool = False, needed=None):
             kind = "FITS cutouts" if fits else f"8-bit images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             raise UserError(f"--input {source} holds no {kind}, the kind of image this model reads: pass a folder "
                             "of them, a CSV or shards")
-        return len(images), ((None, str(path), None) for path in images), [str(path) for path in images], None
+        return Inputs(len(images), ((None, str(path), None) for path in images), [str(path) for path in images], None)
+    return _from_table(source, fits, path_column, id_column)
+
+
+def _column(frame: pd.DataFrame, name: str, option: str, source: Path, required: bool) -> str | None:
+    if name in frame.columns:
+        return name
+    folded = [column for column in frame.columns if str(column).lower() == name.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    if required:
+        raise UserError(f"--input {source} has no {name} column (has: {', '.join(map(str, frame.columns))}): name "
+                        f"the column with {option}")
+    return None
+
+
+def _from_table(source: Path, fits: bool, path_column: str, id_column: str) -> Inputs:
     from ..data.catalog import TABLE_SUFFIXES, _read_csv, _read_table
     from ..data.objids import id_type
 
@@ -71,19 +105,20 @@ def input_rows(source: Path, fits: bool = False, needed=None):
                         "images nor a shards folder")
     # every cell as text (ids exact): an empty, malformed or non-UTF-8 file is one line; tables as pack reads them
     frame = _read_table(source) if table else _read_csv(source)
-    if "image_path" not in frame.columns:
-        raise UserError(f"--input {source} has no image_path column (has: {', '.join(frame.columns)})")
+    path_name = _column(frame, path_column, "--path-column", source, required=True)
+    id_name = _column(frame, id_column, "--id-column", source, required=id_column != "objid")
     if frame.empty:
         raise UserError(f"--input {source} has no rows: add the objects to classify")
-    ids = frame["objid"] if "objid" in frame.columns else [None] * len(frame)
-    paths = [str(Path(path) if Path(path).is_absolute() else source.parent / path) for path in frame["image_path"]]
+    ids = frame[id_name] if id_name else [None] * len(frame)
+    paths = [str(Path(path) if Path(path).is_absolute() else source.parent / path) for path in frame[path_name]]
     first = paths[0]
     if is_fits(first) != fits:
         raise UserError(f"--input {source} lists {'FITS cutouts' if is_fits(first) else '8-bit images'} "
                         f"(first {first}), but the model was trained on {'FITS cutouts' if fits else '8-bit images'}"
                         ": classify them with a model trained on the same kind of image")
-    ids_type = id_type(ids) if "objid" in frame.columns else None
-    return len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths, ids_type
+    extra = frame.drop(columns=[name for name in (path_name, id_name) if name]).reset_index(drop=True)
+    return Inputs(len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths,
+                  id_type(ids) if id_name else None, extra.astype("string"))
 
 
 def _from_shards(source: Path, entries: list[dict], encoding: str, needed):

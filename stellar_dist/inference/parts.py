@@ -114,7 +114,8 @@ def _write_part(path: Path, frame: pd.DataFrame, provenance: dict) -> None:
 
 
 def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_000, batch_size: int = 256,
-                  unusual_below: float = 0.6, workers: int = 2, task: tuple[int, int] | None = None) -> dict:
+                  unusual_below: float = 0.6, workers: int = 2, task: tuple[int, int] | None = None,
+                  path_column: str = "image_path", id_column: str = "objid") -> dict:
     """Write the missing parts of OUT (this rank's share); returns counts on rank 0 (see the module docstring).
     `task` (I, N): a job array's task I of N takes parts I, I + N, ... instead of the ranks of a process group;
     each task rewrites the index when it ends (the last one to end lists every part)."""
@@ -133,7 +134,10 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     def needed(start: int, stop: int) -> bool:  # rows [start, stop) touch one of my parts: their shard is read
         return any(part in mine for part in range(start // part_rows, (stop - 1) // part_rows + 1))
 
-    total, rows, _, ids_type = input_rows(source_path, fits=description["encoding"] == "npy", needed=needed)
+    inputs = input_rows(source_path, fits=description["encoding"] == "npy", needed=needed, path_column=path_column,
+                        id_column=id_column)
+    predictor.check_extra(inputs.extra, source)
+    total, rows, ids_type = inputs.total, inputs.rows, inputs.objid_type
     wanted = {"model": str(model_folder.resolve()), "input": str(source_path.resolve()), "rows": total,
               "model_sha256": sha256_of(model_folder / WEIGHTS), "input_fingerprint": input_fingerprint(source_path),
               "part_rows": part_rows, "classes": description["classes"], "stellar_dist": __version__}
@@ -156,12 +160,14 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
         part = index // part_rows
         if part != current:
             if held:
-                done += _finish(out_dir, current, held, predictor, batch_size, unusual_below, workers, recorded)
+                done += _finish(out_dir, current, held, predictor, batch_size, unusual_below, workers, recorded,
+                                inputs.extra)
             current, held = part, []
         if part in mine:
             held.append((index, row))
     if held:
-        done += _finish(out_dir, current, held, predictor, batch_size, unusual_below, workers, recorded)
+        done += _finish(out_dir, current, held, predictor, batch_size, unusual_below, workers, recorded,
+                        inputs.extra)
     if not task:
         dist.barrier()
     if not dist.is_main():
@@ -172,9 +178,9 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     return {"rows": total, "parts": num_parts, "written_here": done, "missing": num_parts - len(parts)}
 
 
-def _finish(out_dir, part, held, predictor, batch_size, unusual_below, workers, wanted) -> int:
+def _finish(out_dir, part, held, predictor, batch_size, unusual_below, workers, wanted, extra) -> int:
     # typed by the whole input (not by this part's ids): every part has one schema
     frame = predictor.predict_rows(held, batch_size=batch_size, workers=workers, unusual_below=unusual_below,
-                                   objid_type=wanted.get("objid_type"))
+                                   objid_type=wanted.get("objid_type"), extra=extra)
     _write_part(_part_path(out_dir, part), frame, wanted | {"part": part})
     return 1

@@ -34,14 +34,18 @@ IDENTITY = ("row", "objid", "image_path")  # where a row came from: in predict's
 
 
 def columns(classes: list[str], clusters: tuple[str, ...], objid_type: str | None = None,
-            identity: bool = True) -> dict[str, str]:
+            identity: bool = True, far: bool = False, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The output columns and their pandas dtypes, in order (nullable types: a missing value is <NA>). The CSV,
-    parquet and FITS writers, the parts and `predict_catalog` all take them from here."""
-    table = {"row": "int64", "objid": "Int64" if objid_type == "int64" else "string", "image_path": "string"} \
-        if identity else {}
+    parquet and FITS writers, the parts and `predict_catalog` all take them from here. `far`: the model can tell
+    an object unlike its training images (it carries a clustering: classify.far_rule); `extra`: an input table's
+    other columns, carried as text after image_path."""
+    table = {"row": "int64", "objid": "Int64" if objid_type == "int64" else "string", "image_path": "string",
+             **{name: "string" for name in extra}} if identity else {}
     table |= {"predicted_class": "string", **{f"p_{name}": "float32" for name in classes},
               "max_probability": "float32"}
     table |= {name: "Int32" if name == "cluster" else "float32" for name in clusters}
+    # two reasons to look twice, apart, and `unusual` for either
+    table |= {"low_confidence": "boolean", **({"unlike_training": "boolean"} if far else {})}
     return table | {"unusual": "boolean", "rejected_reason": "string"}
 
 
@@ -76,8 +80,21 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.description["classes"]
 
-    def columns(self, objid_type: str | None = None, identity: bool = True) -> dict[str, str]:
-        return columns(self.classes, cluster_columns(self.description), objid_type, identity)
+    def columns(self, objid_type: str | None = None, identity: bool = True, extra: tuple[str, ...] = ()
+                ) -> dict[str, str]:
+        return columns(self.classes, cluster_columns(self.description), objid_type, identity,
+                       far=far_rule(self.description)[0] is not None, extra=extra)
+
+    def check_extra(self, extra, source) -> tuple[str, ...]:
+        """The names of a table's other columns, refused in one line where one is also a prediction column."""
+        from ..core.errors import UserError
+
+        names = () if extra is None else tuple(map(str, extra.columns))
+        clash = [name for name in names if name in self.columns()]
+        if clash:
+            raise UserError(f"--input {source} has column(s) {', '.join(clash)}, which predict writes: rename "
+                            "them in the catalog")
+        return names
 
     def provenance(self, model_sha256: str | None = None) -> dict:
         return provenance(self.folder, self.description, model_sha256)
@@ -92,10 +109,10 @@ class Predictor:
         return Chunk(kept, probabilities, clusters, features, rejected)
 
     def rows_frame(self, rows: list, chunk: Chunk, *, unusual_below: float, objid_type: str | None = None,
-                   identity: bool = True) -> pd.DataFrame:
+                   identity: bool = True, extra: pd.DataFrame | None = None) -> pd.DataFrame:
         """The one row builder: a DataFrame of `columns()`, one row per entry of `rows`, in their order.
         `frame.attrs["far"]`: (objects beyond the training images' 99th percentile, objects read), for
-        classify.shift_warning."""
+        classify.shift_warning. `extra`: a table's other columns, by input row (inputs.Inputs.extra)."""
         count, classes = len(rows), self.classes
         place = {index: position for position, (index, _) in enumerate(rows)}
         read = np.zeros(count, dtype=bool)
@@ -115,28 +132,36 @@ class Predictor:
         table = {}
         if identity:
             schema = self.columns(objid_type)  # typed as they are built: a 19-digit id never passes through float64
-            table = {"row": np.array([index for index, _ in rows], dtype=np.int64),
+            indices = [index for index, _ in rows]
+            table = {"row": np.array(indices, dtype=np.int64),
                      "objid": pd.array(_ids([row[0] for _, row in rows], objid_type), dtype=schema["objid"]),
                      "image_path": pd.array([row[1] for _, row in rows], dtype="string")}
+            if extra is not None:
+                table |= {str(name): extra[name].iloc[indices].array for name in extra.columns}
         table |= {"predicted_class": np.where(read, np.array(classes, dtype=object)[best] if count else [], None),
                   **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
                   "max_probability": maximum, **cluster_values,
+                  "low_confidence": np.where(read, np.nan_to_num(maximum, nan=1.0) < unusual_below, None),
+                  "unlike_training": np.where(read, beyond, None),
                   "unusual": np.where(read, unusual, None), "rejected_reason": reasons}
-        frame = pd.DataFrame(table).astype(self.columns(objid_type, identity))
+        schema = self.columns(objid_type, identity, () if extra is None else tuple(map(str, extra.columns)))
+        frame = pd.DataFrame({name: table[name] for name in schema}).astype(schema)
         frame.attrs["far"] = (int((beyond & read).sum()), int(read.sum()))
         return frame
 
     def predict_rows(self, rows: list, *, batch_size: int, workers: int, unusual_below: float,
-                     objid_type: str | None = None, identity: bool = True) -> pd.DataFrame:
+                     objid_type: str | None = None, identity: bool = True, extra=None) -> pd.DataFrame:
         """Every row in this process, chunk by chunk (memory flat in the number of rows): the frame of all."""
         frames = [self.rows_frame(rows[start:start + CHUNK_ROWS],
                                   self.classify(rows[start:start + CHUNK_ROWS], batch_size=batch_size,
                                                 workers=workers),
-                                  unusual_below=unusual_below, objid_type=objid_type, identity=identity)
+                                  unusual_below=unusual_below, objid_type=objid_type, identity=identity,
+                                  extra=extra)
                   for start in range(0, len(rows), CHUNK_ROWS)]
         if not frames:
+            names = () if extra is None else tuple(map(str, extra.columns))
             return pd.DataFrame({name: pd.Series(dtype=kind)
-                                 for name, kind in self.columns(objid_type, identity).items()})
+                                 for name, kind in self.columns(objid_type, identity, names).items()})
         frame = pd.concat(frames, ignore_index=True)
         frame.attrs["far"] = tuple(int(sum(part.attrs["far"][i] for part in frames)) for i in range(2))
         return frame

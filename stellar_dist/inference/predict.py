@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..core import dist
 from ..core.errors import UserError, raise_if_any
 from ..core.files import private_folder
+from ..core.progress import progress
 from .classify import CHUNK_ROWS
 from .inputs import check_input_matches, input_rows
 from .pipeline import Chunk, Predictor
@@ -32,7 +32,8 @@ def _chunks(rows, size: int):
 
 
 def predict(model_path: str, source: str, out: str, embeddings: str | None = None, batch_size: int = 256,
-            unusual_below: float = 0.6, overwrite: bool = False, workers: int = 2) -> dict:
+            unusual_below: float = 0.6, overwrite: bool = False, workers: int = 2, path_column: str = "image_path",
+            id_column: str = "objid") -> dict:
     """Classify every row of `source` into `out` (rank 0 writes); returns counts on rank 0: rows, predicted,
     rejected (rows whose image could not be read: in the table with their rejected_reason), seconds, far."""
     from accelerate import PartialState
@@ -48,23 +49,24 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
         raise UserError(f"--embeddings {embeddings} must end in .npy")
     predictor = Predictor.load(model_path, device)
     check_input_matches(source_path, predictor.description)
-    total, rows, image_paths, ids_type = input_rows(source_path, fits=predictor.description["encoding"] == "npy")
+    inputs = input_rows(source_path, fits=predictor.description["encoding"] == "npy", path_column=path_column,
+                        id_column=id_column)
+    extra = predictor.check_extra(inputs.extra, source)
     locks, refusal, writer = [], None, None
     if main:
         try:
-            locks = claim_outputs(output_paths(out_path, embeddings), predictor.folder, source_path, image_paths,
-                                  overwrite)
-            writer = Writer(out_path, predictor.columns(ids_type), predictor.provenance())
+            locks = claim_outputs(output_paths(out_path, embeddings), predictor.folder, source_path,
+                                  inputs.image_paths, overwrite)
+            writer = Writer(out_path, predictor.columns(inputs.objid_type, extra=extra), predictor.provenance())
         except UserError as error:
             refusal = str(error)
     raise_if_any(refusal)
     features_file = None
     try:
-        counts = _predict_rows(predictor, rows, total, writer, embeddings, batch_size, unusual_below, workers,
-                               ids_type)
+        counts = _predict_rows(predictor, inputs, writer, embeddings, batch_size, unusual_below, workers)
         features_file = counts.pop("features_file")
-        if main and total and not counts["predicted"]:
-            raise NothingPredicted(total, counts["first_reason"])
+        if main and inputs.total and not counts["predicted"]:
+            raise NothingPredicted(inputs.total, counts["first_reason"])
         if main:
             finish_outputs(writer, features_file, embeddings)
     except BaseException:
@@ -86,9 +88,9 @@ def _gathered(chunk: Chunk, embeddings: bool) -> Chunk:
                  dist.gather_objects(chunk.rejected))
 
 
-def _predict_rows(predictor: Predictor, rows, total: int, writer, embeddings: str | None, batch_size: int,
-                  unusual_below: float, workers: int, ids_type: str | None) -> dict:
-    rank, world = dist.rank(), dist.world_size()
+def _predict_rows(predictor: Predictor, inputs, writer, embeddings: str | None, batch_size: int,
+                  unusual_below: float, workers: int) -> dict:
+    rank, world, total = dist.rank(), dist.world_size(), inputs.total
     features_file = None
     if embeddings and dist.is_main():
         temporary = private_folder(Path(embeddings).parent, Path(embeddings).name) / "embeddings.npy"
@@ -97,14 +99,15 @@ def _predict_rows(predictor: Predictor, rows, total: int, writer, embeddings: st
         features_file[:] = np.nan  # rejected rows stay NaN
     counts = {"rows": total, "predicted": 0, "rejected": 0, "far": 0, "first_reason": None}
     started = time.perf_counter()
-    progress = tqdm(total=total, desc="predict", unit="img", disable=not dist.is_main())
+    bar = progress(total, "predict", "img", enabled=dist.is_main())
     try:
-        for chunk in _chunks(rows, CHUNK_ROWS):
+        for chunk in _chunks(inputs.rows, CHUNK_ROWS):
             mine = predictor.classify(chunk[rank::world], batch_size=batch_size, workers=workers)
             result = _gathered(mine, embeddings is not None)
             if not dist.is_main():
                 continue
-            frame = predictor.rows_frame(chunk, result, unusual_below=unusual_below, objid_type=ids_type)
+            frame = predictor.rows_frame(chunk, result, unusual_below=unusual_below, objid_type=inputs.objid_type,
+                                         extra=inputs.extra)
             writer.write(frame)
             far, read = frame.attrs["far"]
             counts["far"] += far
@@ -115,9 +118,8 @@ def _predict_rows(predictor: Predictor, rows, total: int, writer, embeddings: st
                 counts["first_reason"] = f"row {index}: {reason}"
             if features_file is not None and len(result.kept):
                 features_file[result.kept.cpu().numpy()] = result.features.cpu().numpy()
-            progress.update(len(chunk))
-            progress.set_postfix(images_per_s=f"{progress.n / max(time.perf_counter() - started, 1e-9):.0f}")
-        progress.close()
+            bar.update(len(chunk))
+        bar.close()
     except BaseException:
         drop_embeddings(features_file)
         raise

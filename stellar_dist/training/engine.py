@@ -67,6 +67,9 @@ def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
         if final:
             write_predictions(gathered, config.data.shards, run.manifest["classes"], run.output_dir / "predictions.csv")
             run.tracker.log_evaluation(gathered, run.manifest, config.data.shards, step)
+    if dist.is_main() and not final:  # during training: one line on the console too
+        print(f"evaluation at step {step} on the {evaluated_on(run.manifest)} split: accuracy "
+              f"{report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}", flush=True)
     return report
 
 
@@ -92,7 +95,8 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
                              "test/balanced_accuracy": report["balanced_accuracy"], "steps": step})
 
 
-def _log_interval(run: Run, stats: IntervalStats, progress, done: int, elapsed_s: float, data_wait_s: float) -> None:
+def _log_interval(run: Run, stats: IntervalStats, progress, done: int, elapsed_s: float, data_wait_s: float,
+                  loop_started: float) -> None:
     """The interval's metrics (all-reduced) to the tracker, the progress bar, and a plain line in a log file."""
     metrics = stats.reduce(run.manifest["classes"])
     metrics["train/images_per_second"] = metrics.pop("train/images") / max(elapsed_s, 1e-9)
@@ -109,8 +113,11 @@ def _log_interval(run: Run, stats: IntervalStats, progress, done: int, elapsed_s
         postfix["cluster"] = f"{metrics['train/cluster_loss']:.3f}"
     progress.set_postfix(postfix)
     if progress.disable and dist.is_main():
+        running_s = time.perf_counter() - loop_started
+        left_s = running_s / max(done - run.start_step, 1) * (run.config.train.steps - done)
         print(f"train step {done}/{run.config.train.steps}: " + " ".join(f"{k}={v}" for k, v in postfix.items())
-              + f" {metrics['train/images_per_second']:.0f} images/s", flush=True)
+              + f" {metrics['train/images_per_second']:.0f} images/s, {running_s:.0f} s, {left_s:.0f} s left",
+              flush=True)
 
 
 def train_loop(run: Run) -> int:
@@ -123,6 +130,7 @@ def train_loop(run: Run) -> int:
     progress = tqdm(range(run.start_step, config.train.steps), initial=run.start_step, total=config.train.steps,
                     desc="train", disable=not (dist.is_main() and sys.stderr.isatty()), dynamic_ncols=True)
     interval_start, data_wait_s = time.perf_counter(), 0.0
+    loop_started = interval_start
     non_finite_steps = torch.zeros((), device=accelerator.device)
     stop_requested = StopRequest(accelerator.device, every=config.train.log_every_steps)
     run.model.train()
@@ -150,7 +158,8 @@ def train_loop(run: Run) -> int:
         if log_now or evaluate_now or recluster_now or save_now:
             _stop_non_finite(run, done, non_finite_steps)
         if log_now:
-            _log_interval(run, stats, progress, done, time.perf_counter() - interval_start, data_wait_s)
+            _log_interval(run, stats, progress, done, time.perf_counter() - interval_start, data_wait_s,
+                          loop_started)
             interval_start, data_wait_s = time.perf_counter(), 0.0
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)

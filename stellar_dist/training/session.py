@@ -138,6 +138,16 @@ def _accelerator(config: Config) -> Accelerator:
                        log_with="wandb" if config.tracking == "wandb" else None, kwargs_handlers=[ddp, group])
 
 
+def _warn_gpu_launch_on_cpu(accelerator: Accelerator) -> None:
+    """A launch made for GPUs (accelerate_configs/multi_gpu.yaml: bf16) on a machine without one trains on the CPU:
+    say so once, rather than let a user believe the GPUs work."""
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if asked in ("bf16", "fp16") and dist.is_main():
+        print(f"warning: this launch asks for GPUs (accelerate config with mixed_precision {asked}) but none is "
+              f"visible here: training on the CPU in {accelerator.num_processes} process(es) without mixed "
+              "precision; on a CPU machine use accelerate_configs/cpu.yaml or cpu_ddp.yaml", flush=True)
+
+
 def setup(config: Config) -> Run:
     output_dir = Path(config.output_dir)
     manifest = load_manifest(config.data.shards)
@@ -147,6 +157,7 @@ def setup(config: Config) -> Run:
     accelerator = _accelerator(config)
     take_run_folder(accelerator, output_dir)
     if accelerator.device.type == "cpu":
+        _warn_gpu_launch_on_cpu(accelerator)
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate/torchrun launchers
         torch.set_num_threads(config.train.cpu_threads or max(1, (os.cpu_count() or 1) // local_processes))
     torch.backends.cudnn.benchmark = accelerator.device.type == "cuda"  # fixed shapes: pick the fastest kernels
@@ -176,7 +187,28 @@ def setup(config: Config) -> Run:
         restore(run, point)
     if dist.is_main():  # the run's record changes only once the resume it describes has succeeded
         save_config(config, output_dir / "config.yaml")
+        print(summary(run), flush=True)
     accelerator.wait_for_everyone()
     return run
+
+
+def summary(run: Run) -> str:
+    """What a run is about to do, before its first step: where it runs, on what, for how long, and where it writes."""
+    config, accelerator, manifest = run.config, run.accelerator, run.manifest
+    counts = "; ".join(f"{split} {manifest['num_samples'].get(split, 0)} ("
+                       + ", ".join(f"{name} {count}" for name, count in manifest["counts"].get(split, {}).items())
+                       + ")" for split in ("labeled", "unlabeled", "test") if manifest["num_samples"].get(split))
+    tracking = "none (log.jsonl and metrics.json only)"
+    if config.tracking == "wandb":
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        run_id = (run.output_dir / "wandb_run_id").read_text().strip() if (run.output_dir / "wandb_run_id").is_file() \
+            else "?"
+        tracking = f"W&B {mode}, run id {run_id} (project {config.wandb_project})"
+    start = f"resuming at step {run.start_step} of" if run.start_step else "steps:"
+    return "\n".join([
+        f"run: {config.ssl.algorithm} on {accelerator.num_processes} process(es), device {accelerator.device.type}, "
+        f"mixed precision {accelerator.mixed_precision}; {start} {config.train.steps}",
+        f"data: {config.data.shards}: {counts}",
+        f"writes: {run.output_dir} (metrics.json, log.jsonl, plots/, checkpoints/, model/); tracking: {tracking}"])
 
 

@@ -73,3 +73,26 @@ def train_in_stages(config: Config):
     weights = pretrained_weights(Path(stage.output_dir)).resolve()  # absolute: a resume from elsewhere finds it
     print(f"stage 2 of 2: {config.ssl.algorithm} from the pretrained backbone {weights}")
     return train(finetune_config(config, weights))
+
+
+def train(config: Config | str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict | None:
+    """The Python entry of `stellar-dist train` (one process; under `accelerate launch` every rank calls it):
+    `config` is a Config or the path of a YAML file, `overrides` dotted KEY=VALUE strings. Returns the final test
+    report on the main process.
+
+        import stellar_dist
+        report = stellar_dist.train("configs/demo.yaml", ["train.steps=50", "output_dir=runs/notebook"])
+    """
+    from .config import load_config, to_dict
+
+    if isinstance(config, Config):
+        from ..core.config import apply_override
+        from .config import config_from_dict
+
+        tree = to_dict(config)
+        for override in overrides:
+            apply_override(tree, override)
+        config = config_from_dict(tree)
+    else:
+        config = load_config(config, overrides)
+    return train_in_stages(config)
