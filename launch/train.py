@@ -5,7 +5,7 @@
 2 CPU processes (DDP on gloo):
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml launch/train.py --config configs/demo.yaml
 All GPUs of a node (bf16):
-    GPUS=$(nvidia-smi -L | wc -l)
+    GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)       # 0 without GPUs: use cpu.yaml there
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes $GPUS \\
         launch/train.py --config configs/sdss.yaml
 Without accelerate (one process), or without a checkout (`pip install` gives the same entry point):

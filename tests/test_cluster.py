@@ -103,3 +103,21 @@ def test_stream_filter_hash_equals_the_tensor_hash_and_bounds_the_sample():
     test_kept = id_hash(everything[100_000:], 3) < selection.keep_threshold("test")
     assert 400 < int(test_kept.sum()) < 600
     assert plan_selection({"num_samples": counts}, seed=3).complete  # the default limits keep all 120,000
+
+
+def test_the_cluster_grid_stretches_every_tile_alike():
+    """One asinh stretch for all tiles: a faint tile stays fainter than a bright one (a per-tile stretch would
+    make both fill the range), colours keep their ratios, values in [0, 1]."""
+    import numpy as np
+
+    from stellar_dist.clustering.cluster_report import shared_stretch
+
+    rng = np.random.default_rng(0)
+    bright = np.clip(rng.normal(120, 30, (16, 16, 3)), 0, 255).astype(np.float32)
+    faint = np.clip(rng.normal(20, 5, (16, 16, 3)), 0, 255).astype(np.float32)
+    faint[..., 0] *= 1.5  # a red object
+    stretch = shared_stretch([bright, faint])
+    out_bright, out_faint = stretch(bright), stretch(faint)
+    assert 0 <= out_faint.min() and out_bright.max() <= 1
+    assert out_faint.mean() < 0.5 * out_bright.mean()
+    assert out_faint[..., 0].mean() > out_faint[..., 2].mean()  # still red

@@ -109,3 +109,12 @@ def test_command_line_version_fast_help_and_config_command(tmp_path):
     assert "naming the last good checkpoint" in by_key["dist.timeout_s"]  # a comment continued on the next line
     bad = cli("config", "train.stepz=3")
     assert bad.returncode == 2 and "unknown config key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sweep_agents_overrides_with_dashes(capsys):
+    """W&B sweep agents pass `--train.lr=0.01`: read as the override train.lr=0.01 (train and config)."""
+    from stellar_dist.cli import main
+
+    main(["config", "--config", "configs/demo.yaml", "--train.lr=0.01", "ssl.mu=2"])
+    tree = yaml.safe_load(capsys.readouterr().out)
+    assert tree["train"]["lr"] == 0.01 and tree["ssl"]["mu"] == 2

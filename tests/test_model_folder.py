@@ -23,7 +23,8 @@ def test_the_model_folder_travels_alone(sim_shards, tmp_path, plain_run):
     assert description["classes"] == manifest["classes"] and description["image_size"] == manifest["image_size"]
     assert description["arch"] == TEST_ARCH and description["training"]["steps"] == 6
     assert description["preprocess"] == manifest["preprocess"] and description["package_version"]
-    assert description["photometry"] is True and description["centre_crop"] == 24 and model.feature_dim == TEST_FEATURES + 256
+    assert description["photometry"] is True and description["centre_crop"] == 24
+    assert model.feature_dim == TEST_FEATURES + 256
     with torch.no_grad():
         probabilities = model(torch.rand(2, 3, 32, 32)).softmax(-1)
     assert probabilities.shape == (2, 3) and torch.allclose(probabilities.sum(-1), torch.ones(2))
@@ -60,6 +61,8 @@ def test_exports_give_pytorchs_probabilities(sim_shards, tmp_path, plain_run):
     assert np.abs(scripted(images).detach().numpy() - expected).max() < 1e-4
     session = onnxruntime.InferenceSession(str(run / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"images": images.numpy()})[0] - expected).max() < 1e-4
+    meta = session.get_modelmeta().custom_metadata_map  # what a server needs beside the graph
+    assert meta["classes"] == "GALAXY,QSO,STAR" and meta["image_size"] == "32" and "255" in meta["normalisation"]
 
 
 def test_every_command_loads_a_checkpoint_moved_out_of_its_run(sim_shards, tmp_path, plain_run):

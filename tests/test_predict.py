@@ -1,8 +1,10 @@
-"""`stellar-dist predict`: the evaluation's predictions on the same images, bad rows kept with their reason, 2 ranks = 1 rank,
+"""`stellar-dist predict`: the evaluation's predictions on the same images, bad rows kept with their reason,
+2 ranks = 1 rank,
 CSV = parquet = FITS."""
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -109,6 +111,14 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     assert frame["objid"].tolist() == [row["objid"] for row in rows]
     assert frame["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
     frame.to_parquet(tmp_path / "frame.parquet")  # typed columns: pyarrow writes them
+    # a DataFrame of relative paths used from another working directory: an error naming base_dir, not NaN rows
+    from stellar_dist.core.errors import UserError
+
+    relative = pd.DataFrame({"image_path": [str(Path(row["image_path"]).relative_to(sim_catalog.parent))
+                                            for row in rows if str(sim_catalog.parent) in row["image_path"]]})
+    with pytest.raises(UserError, match="base_dir"):
+        predict_catalog(trained, relative)
+    assert len(predict_catalog(trained, relative, base_dir=sim_catalog.parent)) == len(relative)
     table.write(tmp_path / "catalog.fits")  # the command reads every table format pack reads
     from_path = predict_catalog(trained, tmp_path / "catalog.fits")  # FITS text arrives as bytes: paths still read
     assert from_path["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
@@ -226,6 +236,7 @@ def test_predict_names_the_clusters_of_the_final_clustering(sim_shards, tmp_path
     noise = pd.read_csv(tmp_path / "noise.csv")
     assert (noise["feature_distance"] > far).mean() > 0.9 and noise["unusual"].all()
     assert noise["unlike_training"].mean() > 0.9
+    assert sorted(noise["objid"]) == list(range(60))  # <objid>.png: the file name is the object's id
     assert "warning: 60 of 60 objects (100.0%) lie farther from the training images' features" in result.stdout
 
 
@@ -271,4 +282,5 @@ def test_the_readmes_python_example_runs_as_written(trained, sim_catalog, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     candidates = Table.read(tmp_path / "qso_candidates.fits")
     assert set(candidates["predicted_class"]) <= {"QSO"}  # the tiny test model may find none: an empty table
-    assert candidates["objid"].dtype.str[1:] == "i8" and {"max_probability", "rejected_reason"} <= set(candidates.colnames)
+    assert candidates["objid"].dtype.str[1:] == "i8"
+    assert {"max_probability", "rejected_reason"} <= set(candidates.colnames)

@@ -60,8 +60,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _sweep_style(argv: list[str]) -> list[str]:
+    """W&B sweep agents pass overrides as `--train.lr=0.01`: for `train` and `config`, `--KEY=VALUE` whose KEY is
+    not an option of the command is read as the override KEY=VALUE."""
+    command = next((word for word in argv if word in COMMANDS), None)
+    if command not in ("train", "config"):
+        return argv
+    options = {"--config", "--keys", "--help"}
+    return [word[2:] if word.startswith("--") and "=" in word and word.split("=", 1)[0] not in options else word
+            for word in argv]
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    argv = _sweep_style(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv).parse_args(argv)
     if getattr(args, "workers", 0) < 0:
         raise UserError(f"--workers must be 0 or more (got {args.workers})")

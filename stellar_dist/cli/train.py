@@ -7,7 +7,7 @@
 2 CPU processes (DDP on gloo):
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m stellar_dist train --config configs/demo.yaml
 All GPUs of a node (bf16):
-    GPUS=$(nvidia-smi -L | wc -l)
+    GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)       # 0 without GPUs: use cpu.yaml there
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes $GPUS \\
         -m stellar_dist train --config configs/sdss.yaml
 DeepCluster pretraining on the unlabeled images, then FixMatch from those weights (two stages, one command):

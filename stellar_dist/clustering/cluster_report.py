@@ -64,15 +64,34 @@ def nearest_ids(samples: dict, cluster_ids: list[int], per_cluster: int) -> dict
     return chosen
 
 
-def _thumbnail(image: Image.Image, size: int) -> Image.Image:
-    """The central half of a cutout (where the target is), enlarged to `size` and contrast-stretched per tile, so
-    that a faint point source is more than a few pixels in a black square."""
-    from PIL import ImageOps
-
+def _centre(image: Image.Image) -> np.ndarray:
+    """The central half of a cutout (where the target is), as float RGB."""
     width, height = image.size
     box = (width // 4, height // 4, width - width // 4, height - height // 4) if min(width, height) >= 16 else None
-    centre = image.crop(box) if box else image
-    return ImageOps.autocontrast(centre.resize((size, size), Image.Resampling.LANCZOS), cutoff=1)
+    return np.asarray((image.crop(box) if box else image).convert("RGB"), dtype=np.float32)
+
+
+def shared_stretch(tiles: list[np.ndarray]):
+    """One asinh stretch for every tile (Lupton et al. 2004: on the mean intensity, each pixel's colour kept), set
+    by all the tiles' intensities together (0.5th to 99.5th percentile): brightness compares across tiles and a
+    faint object stays faint instead of its noise being stretched into colour."""
+    values = np.concatenate([tile.mean(axis=2).ravel() for tile in tiles]) if tiles else np.zeros(1)
+    low, high = np.percentile(values, [0.5, 99.5])
+    span = max(float(high - low), 1e-6)
+    softening = span / 8  # the asinh's linear range: the faint end stays linear, the bright end is compressed
+
+    def stretch(tile: np.ndarray) -> np.ndarray:
+        intensity = np.maximum(tile.mean(axis=2, keepdims=True) - low, 0)
+        scaled = np.arcsinh(intensity / softening) / np.arcsinh(span / softening)
+        colour = np.where(intensity > 0, tile - low, 0) / np.maximum(intensity, 1e-6)
+        return np.clip(scaled * colour, 0, 1)
+
+    return stretch
+
+
+def _thumbnail(tile: np.ndarray, size: int, stretch) -> Image.Image:
+    """A stretched tile enlarged to `size`, so that a faint point source is more than a few pixels."""
+    return Image.fromarray((stretch(tile) * 255).astype(np.uint8)).resize((size, size), Image.Resampling.LANCZOS)
 
 
 CLASS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -108,6 +127,8 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     chosen = nearest_ids(samples, largest, per_cluster)
     images, known = _grid_images(shards_dir, manifest, samples["nearest"],
                                  {sample_id for ids in chosen.values() for sample_id in ids})
+    tiles = {sample_id: _centre(image) for sample_id, image in images.items()}
+    stretch = shared_stretch(list(tiles.values()))
     classes = metrics["classes"]
     figure, axes = plt.subplots(len(largest), per_cluster, figsize=(1.25 * per_cluster + 1.6, 1.3 * len(largest)
                                                                      + 0.9), squeeze=False)
@@ -120,7 +141,7 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
             if column >= len(ids):
                 axis.axis("off")
                 continue
-            axis.imshow(_thumbnail(images[ids[column]], 96))
+            axis.imshow(_thumbnail(tiles[ids[column]], 96, stretch))
             label = known.get(ids[column])
             for spine in axis.spines.values():
                 spine.set(color=CLASS_COLOURS[label % len(CLASS_COLOURS)] if label is not None else "0.75",
@@ -138,10 +159,16 @@ def plot_cluster_grid(shards_dir: str, manifest: dict, samples: dict, state: Clu
     scale = manifest.get("pixel_scale_arcsec")
     across = f" ({manifest['image_size'] / 2 * scale:.1f}\" across; scale bar in the first tile)" if scale else \
         " (angular scale unknown: pack --pixel-scale)"
+    sizes = metrics["cluster_sizes"]
+    left = [cluster for cluster in np.argsort(sizes)[::-1].tolist() if cluster not in largest]
+    shown = (f"The {len(largest)} largest of {len(sizes)} clusters" + (
+        f" (not shown: {', '.join(f'{cluster} (n = {sizes[cluster]:,})' for cluster in left[:8])}"
+        f"{' ...' if len(left) > 8 else ''})" if left else ""))
     caption = textwrap.fill(
-        f"The {per_cluster} objects nearest each centroid. Tiles: the central half of the {manifest['image_size']} px "
-        f"packed cutouts{across} ({manifest.get('preprocess', 'resize')} at pack), contrast-stretched per tile; "
-        f"{bands}. Frame: spectroscopic class; majority: the class of most of the cluster's labeled objects.",
+        f"{shown}, the {per_cluster} objects nearest each centroid. Tiles: the central half of the "
+        f"{manifest['image_size']} px packed cutouts{across} ({manifest.get('preprocess', 'resize')} at pack), one "
+        f"asinh stretch for every tile (brightness compares across tiles); {bands}. Frame: spectroscopic class; "
+        f"majority: the class of most of the cluster's labeled objects.",
         int(figure.get_figwidth() * 15))  # characters per line at 8 pt
     figure.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=8)
     lines = caption.count("\n") + 1

@@ -102,5 +102,24 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
     torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
                       output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                       dynamo=True, verbose=False, external_data=False)
+    _describe_onnx(temporary, description)
     session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
     return _check("ONNX", expected, session.run(None, {"images": check.numpy()})[0])
+
+
+def _describe_onnx(path: Path, description: dict) -> None:
+    """What a server needs beside the graph, in the file's metadata: the output's class order and how an input
+    image is prepared (`onnx.load(path).metadata_props`)."""
+    import json
+
+    import onnx
+
+    graph = onnx.load(str(path))
+    values = {"classes": ",".join(description["classes"]), "image_size": str(description["image_size"]),
+              "channels": str(description.get("channels", 3)), "bands": ",".join(description.get("bands") or []),
+              "preprocess": str(description.get("preprocess")), "normalisation": str(description.get("normalisation")),
+              "stretch": json.dumps(description.get("stretch")), "output": "class probabilities, in classes' order"}
+    for key, value in values.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))

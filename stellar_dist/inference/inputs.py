@@ -79,7 +79,12 @@ def input_rows(source: Path, fits: bool = False, needed=None, path_column: str =
             kind = "FITS cutouts" if fits else f"8-bit images ({', '.join(sorted(IMAGE_SUFFIXES))})"
             raise UserError(f"--input {source} holds no {kind}, the kind of image this model reads: pass a folder "
                             "of them, a CSV or shards")
-        return Inputs(len(images), ((None, str(path), None) for path in images), [str(path) for path in images], None)
+        # <objid>.jpg (as SkyServer cutouts are often saved): the file name is the object's id
+        ids = [path.stem if path.stem.lstrip("-").isdigit() else None for path in images]
+        from ..data.objids import id_type
+
+        return Inputs(len(images), ((objid, str(path), None) for objid, path in zip(ids, images)),
+                      [str(path) for path in images], id_type(ids))
     return _from_table(source, fits, path_column, id_column)
 
 

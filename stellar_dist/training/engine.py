@@ -86,7 +86,10 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
     if clusters is not None:
         metrics["cluster"] = clusters
     write_atomically(run.output_dir / "metrics.json", json.dumps(metrics, indent=2))
-    curves = plot_curves(run.output_dir / "log.jsonl", run.output_dir / "plots" / "training_curves.png")
+    labels = run.manifest["num_samples"].get("labeled", 0)
+    curves = plot_curves(run.output_dir / "log.jsonl", run.output_dir / "plots" / "training_curves.png",
+                         f"{run.output_dir.name}: {run.config.ssl.algorithm}, {labels:,} labeled objects, "
+                         f"{step:,} steps")
     if curves:
         run.tracker.log_images({"train/curves": curves}, step)
     run.tracker.log_artifacts(run.output_dir / "model", Path(run.config.data.shards) / "manifest.json")

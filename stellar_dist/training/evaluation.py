@@ -139,10 +139,11 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return ([step for step, _ in points], [value for _, value in points]) if points else ([], [])
 
 
-def plot_curves(log_path: Path, path: Path) -> Path | None:
+def plot_curves(log_path: Path, path: Path, title: str = "") -> Path | None:
     """Training curves from log.jsonl, four titled panels: losses (log scale, so one spike does not flatten the
     rest), pseudo-labels (share kept, their accuracy, each class's share of them), evaluation (accuracy, balanced
-    accuracy, macro-F1) and the recall of each class at every evaluation (the rare class is the one that fails)."""
+    accuracy, macro-F1) and the recall of each class at every evaluation (the rare class is the one that fails).
+    A series that is zero throughout (a loss the run does not train) is left out; `title` names the run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,25 +159,27 @@ def plot_curves(log_path: Path, path: Path) -> Path | None:
               ("evaluation", ("test/accuracy", "test/balanced_accuracy", "test/macro_f1"), "score"),
               ("recall per class", tuple(recalls), "recall")]
     figure, axes = plt.subplots(1, len(panels), figsize=(17, 3.8))
-    for axis, (title, keys, ylabel) in zip(axes, panels):
+    for axis, (panel, keys, ylabel) in zip(axes, panels):
         for key in keys:
             steps, values = _series(rows, key)
-            if steps:
+            if steps and any(value != 0 for value in values):
                 share = key.startswith("train/pseudo_label_share/")
                 axis.plot(steps, values, marker="." if key.startswith("test") else None, linestyle=":" if share
                           else "-", label=CURVE_NAMES.get(key, ("share " if share else "") + key.rsplit("/", 1)[-1]))
-        axis.set(title=title, xlabel="optimizer step", ylabel=ylabel)
-        if title == "losses" and any(value > 0 for line in axis.lines for value in line.get_ydata()):
+        axis.set(title=panel, xlabel="optimizer step", ylabel=ylabel)
+        if panel == "losses" and any(value > 0 for line in axis.lines for value in line.get_ydata()):
             axis.set_yscale("log")
-        elif title != "losses":
+        elif panel != "losses":
             axis.set_ylim(0, 1.02)
         if axis.lines:  # a supervised run has no pseudo-labels: an empty panel, without a warning
-            axis.legend(fontsize=8)
+            axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         else:
             axis.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=axis.transAxes)
+    if title:
+        figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=130)
+        figure.savefig(temporary, dpi=130, bbox_inches="tight")
     plt.close(figure)
     return path
