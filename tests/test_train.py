@@ -25,7 +25,8 @@ def test_run_files_metrics_and_wandb_offline(sim_shards, trained_run):
     assert metrics["steps"] == 6 and metrics["world_size"] == 1
     phases = metrics["phase_seconds"]  # wall time per phase and peak memory per rank (bench/scale.py reads them)
     assert set(phases) == {"setup", "train", "final_evaluation", "final_clustering", "final_save"}
-    assert all(value > 0 for value in phases.values()) and sum(phases.values()) <= metrics["train_seconds"] + 1e-3
+    # each phase is rounded to the millisecond: five of them may add up to 2.5 ms over the total
+    assert all(value > 0 for value in phases.values()) and sum(phases.values()) <= metrics["train_seconds"] + 5e-3
     assert len(metrics["peak_rss_mb"]) == 1 and 100 < metrics["peak_rss_mb"][0] < 24_000
     assert sum(row["support"] for row in test["per_class"].values()) == 40 == sum(map(sum, test["confusion_matrix"]))
     assert set(test) >= {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "classes"}

@@ -2,10 +2,10 @@
 
     train(config)   = setup (session.py) -> train_loop -> final reports -> one final save -> metrics.json
 
-Each step reads: batches -> the cluster head's targets (clustering/head.py) -> the algorithm's loss
+Each step reads: batches (batches.py) -> the cluster head's targets (clustering/head.py) -> the algorithm's loss
 (algorithms/) -> optimizer and EMA step -> cadences (log, evaluate, re-cluster, save, stop). Orchestration lives
-here (what the main process writes and prints); losses are in the algorithms, collectives in dist.py, saving in
-session.save.
+here (what the main process writes and prints); losses are in the algorithms, collectives in core/dist.py, the
+saved state in state.py (`save`, the only writer of checkpoints and of the model folder).
 """
 
 from __future__ import annotations
