@@ -83,13 +83,13 @@ def far_rule(description: dict) -> tuple[str | None, float]:
 
 def unusual_flags(maximum: np.ndarray, columns: dict[str, np.ndarray], unusual_below: float,
                   far: tuple[str | None, float]) -> tuple[np.ndarray, np.ndarray]:
-    """The one rule for `unusual`: (unusual, beyond) per object. Beyond: its far_rule column exceeds the
-    threshold (unlike the training images); unusual: beyond, or the model hesitates (max_probability below
-    `unusual_below`). NaN (an unread object) is neither."""
+    """The one rule for `unusual`, as its two reasons per object: (low_confidence, beyond). Low confidence: the
+    model hesitates (max_probability below `unusual_below`); beyond: its far_rule column exceeds the threshold
+    (unlike the training images). `unusual` is either. NaN (an unread object) is neither."""
     column, threshold = far
     beyond = np.nan_to_num(columns[column], nan=0.0) > threshold if column in columns else \
         np.zeros(len(maximum), dtype=bool)
-    return (np.nan_to_num(maximum, nan=1.0) < unusual_below) | beyond, beyond
+    return np.nan_to_num(maximum, nan=1.0) < unusual_below, beyond
 
 
 def shift_warning(num_far: int, num_classified: int, quantile: float = 0.99) -> str | None:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.errors import UserError
 from .classify import (
     CHUNK_ROWS,
     classify_rows,
@@ -87,8 +88,6 @@ class Predictor:
 
     def check_extra(self, extra, source) -> tuple[str, ...]:
         """The names of a table's other columns, refused in one line where one is also a prediction column."""
-        from ..core.errors import UserError
-
         names = () if extra is None else tuple(map(str, extra.columns))
         clash = [name for name in names if name in self.columns()]
         if clash:
@@ -127,7 +126,7 @@ class Predictor:
         for index, reason in chunk.rejected:
             reasons[place[index]] = reason
         maximum = np.where(read, np.nan_to_num(probabilities, nan=-1.0).max(1, initial=-1.0), np.nan)
-        unusual, beyond = unusual_flags(maximum, cluster_values, unusual_below, far_rule(self.description))
+        low, beyond = unusual_flags(maximum, cluster_values, unusual_below, far_rule(self.description))
         best = np.nan_to_num(probabilities).argmax(1) if count else np.zeros(0, dtype=np.int64)
         table = {}
         if identity:
@@ -141,9 +140,8 @@ class Predictor:
         table |= {"predicted_class": np.where(read, np.array(classes, dtype=object)[best] if count else [], None),
                   **{f"p_{name}": probabilities[:, column] for column, name in enumerate(classes)},
                   "max_probability": maximum, **cluster_values,
-                  "low_confidence": np.where(read, np.nan_to_num(maximum, nan=1.0) < unusual_below, None),
-                  "unlike_training": np.where(read, beyond, None),
-                  "unusual": np.where(read, unusual, None), "rejected_reason": reasons}
+                  "low_confidence": np.where(read, low, None), "unlike_training": np.where(read, beyond, None),
+                  "unusual": np.where(read, low | beyond, None), "rejected_reason": reasons}
         schema = self.columns(objid_type, identity, () if extra is None else tuple(map(str, extra.columns)))
         frame = pd.DataFrame({name: table[name] for name in schema}).astype(schema)
         frame.attrs["far"] = (int((beyond & read).sum()), int(read.sum()))
