@@ -111,13 +111,18 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     assert frame["objid"].tolist() == [row["objid"] for row in rows]
     assert frame["predicted_class"].iloc[read].tolist() == out["predicted_class"].tolist()
     frame.to_parquet(tmp_path / "frame.parquet")  # typed columns: pyarrow writes them
-    # a DataFrame of relative paths used from another working directory: an error naming base_dir, not NaN rows
-    from stellar_dist.core.errors import UserError
-
+    # a DataFrame of relative paths used from another working directory: an error naming base_dir, not NaN rows;
+    # refusals are the exceptions a notebook catches (ValueError; FileNotFoundError for a path that is not there)
     relative = pd.DataFrame({"image_path": [str(Path(row["image_path"]).relative_to(sim_catalog.parent))
                                             for row in rows if str(sim_catalog.parent) in row["image_path"]]})
-    with pytest.raises(UserError, match="base_dir"):
+    with pytest.raises(ValueError, match="base_dir"):
         predict_catalog(trained, relative)
+    with pytest.raises(FileNotFoundError, match="no-such.fits does not exist"):
+        predict_catalog(trained, tmp_path / "no-such.fits")
+    with pytest.raises(FileNotFoundError, match="no-such-run does not exist"):
+        predict_catalog(tmp_path / "no-such-run", relative)
+    with pytest.raises(ValueError, match="has no 'cutout' column"):
+        predict_catalog(trained, relative, image_column="cutout")
     assert len(predict_catalog(trained, relative, base_dir=sim_catalog.parent)) == len(relative)
     table.write(tmp_path / "catalog.fits")  # the command reads every table format pack reads
     from_path = predict_catalog(trained, tmp_path / "catalog.fits")  # FITS text arrives as bytes: paths still read

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import yaml
 
-from .errors import UserError
+from .errors import PathNotFound, UserError
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def read_tree(path: str | Path | None, overrides: list[str] | tuple[str, ...] = 
     if path is not None:
         path = Path(path)
         if not path.exists():
-            raise UserError(f"config file {path} does not exist: see configs/ for examples")
+            raise PathNotFound(f"config file {path} does not exist: see configs/ for examples")
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:

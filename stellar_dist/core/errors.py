@@ -13,8 +13,16 @@ import threading
 import time
 
 
-class UserError(Exception):
-    """A problem with the user's input or environment; its message says what to do."""
+class UserError(ValueError):
+    """A problem with the user's input or environment; its message says what to do. A ValueError, so a notebook's
+    `except ValueError` catches a refused argument as it would from pandas or astropy; the commands print its one
+    line (exit_on_user_error). Code of ours that turns a ValueError of a library into a skipped sample or a message
+    of its own lets a UserError through first (`except UserError: raise`)."""
+
+
+class PathNotFound(UserError, FileNotFoundError):
+    """A path the user gave does not exist: also a FileNotFoundError, as `open` would raise (the message names the
+    path and what to pass instead)."""
 
 
 # Errors of the machine rather than of the code: a full or read-only disk, a folder the user cannot write.

@@ -237,6 +237,8 @@ def fits_pixels(frame: pd.DataFrame, splits: np.ndarray, options) -> dict:
         try:
             bands = bands or infer_bands(paths[row])
             cubes.append(resize_cutout(read_cutout(paths[row], bands), options.image_size, options.preprocess))
+        except UserError:  # a refusal of ours keeps its own message
+            raise
         except (OSError, ValueError, TypeError, EOFError) as error:
             problems.append(f"{paths[row]}: {str(error).splitlines()[0][:200]}")
         if len(cubes) == STRETCH_SAMPLE or len(problems) > max(20, len(cubes)):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.errors import UserError
+from ..core.errors import PathNotFound, UserError
 from ..core.files import check_regular
 
 REQUIRED_COLUMNS = ("image_path", "Class")
@@ -27,7 +27,7 @@ def read_catalog(source: str | Path, columns: dict[str, str] | None = None) -> p
     """
     source = Path(source)
     if not source.exists():
-        raise UserError(f"catalog {source} does not exist: pass a CSV file or a folder with one sub-folder per class")
+        raise PathNotFound(f"catalog {source} does not exist: pass a CSV file or a folder with one sub-folder per class")
     if source.is_dir():
         frame = _read_folder(source)
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.errors import UserError
+from ..core.errors import PathNotFound, UserError
 from .catalog import MISSING, TABLE_SUFFIXES, _read_csv, _read_table
 
 
@@ -31,7 +31,7 @@ def read_labels(path: str | Path, id_column: str, label_column: str) -> dict[str
     """{id as text: class} of a labels table; empty classes left out."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--labels {path} does not exist: pass a table of id and class (CSV, FITS, parquet)")
+        raise PathNotFound(f"--labels {path} does not exist: pass a table of id and class (CSV, FITS, parquet)")
     table = _read_table(path) if path.name.lower().endswith(TABLE_SUFFIXES) else _read_csv(path)
     table.columns = [str(name).strip() for name in table.columns]
     ids = table[_column(table, id_column, "id", "--id-column", path)].astype(str).str.strip()

@@ -86,6 +86,8 @@ def load_manifest(shards_dir: str | Path) -> dict:
         raise UserError(f"{shards_dir} has no {MANIFEST_NAME}: pack a catalog first with `stellar-dist pack`")
     try:
         return validate_manifest(path, read_json(path))
+    except UserError:  # a refusal of ours keeps its own message
+        raise
     except ValueError as error:
         raise UserError(f"{path} is not a manifest stellar-dist can read ({error}): re-pack the shards") from None
     except OSError as error:

@@ -111,6 +111,8 @@ def _write_shard(task: dict) -> dict:
         for sample_id, row in task["rows"]:
             try:
                 pixels = _pixels(row["image_path"], options, task["pixels"])
+            except UserError:  # a refusal of ours keeps its own message
+                raise
             except (OSError, ValueError, TypeError, EOFError, SyntaxError, Image.DecompressionBombError) as error:
                 skipped.append({"image_path": row["image_path"], "reason": str(error).splitlines()[0][:200]})
                 continue

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..core.errors import UserError, sigterm_as_exit
+from ..core.errors import PathNotFound, UserError, sigterm_as_exit
 from ..core.files import discard_private, finish_private, private_folder, read_json
 from ..core.outputs import OutputLock
 from .manifest import MANIFEST_NAME
@@ -118,7 +118,7 @@ def _verify_part(path: Path, record: dict) -> None:
 
 def _read_parts(folder: Path) -> list[tuple[Path, dict]]:
     if not folder.is_dir():
-        raise UserError(f"{folder} does not exist: run `stellar-dist pack --part I/N` for every part first")
+        raise PathNotFound(f"{folder} does not exist: run `stellar-dist pack --part I/N` for every part first")
     try:
         parts = [(path, read_json(path / PART_FILE)) for path in sorted(folder.iterdir())
                  if PART_NAME.fullmatch(path.name) and (path / PART_FILE).exists()]

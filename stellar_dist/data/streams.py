@@ -194,6 +194,8 @@ def iter_samples(paths: list[str]):
         try:
             with open(path, "rb") as stream:
                 yield from group_by_keys(_members(path, stream))
+        except UserError:  # a refusal of ours keeps its own message
+            raise
         except (OSError, tarfile.TarError, ValueError) as error:
             raise UserError(f"shard {path} can no longer be read ({type(error).__name__}: {error}): restore it "
                             "(`stellar-dist pack --verify` checks the folder), then resume=auto") from None

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.errors import UserError
+from ..core.errors import PathNotFound, UserError
 from .classify import shift_warning
 from .pipeline import Predictor, to_astropy_columns
 
@@ -35,6 +35,8 @@ def _as_frame(catalog, image_column: str) -> tuple[pd.DataFrame, str, Path | Non
     """(the catalog as a DataFrame, "table" or "frame": what to return, the folder of a catalog file)."""
     if isinstance(catalog, (str, Path)):
         path = Path(catalog)
+        if not path.exists():
+            raise PathNotFound(f"catalog {path} does not exist: pass a table file, an astropy Table or a DataFrame")
         if not path.is_file():
             raise UserError(f"catalog {path} is not a file: pass a table file, an astropy Table or a DataFrame")
         from ..data.catalog import TABLE_SUFFIXES, _read_csv

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.errors import UserError
+from ..core.errors import PathNotFound, UserError
 from ..core.outputs import atomic_file, check_paths, claim, take_files
 from .model_folder import DESCRIPTION, WEIGHTS, find_model_folder, load_model
 
@@ -53,7 +53,7 @@ def export(model_path: str | Path, fmt: str, out: str | Path | None = None, over
     out = Path(out) if out else folder / FORMATS[fmt]
     check_paths({"--out": out}, {"the model's weights": folder / WEIGHTS, "the model's config": folder / DESCRIPTION})
     if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+        raise PathNotFound(f"--out {out}: folder {out.parent} does not exist")
     model, description = load_model(folder)  # refuses non-finite weights, and config.json that does not match
     (lock,) = take_files({"--out": out}, "export", overwrite)
     try:

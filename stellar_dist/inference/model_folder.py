@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..core.errors import UserError
+from ..core.errors import PathNotFound, UserError
 from ..core.files import read_json
 from ..training import checkpoint
 from ..training.model_folder import DESCRIPTION, FORMAT, WEIGHTS
@@ -21,6 +21,9 @@ def find_model_folder(path: str | Path) -> Path:
     """A model folder itself; a checkpoint folder's model/ (the checkpoint must be complete); a run folder's
     published model/, else its newest complete checkpoint's."""
     path = Path(path)
+    if not path.exists():
+        raise PathNotFound(f"model {path} does not exist: pass a run folder, its model/ folder or a "
+                           "checkpoints/step_* folder")
     if checkpoint.is_checkpoint(path):
         path = checkpoint.resolve(path)  # one line if it is incomplete
     for candidate in (path, path / "model"):
@@ -87,6 +90,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
                             photometry=description.get("photometry") is True,
                             centre_crop=description.get("centre_crop", 0))
         model.load_state_dict({key: value for key, value in tensors.items() if not key.startswith("cluster.")})
+    except UserError:  # a refusal of ours keeps its own message
+        raise
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"model folder {folder}: its config.json does not match its weights ("
                         f"{' '.join(str(error).split())[:200]}): copy the folder again from the run") from None

@@ -27,7 +27,7 @@ import torch
 
 from .. import __version__
 from ..core import dist
-from ..core.errors import UserError, raise_if_any
+from ..core.errors import PathNotFound, UserError, raise_if_any
 from ..core.files import (
     MARK,
     atomic_path,
@@ -125,7 +125,7 @@ def predict_parts(model_path: str, source: str, out: str, part_rows: int = 100_0
     rank, world = task if task else (dist.rank(), dist.world_size())
     out_dir, source_path = Path(out), Path(source)
     if not source_path.exists():
-        raise UserError(f"--input {source} does not exist")
+        raise PathNotFound(f"--input {source} does not exist")
     predictor = Predictor.load(model_path, device)
     model_folder, description = predictor.folder, predictor.description
     check_input_matches(source_path, description)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..core import dist
-from ..core.errors import UserError, raise_if_any
+from ..core.errors import PathNotFound, UserError, raise_if_any
 from ..core.files import private_folder
 from ..core.progress import progress
 from .classify import CHUNK_ROWS
@@ -42,9 +42,9 @@ def predict(model_path: str, source: str, out: str, embeddings: str | None = Non
     main = dist.is_main()
     out_path, source_path = Path(out), Path(source)
     if not source_path.exists():
-        raise UserError(f"--input {source} does not exist")
+        raise PathNotFound(f"--input {source} does not exist")
     if not out_path.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out_path.parent} does not exist")
+        raise PathNotFound(f"--out {out}: folder {out_path.parent} does not exist")
     if embeddings and Path(embeddings).suffix.lower() != ".npy":
         raise UserError(f"--embeddings {embeddings} must end in .npy")
     predictor = Predictor.load(model_path, device)

@@ -10,7 +10,7 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from ..core.errors import UserError
+from ..core.errors import PathNotFound, UserError
 from ..data.photometry import feature_names, measure
 
 WEIGHT_FILES = (".pt", ".pth", ".safetensors")  # a local state dict: torch.load(weights_only=True) or safetensors
@@ -114,7 +114,7 @@ class StellarNet(nn.Module):
 
     def _load_local(self, path: Path) -> None:
         if not path.exists():
-            raise UserError(f"model.weights file {path} does not exist: fix the path or use model.weights=none")
+            raise PathNotFound(f"model.weights file {path} does not exist: fix the path or use model.weights=none")
         if path.suffix == ".safetensors":  # a model folder's weights (a checkpoint's model/model.safetensors)
             state = load_file(path)
         else:
