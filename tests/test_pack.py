@@ -99,6 +99,8 @@ def test_real_sdss_slice(tmp_path):
     records = read_shards(tmp_path / "shards")
     assert sum(len(split) for split in records.values()) == 180
     assert {record["meta"]["objid"] for split in records.values() for record in split} == set(sample["objid"])
+    # images outside the catalog's folder keep the absolute path they were given (select writes it), not ../../..
+    assert {record["source"] for split in records.values() for record in split} == set(sample["image_path"])
     assert "OK: " in run_cli("pack", "--verify", str(tmp_path / "shards")).stdout
 
 

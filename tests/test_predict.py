@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -137,14 +138,25 @@ def test_predict_equals_the_evaluation_and_lists_bad_rows(trained, sim_catalog, 
     # catalog column (ra, class) carried into the output
     sdss = pd.DataFrame({"objID": [row["objid"] for row in rows], "cutout": [row["image_path"] for row in rows],
                          "ra": [f"{150 + index / 100:.5f}" for index in range(len(rows))],
+                         "specObjID": [str(2**63 - 1 - index) if index % 3 else "" for index in range(len(rows))],
                          "class": [row["Class"] for row in rows]})
     sdss.to_csv(tmp_path / "sdss.csv", index=False)
     run_cli("predict", "--model", str(trained), "--input", str(tmp_path / "sdss.csv"), "--out",
             str(tmp_path / "sdss.parquet"), "--path-column", "cutout")
     back = pd.read_parquet(tmp_path / "sdss.parquet", dtype_backend="pyarrow")
-    assert list(back.columns[:5]) == ["row", "objid", "image_path", "ra", "class"]
+    assert list(back.columns[:6]) == ["row", "objid", "image_path", "ra", "specObjID", "class"]
     assert [str(value) for value in back["objid"]] == sdss["objID"].tolist()  # 19-digit ids, every digit
-    assert back["ra"].tolist() == sdss["ra"].tolist()
+    # the catalog's columns keep their type: numbers as numbers, 19-digit integers exact, an empty cell missing
+    assert str(back["ra"].dtype) == "double[pyarrow]" and back["ra"].tolist() == sdss["ra"].astype(float).tolist()
+    assert [None if value is None or value is pd.NA else str(value) for value in back["specObjID"]] == \
+        [value or None for value in sdss["specObjID"]]
+    assert back["class"].tolist() == sdss["class"].tolist()
+    with warnings.catch_warnings():  # astropy reads it, rejected rows (missing text) included, without a warning
+        warnings.simplefilter("error")
+        table = Table.read(tmp_path / "sdss.parquet")
+    assert len(table) == len(rows) and table["rejected_reason"][3] and table["predicted_class"][0] in ("GALAXY", "QSO", "STAR")
+    assert table["objid"].dtype == np.int64 and table["ra"].dtype == float  # (astropy's parquet reader turns an
+    # integer column with a missing value into float64: the README sends astropy users to FITS, masked)
     assert back["predicted_class"].drop(index=[3, 4]).tolist() == out["predicted_class"].tolist()
     clash = run_cli("predict", "--model", str(trained), "--input", str(catalog), "--out", str(tmp_path / "x.csv"),
                     "--path-column", "nothing", check=False)

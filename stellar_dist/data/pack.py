@@ -80,7 +80,9 @@ def _sample_record(row: dict, sample_id: int, split: str, class_index: dict[str,
     """The JSON part of a sample; the true class of unlabeled rows goes to `true_*` (diagnostics only). Every
     other catalog column, whatever its name, goes to `meta` unchanged."""
     meta = {key: _json_safe(value) for key, value in row.items() if key not in ("image_path", "Class")}
-    record = {"id": sample_id, "split": split, "source": os.path.relpath(row["image_path"], base), "meta": meta}
+    source = os.path.relpath(row["image_path"], base)  # beside the catalog: relative, so the two move together;
+    source = row["image_path"] if source.startswith("..") else source  # elsewhere: the absolute path, as given
+    record = {"id": sample_id, "split": split, "source": source, "meta": meta}
     known = row["Class"] != ""
     if split == "unlabeled":
         record["true_label"] = class_index[row["Class"]] if known else -1

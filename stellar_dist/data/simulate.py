@@ -218,14 +218,15 @@ def render_object(row: SimulatedObject, render: dict) -> np.ndarray:
     from astropy.visualization import make_lupton_rgb
 
     band_images = render_bands(row, render, BANDS)
-    rgb = make_lupton_rgb(
-        band_images["i"] * LUPTON_BAND_SCALE["i"],
-        band_images["r"] * LUPTON_BAND_SCALE["r"],
-        band_images["g"] * LUPTON_BAND_SCALE["g"],
-        minimum=0.0,
-        stretch=LUPTON_STRETCH,
-        Q=LUPTON_Q,
-    )
+    with np.errstate(divide="ignore", invalid="ignore"):  # astropy divides 0 by 0 where a pixel is dark, then
+        rgb = make_lupton_rgb(                            # masks it: the pixel is 0 either way, the warning noise
+            band_images["i"] * LUPTON_BAND_SCALE["i"],
+            band_images["r"] * LUPTON_BAND_SCALE["r"],
+            band_images["g"] * LUPTON_BAND_SCALE["g"],
+            minimum=0.0,
+            stretch=LUPTON_STRETCH,
+            Q=LUPTON_Q,
+        )
     return np.flipud(rgb)  # GalSim's y axis points up; image rows go down.
 
 

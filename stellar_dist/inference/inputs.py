@@ -123,7 +123,29 @@ def _from_table(source: Path, fits: bool, path_column: str, id_column: str) -> I
                         ": classify them with a model trained on the same kind of image")
     extra = frame.drop(columns=[name for name in (path_name, id_name) if name]).reset_index(drop=True)
     return Inputs(len(frame), ((objid or None, path, None) for objid, path in zip(ids, paths)), paths,
-                  id_type(ids) if id_name else None, extra.astype("string"))
+                  id_type(ids) if id_name else None, typed_columns(extra))
+
+
+def typed_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table's other columns (read as text) with the type their cells share, as astropy reads a CSV: whole numbers
+    in 64 bits as Int64 (a 19-digit specObjID stays exact), other numbers as Float64 (ra, dec, z), anything else
+    as text; an empty cell is a missing value."""
+    typed = {}
+    for name in frame.columns:
+        text = frame[name].astype("string").str.strip().replace("", pd.NA)
+        present = text.dropna()
+        typed[name] = text
+        if present.empty:
+            continue
+        if present.str.fullmatch(r"[+-]?\d{1,19}").all():
+            numbers = [int(value) for value in present]
+            if all(-2**63 <= number < 2**63 for number in numbers):
+                typed[name] = pd.array([None if value is pd.NA else int(value) for value in text], dtype="Int64")
+            continue
+        numbers = pd.to_numeric(present, errors="coerce")
+        if numbers.notna().all():
+            typed[name] = pd.to_numeric(text, errors="coerce").astype("Float64")
+    return pd.DataFrame(typed, index=frame.index)
 
 
 def _from_shards(source: Path, entries: list[dict], encoding: str, needed):

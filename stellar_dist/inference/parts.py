@@ -39,6 +39,7 @@ from ..core.files import (
 from .inputs import check_input_matches, input_rows
 from .model_folder import WEIGHTS
 from .pipeline import Predictor
+from .writer import astropy_metadata, text_lengths
 
 INDEX = "_index.json"  # "_": pyarrow and pandas skip it when they read the folder as one table
 PART = re.compile(r"part-(\d{6})\.parquet")
@@ -107,7 +108,7 @@ def _write_part(path: Path, frame: pd.DataFrame, provenance: dict) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **astropy_metadata(text_lengths(table)),
                                            b"stellar_dist": json.dumps(provenance).encode()})
     with atomic_path(path) as temporary:  # a part file that exists is complete
         pq.write_table(table, temporary)

@@ -35,13 +35,13 @@ IDENTITY = ("row", "objid", "image_path")  # where a row came from: in predict's
 
 
 def columns(classes: list[str], clusters: tuple[str, ...], objid_type: str | None = None,
-            identity: bool = True, far: bool = False, extra: tuple[str, ...] = ()) -> dict[str, str]:
+            identity: bool = True, far: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The output columns and their pandas dtypes, in order (nullable types: a missing value is <NA>). The CSV,
     parquet and FITS writers, the parts and `predict_catalog` all take them from here. `far`: the model can tell
     an object unlike its training images (it carries a clustering: classify.far_rule); `extra`: an input table's
-    other columns, carried as text after image_path."""
+    other columns and their dtypes (inputs.typed_columns), carried after image_path."""
     table = {"row": "int64", "objid": "Int64" if objid_type == "int64" else "string", "image_path": "string",
-             **{name: "string" for name in extra}} if identity else {}
+             **(extra or {})} if identity else {}
     table |= {"predicted_class": "string", **{f"p_{name}": "float32" for name in classes},
               "max_probability": "float32"}
     table |= {name: "Int32" if name == "cluster" else "float32" for name in clusters}
@@ -81,14 +81,14 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.description["classes"]
 
-    def columns(self, objid_type: str | None = None, identity: bool = True, extra: tuple[str, ...] = ()
+    def columns(self, objid_type: str | None = None, identity: bool = True, extra: dict[str, str] | None = None
                 ) -> dict[str, str]:
         return columns(self.classes, cluster_columns(self.description), objid_type, identity,
                        far=far_rule(self.description)[0] is not None, extra=extra)
 
-    def check_extra(self, extra, source) -> tuple[str, ...]:
-        """The names of a table's other columns, refused in one line where one is also a prediction column."""
-        names = () if extra is None else tuple(map(str, extra.columns))
+    def check_extra(self, extra, source) -> dict[str, str]:
+        """A table's other columns and their dtypes, refused in one line where one is also a prediction column."""
+        names = {} if extra is None else {str(name): str(dtype) for name, dtype in extra.dtypes.items()}
         clash = [name for name in names if name in self.columns()]
         if clash:
             raise UserError(f"--input {source} has column(s) {', '.join(clash)}, which predict writes: rename "
@@ -142,7 +142,8 @@ class Predictor:
                   "max_probability": maximum, **cluster_values,
                   "low_confidence": np.where(read, low, None), "unlike_training": np.where(read, beyond, None),
                   "unusual": np.where(read, low | beyond, None), "rejected_reason": reasons}
-        schema = self.columns(objid_type, identity, () if extra is None else tuple(map(str, extra.columns)))
+        schema = self.columns(objid_type, identity,
+                              None if extra is None else {str(name): str(kind) for name, kind in extra.dtypes.items()})
         frame = pd.DataFrame({name: table[name] for name in schema}).astype(schema)
         frame.attrs["far"] = (int((beyond & read).sum()), int(read.sum()))
         return frame
@@ -188,6 +189,8 @@ def to_astropy_columns(frame: pd.DataFrame) -> dict:
             values = series.fillna(False).to_numpy(dtype=bool)
         elif kind in ("Int64", "Int32"):
             values = series.fillna(0).to_numpy(dtype=np.int64 if kind == "Int64" else np.int32)
+        elif kind in ("Float64", "Float32"):  # a carried catalog column: missing is NaN, as float columns are
+            values, missing = series.to_numpy(dtype=kind.lower(), na_value=np.nan), np.zeros(len(series), bool)
         else:
             values = series.to_numpy()
         result[name] = MaskedColumn(values, mask=missing) if missing.any() and kind not in ("float32", "float64") \

@@ -17,6 +17,25 @@ FITS_KEYWORDS = {"model": "SDMODEL", "model_sha256": "SDSHA256", "model_commit":
                  "stellar_dist": "SDVERSN", "date": "SDDATE"}
 
 
+def text_lengths(table, known: dict[str, int] | None = None) -> dict[str, int]:
+    """The longest text of each string column of a pyarrow table (at least 1; `known`: lengths so far). astropy's
+    `Table.read` of a parquet file sizes its text columns from "table::len::NAME" metadata; without it, it warns
+    per column and fails on a missing value (a rejected row's predicted_class)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = dict(known or {})
+    for field, column in zip(table.schema, table.columns):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            longest = pc.max(pc.utf8_length(column)).as_py() if len(column) else None
+            lengths[field.name] = max(lengths.get(field.name, 1), longest or 1)
+    return lengths
+
+
+def astropy_metadata(lengths: dict[str, int]) -> dict[bytes, bytes]:
+    return {f"table::len::{name}".encode(): str(length).encode() for name, length in lengths.items()}
+
+
 class Writer:
     """Rank 0's output, from the frames of pipeline.Predictor.rows_frame: CSV or parquet written chunk by chunk;
     FITS written at the end (an astropy table). Columns and types are pipeline.columns' (`columns`)."""
@@ -33,6 +52,7 @@ class Writer:
             raise UserError(f"--out {out} needs {needed}: pip install {needed} (or write .csv)") from None
         self.staging = None  # a private folder beside --out, made at the first write (files.private_folder)
         self.handle, self.parquet, self.schema, self.held = None, None, None, []
+        self.lengths: dict[str, int] = {}  # the longest text per parquet string column, for astropy's reader
 
     @property
     def temporary(self) -> Path:
@@ -56,6 +76,7 @@ class Writer:
                 table = table.replace_schema_metadata(self.schema.metadata)
                 self.parquet = pq.ParquetWriter(self.temporary, self.schema)
             self.parquet.write_table(table)
+            self.lengths = text_lengths(table, self.lengths)
         else:
             self.held.append(frame)
 
@@ -76,6 +97,7 @@ class Writer:
             self.handle.close()
         elif self.parquet is not None:
             self.parquet.close()
+            self._add_text_lengths()
         else:  # no row at all: the header / schema of an empty table
             import pandas as pd
 
@@ -85,6 +107,20 @@ class Writer:
         follow_umask(self.temporary)
         self.temporary.replace(self.out)  # a finished file or none
         discard_private(self.staging)
+
+    def _add_text_lengths(self) -> None:
+        """The lengths are known only after the last chunk and a parquet schema is written first: copy the row
+        groups, one at a time, into a file whose schema carries them (a second pass over the file, not its rows in
+        memory)."""
+        import pyarrow.parquet as pq
+
+        schema = self.schema.with_metadata({**self.schema.metadata, **astropy_metadata(self.lengths)})
+        final = self.temporary.with_name(f"final-{self.temporary.name}")
+        source = pq.ParquetFile(self.temporary)
+        with pq.ParquetWriter(final, schema) as writer:
+            for group in range(source.num_row_groups):
+                writer.write_table(source.read_row_group(group).replace_schema_metadata(schema.metadata))
+        final.replace(self.temporary)
 
     def discard(self) -> None:
         """Nothing of an unfinished or refused output stays behind."""

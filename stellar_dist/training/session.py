@@ -195,9 +195,12 @@ def setup(config: Config) -> Run:
 def summary(run: Run) -> str:
     """What a run is about to do, before its first step: where it runs, on what, for how long, and where it writes."""
     config, accelerator, manifest = run.config, run.accelerator, run.manifest
-    counts = "; ".join(f"{split} {manifest['num_samples'].get(split, 0)} ("
-                       + ", ".join(f"{name} {count}" for name, count in manifest["counts"].get(split, {}).items())
-                       + ")" for split in ("labeled", "unlabeled", "test") if manifest["num_samples"].get(split))
+    def per_class(split: str) -> str:  # as pack prints it: classes with objects, "?" (no class) said in words
+        return ", ".join(f"{'without a class' if name == '?' else name} {count}"
+                         for name, count in manifest["counts"].get(split, {}).items() if count)
+
+    counts = "; ".join(f"{split} {manifest['num_samples'].get(split, 0)} ({per_class(split)})"
+                       for split in ("labeled", "unlabeled", "test") if manifest["num_samples"].get(split))
     tracking = "none (log.jsonl and metrics.json only)"
     if config.tracking == "wandb":
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
