@@ -1,13 +1,14 @@
-"""The first minute of a GPU lease: does every GPU path of the project run at all? Stops (exit 1) at the first
-failure, so bench/gpu.sh spends no more of the lease on a machine where the basics fail.
+"""The first minute of a GPU lease: does every GPU path of the project run at all? Every check runs and records
+its result even when another fails (exit status 1 if any failed); results are written after each check.
 
     python3 bench/gpu_smoke.py --shards /tmp/scratch/shards-u8 --out /tmp/scratch/smoke --json $OUT/smoke.json
 
 1. a bf16 forward/backward of resnet18 through Accelerate (fp32 on a CPU dry run);
 2. both views made on the device from a uint8 batch (data/batch_augment.py);
 3. torch k-means on the device (clustering/cluster.py);
-4. three engine steps of FixMatch with the views on the device, under torch.cuda.set_sync_debug_mode("warn"):
-   the number of host synchronisations it reports is printed (setup, evaluation and saving included).
+4. per algorithm, four engine steps (views on the device) with the syncing ops counted at the dispatcher per step
+   and source line (training/syncs.py; steps 1-3 are not log steps: they must have none), and on CUDA the host
+   synchronisations torch.cuda.set_sync_debug_mode("warn") reports in those steps.
 """
 
 from __future__ import annotations
@@ -65,23 +66,37 @@ def device_kmeans(device: torch.device) -> dict:
     return {"inertia": round(inertia, 1)}
 
 
-def engine_steps(shards: str, out: str, device: torch.device) -> dict:
-    from stellar_dist.cli import main
+ALGORITHMS = (["ssl.algorithm=fixmatch", "ssl.distribution_alignment=true"], ["ssl.algorithm=softmatch"],
+              ["ssl.algorithm=flexmatch"], ["ssl.algorithm=freematch"], ["ssl.algorithm=mixmatch"],
+              ["ssl.algorithm=supervised"])
 
-    overrides = ["--config", "configs/sdss.yaml", f"data.shards={shards}", f"output_dir={out}", "train.steps=3",
-                 "train.batch_size=16", "ssl.mu=2", "eval.every_steps=0", "checkpoint.every_steps=0",
-                 "cluster.at_end=false", "cluster.every_steps=0", "tracking=none", "train.log_every_steps=3",
-                 "data.num_workers=2", "resume=none", "data.augment_on=" + ("device" if device.type == "cuda"
-                                                                           else "workers")]
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        main(["train", *overrides])
-    if device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(item.message) for item in caught if "synchroniz" in str(item.message)]
-    return {"host_syncs_reported": len(syncs), "first_syncs": syncs[:3]}
+
+def engine_steps(shards: str, out: str, device: torch.device) -> dict:
+    from stellar_dist.training.config import load_config
+    from stellar_dist.training.engine import train_loop
+    from stellar_dist.training.session import setup
+    from stellar_dist.training.syncs import SyncCounter
+
+    results = {}
+    for index, choice in enumerate(ALGORITHMS):
+        config = load_config("configs/sdss.yaml", [
+            f"data.shards={shards}", f"output_dir={out}/{index}", "train.steps=4", "train.batch_size=16", "ssl.mu=2",
+            "eval.every_steps=0", "checkpoint.every_steps=0", "cluster.at_end=false", "cluster.every_steps=0",
+            "tracking=none", "train.log_every_steps=4", "data.num_workers=2", "resume=none",
+            "data.augment_on=" + ("device" if device.type == "cuda" else "workers"), *choice])
+        run = setup(config)
+        with warnings.catch_warnings(record=True) as caught, SyncCounter(step=lambda: run.step, on_host=(run.ema.n_averaged,)) as syncs:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn") if device.type == "cuda" else None
+            try:
+                train_loop(run)
+            finally:
+                torch.cuda.set_sync_debug_mode("default") if device.type == "cuda" else None
+        reported = [str(item.message) for item in caught if "synchroniz" in str(item.message)]
+        results[choice[0].split("=")[1] + ("+alignment" if len(choice) > 1 else "")] = {
+            "syncs_per_step": syncs.by_step(), "quiet_step_syncs_by_line": syncs.by_line({1, 2, 3}),
+            "log_step_syncs_by_line": syncs.by_line({4}), "cuda_sync_warnings": len(reported)}
+    return results
 
 
 def main() -> None:
@@ -96,18 +111,18 @@ def main() -> None:
     checks = (("bf16_step", lambda: bf16_step(device)), ("device_views", lambda: device_views(device)),
               ("device_kmeans", lambda: device_kmeans(device)),
               ("engine_steps", lambda: engine_steps(args.shards, args.out, device)))
+    failed = []
     for name, check in checks:
         started = time.perf_counter()
         try:
             results[name] = check() | {"seconds": round(time.perf_counter() - started, 2)}
+            print(f"smoke: {name} ok {json.dumps(results[name])}", flush=True)
         except BaseException as error:  # SystemExit too: the engine's one-line errors exit
             results[name] = {"failed": f"{type(error).__name__}: {error}"}
+            failed.append(name)
             print(f"smoke: {name} FAILED: {type(error).__name__}: {error}", flush=True)
-            Path(args.json).write_text(json.dumps(results, indent=2))
-            sys.exit(1)
-        print(f"smoke: {name} ok {json.dumps(results[name])}", flush=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-
+        Path(args.json).write_text(json.dumps(results, indent=2))  # after every check: a killed run keeps them
+    sys.exit(1 if failed else 0)
 
 if __name__ == "__main__":
     main()

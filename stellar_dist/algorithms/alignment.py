@@ -24,8 +24,8 @@ class DistributionAlignment:
         self.running_mean = target.float().clone()  # starts as a no-op
 
     def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
-        total = dist.all_reduce_sum(torch.cat([probabilities.sum(0), torch.tensor([len(probabilities)],
-                                                                                  device=probabilities.device)]))
+        # the count made on the device (new_full), not copied from the host: no wait for the GPU
+        total = dist.all_reduce_sum(torch.cat([probabilities.sum(0), probabilities.new_full((1,), len(probabilities))]))
         batch_mean = total[:-1] / total[-1].clamp(min=1)
         self.running_mean = self.momentum * self.running_mean + (1 - self.momentum) * batch_mean
         return align(probabilities, self.target, self.running_mean)

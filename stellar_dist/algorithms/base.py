@@ -19,6 +19,12 @@ def labeled_prior(manifest: dict) -> torch.Tensor:
     return counts / counts.sum().clamp(min=1)
 
 
+def class_indicator(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot float rows. F.one_hot checks the labels' range with a host read on CPUs (and without num_classes
+    on GPUs); a comparison with arange never reads anything back."""
+    return (labels[:, None] == torch.arange(num_classes, device=labels.device)).float()
+
+
 def deepcluster_loss(cluster_logits: torch.Tensor, targets: torch.Tensor, cluster_weights: torch.Tensor
                      ) -> tuple[torch.Tensor, dict]:
     """DeepCluster (Caron et al. 2018): CE against the current cluster assignments, weighted uniformly over clusters

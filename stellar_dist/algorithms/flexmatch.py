@@ -30,7 +30,10 @@ class FlexMatchOptions:
 def learning_effect(selected: torch.Tensor, num_classes: int, num_unlabeled: int, warmup: bool) -> torch.Tensor:
     """Per class: selected samples / normaliser. `selected` holds a class or -1 (never confident) per sample id
     (entries of ids outside the unlabeled split stay -1 and are not counted)."""
-    counts = torch.bincount(selected[selected >= 0].long(), minlength=num_classes).float()
+    # counted by index_add of 0/1 (exact in float32 below 2^24, in any order), not bincount of the selected
+    # entries: a boolean index and a GPU bincount both make the host wait for the device
+    counts = torch.zeros(num_classes, device=selected.device).index_add_(0, selected.clamp(min=0).long(),
+                                                                          (selected >= 0).float())
     unused = num_unlabeled - counts.sum()
     normaliser = torch.maximum(counts.max(), unused) if warmup else counts.max()
     return counts / normaliser.clamp(min=1)
@@ -52,9 +55,13 @@ class FlexMatch(FixMatch):
         confidence, pseudo_labels = probabilities.max(-1)
         effect = learning_effect(self.selected, self.num_classes, self.num_unlabeled, self.options.warmup)
         mask = (confidence >= class_thresholds(effect, self.ssl.threshold)[pseudo_labels]).float()
-        confident = confidence >= self.ssl.threshold
-        all_ids, all_labels = dist.gather_variable(ids[confident]), dist.gather_variable(pseudo_labels[confident])
-        self.selected[all_ids] = all_labels.to(self.selected.dtype)
+        # every rank's ids and confident classes (-1: not confident), gathered at one fixed size: no host read
+        update = torch.where(confidence >= self.ssl.threshold, pseudo_labels, -1)
+        all_ids, all_updates = dist.gather_equal(ids.long()), dist.gather_equal(update)
+        # one value per id even when two ranks drew the same sample (the larger class: the same in any order)
+        latest = torch.full(self.selected.shape, -1, dtype=torch.long, device=self.selected.device)
+        latest.scatter_reduce_(0, all_ids, all_updates, reduce="amax")
+        self.selected = torch.where(latest >= 0, latest, self.selected.long()).to(self.selected.dtype)
         return mask
 
     def state_dict(self) -> dict:

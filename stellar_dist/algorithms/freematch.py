@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..core import dist
+from .base import class_indicator
 from .fixmatch import FixMatch
 
 
@@ -35,15 +35,17 @@ def sum_normalise(values: torch.Tensor) -> torch.Tensor:
 def fairness_loss(logits_strong: torch.Tensor, mask: torch.Tensor, p_model: torch.Tensor,
                   histogram: torch.Tensor) -> torch.Tensor:
     """sum_c a_c log b_c with a = SumNorm(p / h) from the EMA statistics (no gradient) and b = SumNorm(mean
-    softmax / histogram) over the masked strong views of this rank; 0 without masked samples."""
-    selected = logits_strong[mask.bool()]
-    if selected.shape[0] == 0:
-        return logits_strong.sum() * 0.0
-    probabilities = selected.float().softmax(-1)
-    batch_histogram = sum_normalise(torch.bincount(probabilities.argmax(-1), minlength=p_model.numel()).float())
+    softmax / histogram) over the masked strong views of this rank; 0 without masked samples. The mask weights
+    every row instead of selecting rows: selecting (and bincount) would make the host wait for the device."""
+    weights = mask.float()[:, None]
+    count = weights.sum()
+    probabilities = logits_strong.float().softmax(-1)
+    predicted = class_indicator(probabilities.argmax(-1), p_model.numel())
+    batch_histogram = sum_normalise((predicted * weights).sum(0))
     target = sum_normalise(torch.nan_to_num(p_model / histogram, posinf=0.0)).detach()
-    mean = sum_normalise(probabilities.mean(0) * torch.nan_to_num(1.0 / batch_histogram, posinf=0.0))
-    return (target * torch.log(mean + 1e-12)).sum()
+    mean_probabilities = (probabilities * weights).sum(0) / count.clamp(min=1)
+    mean = sum_normalise(mean_probabilities * torch.nan_to_num(1.0 / batch_histogram, posinf=0.0))
+    return torch.where(count > 0, (target * torch.log(mean + 1e-12)).sum(), logits_strong.sum() * 0.0)
 
 
 class FreeMatch(FixMatch):
@@ -57,9 +59,9 @@ class FreeMatch(FixMatch):
     def threshold_mask(self, probabilities, ids):
         m = self.options.ema_momentum
         confidence, pseudo_labels = probabilities.max(-1)
-        counts = F.one_hot(pseudo_labels, self.num_classes).float().sum(0)
+        counts = class_indicator(pseudo_labels, self.num_classes).sum(0)
         total = dist.all_reduce_sum(torch.cat([confidence.sum().reshape(1), probabilities.sum(0), counts,
-                                               torch.tensor([float(len(confidence))], device=confidence.device)]))
+                                               confidence.new_full((1,), float(len(confidence)))]))
         n = total[-1].clamp(min=1)
         c = self.num_classes
         self.tau = m * self.tau + (1 - m) * total[0] / n

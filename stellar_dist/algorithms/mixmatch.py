@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import dist
-from .base import Algorithm
+from .base import Algorithm, class_indicator
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,12 @@ class MixMatch(Algorithm):
         guess = self._guess(model, views)
         num_labeled = labeled["image"].shape[0]
         inputs = torch.cat([labeled["image"], *views])
-        targets = torch.cat([F.one_hot(labeled["label"], self.num_classes).float(), *([guess] * len(views))])
+        targets = torch.cat([class_indicator(labeled["label"], self.num_classes), *([guess] * len(views))])
         rng = np.random.default_rng([self.config.seed, step, dist.rank()])
-        permutation = torch.from_numpy(rng.permutation(len(inputs))).to(inputs.device)
+        # the partner permutation drawn on the device from a seed of the host's draw: no copy from host memory
+        generator = torch.Generator(device=inputs.device)
+        generator.manual_seed(int(rng.integers(2**62)))
+        permutation = torch.randperm(len(inputs), generator=generator, device=inputs.device)
         mixed, mixed_targets = mixup(inputs, targets, float(rng.beta(options.alpha, options.alpha)), permutation)
         logits = model(mixed)
         tau = self.config.train.logit_adjustment

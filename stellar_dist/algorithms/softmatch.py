@@ -58,7 +58,7 @@ class SoftMatch(FixMatch):
         """The weight of each pseudo-label (a soft mask), after updating the confidence statistics."""
         confidence = probabilities.max(-1).values
         total = dist.all_reduce_sum(torch.stack([confidence.sum(), (confidence**2).sum(),
-                                                 confidence.new_tensor(float(len(confidence)))]))
+                                                 confidence.new_full((), float(len(confidence)))]))
         count = total[2].clamp(min=1)
         batch_mean = total[0] / count
         batch_variance = (total[1] / count - batch_mean**2).clamp(min=0) * count / (count - 1).clamp(min=1)

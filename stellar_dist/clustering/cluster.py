@@ -122,6 +122,20 @@ def initial_centroids(features: torch.Tensor, ids: torch.Tensor, k: int, seed: i
     return kmeans_plus_plus(candidates[order], k, seed).to(features.device, features.dtype)
 
 
+def cluster_sums(assignment: torch.Tensor, rows: torch.Tensor, k: int, blocked: bool | None = None) -> torch.Tensor:
+    """Per cluster, the sum of its rows. On a GPU (`blocked`) as one-hot matrix products in row blocks (index_add_
+    of float64 rows into k centroids would contend on k rows of atomics); on a CPU index_add_, in row order."""
+    if not (rows.is_cuda if blocked is None else blocked):
+        return torch.zeros((k, rows.shape[1]), dtype=rows.dtype, device=rows.device).index_add_(0, assignment, rows)
+    sums = torch.zeros((k, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+    block = max(1024, 2**23 // k)  # a one-hot block of <= 8M entries
+    clusters = torch.arange(k, device=rows.device)
+    for start in range(0, len(rows), block):
+        one_hot = (assignment[start : start + block, None] == clusters).to(rows.dtype)
+        sums += one_hot.T @ rows[start : start + block]
+    return sums
+
+
 def kmeans_torch(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int, iterations: int = 20):
     """Distributed k-means: returns (centroids, this rank's assignments, global inertia)."""
     features = features.float()
@@ -130,7 +144,7 @@ def kmeans_torch(features: torch.Tensor, ids: torch.Tensor, k: int, seed: int, i
     generator = torch.Generator().manual_seed(seed)
     for _ in range(iterations):
         assignment, _ = _assign(features, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, exact)
+        sums = cluster_sums(assignment, exact, k)
         counts = torch.zeros(k, dtype=torch.float64, device=features.device).index_add_(
             0, assignment, torch.ones_like(assignment, dtype=torch.float64))
         sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
@@ -158,8 +172,10 @@ def kmeans_faiss(features: np.ndarray, k: int, seed: int, iterations: int = 20, 
         config.device = torch.cuda.current_device() if torch.cuda.is_available() else 0
         kmeans.index = faiss.GpuIndexFlatL2(kmeans.gpu_resources, features.shape[1], config)
     ids = torch.arange(len(features)) if ids is None else ids
+    seeding = torch.from_numpy(features)  # k-means++ where the k-means runs: on the GPU with faiss-gpu
+    seeding = seeding.cuda() if use_gpu and torch.cuda.is_available() else seeding
     with dist.local_only():
-        init = initial_centroids(torch.from_numpy(features), ids, k, seed)
+        init = initial_centroids(seeding, ids.to(seeding.device), k, seed).cpu()
     kmeans.train(features, init_centroids=init.float().numpy())
     centroids = torch.from_numpy(kmeans.centroids.copy())
     assignment, squared = _assign(torch.from_numpy(features), centroids)

@@ -24,10 +24,12 @@ def num_clusters(cluster: ClusterConfig, num_classes: int) -> int:
 
 
 def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, num_reclusterings: int = 0,
-                   report: bool = True, plots_dir: Path | None = None,
-                   assignments: Path | None = None) -> tuple[ClusterState, dict | None]:
+                   report: bool = True, plots_dir: Path | None = None, assignments: Path | None = None,
+                   probe: bool = True) -> tuple[ClusterState, dict | None]:
     """Cluster the features of `model` (all ranks take part); metrics on the main process when `report` (and
-    the per-sample `assignments` CSV when given)."""
+    the per-sample `assignments` CSV when given; the linear probe when `probe`: a single-threaded fit on rank 0
+    that the other ranks would wait for at every re-clustering, so the training loop leaves it to the final
+    report)."""
     shards_dir, manifest = data.shards, data.manifest
     k = num_clusters(cluster, len(manifest["classes"]))
     selection = plan_selection(manifest, seed + num_reclusterings, cluster.fit_samples, cluster.probe_samples)
@@ -50,7 +52,8 @@ def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, 
         return state, None
     classes = manifest["classes"]
     metrics = cluster_metrics(samples, state, classes)
-    metrics["linear_probe"] = linear_probe(samples, classes, seed)
+    if probe:
+        metrics["linear_probe"] = linear_probe(samples, classes, seed)
     if plots_dir is not None:
         metrics["plots"] = {
             "cluster_grid": str(plot_cluster_grid(shards_dir, manifest, samples, state, metrics,

@@ -120,9 +120,12 @@ def _describe(batch: dict, split: str, device: torch.device) -> dict:
             "shards": batch["shard"].to(device, copy=True), "objids": batch["objid"].to(device, copy=True)}
 
 
-def _concatenated(parts: dict[str, list], empty_width: dict[str, int]) -> dict[str, torch.Tensor]:
+def _concatenated(parts: dict[str, list], empty_width: dict[str, int], device: torch.device
+                  ) -> dict[str, torch.Tensor]:
+    """A rank without samples still enters the gathers: its empty tensors on its own device (NCCL takes no other)."""
     return {key: torch.cat(value) if value else torch.zeros((0, empty_width[key]) if key in empty_width else 0,
-                                                              dtype=torch.float32 if key in empty_width else torch.long)
+                                                              dtype=torch.float32 if key in empty_width else torch.long,
+                                                              device=device)
             for key, value in parts.items()}
 
 
@@ -146,7 +149,7 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
             parts["fit"].append(selection.fit_mask(ids, split) if selection is not None
                                 else torch.full_like(ids, split != "test", dtype=torch.bool))
     model.train(was_training)
-    found = _concatenated(parts, {"features": getattr(model, "feature_dim", 1)})
+    found = _concatenated(parts, {"features": getattr(model, "feature_dim", 1)}, device)
     return LocalFeatures(**found | {"fit": found["fit"].bool()})
 
 

@@ -82,7 +82,7 @@ class ClusterHead:
         """New k-means targets from the EMA features (all ranks); a freshly seeded head, without the old head's
         momentum, in the model and its EMA."""
         self.state, metrics = run_clustering(self.ema.module, self.options, self.data, seed=self.seed,
-                                             num_reclusterings=self._done())
+                                             num_reclusterings=self._done(), probe=False)
         if self.active:
             self.model.reset_cluster_head(torch.Generator().manual_seed(self.seed * 1000 +
                                                                         self.state.num_reclusterings))
@@ -112,9 +112,10 @@ class ClusterHead:
     def _log(self, metrics: dict | None, step: int, plots: bool = False) -> None:
         if metrics is None:  # not the main process
             return
+        probe = {"cluster/linear_probe_accuracy": metrics["linear_probe"]["accuracy"]} if "linear_probe" in metrics \
+            else {}  # the final report's only
         self.tracker.log({"cluster/accuracy": metrics["accuracy"], "cluster/nmi": metrics["nmi"],
-                          "cluster/ari": metrics["ari"], "cluster/inertia": metrics["inertia"],
-                          "cluster/linear_probe_accuracy": metrics["linear_probe"]["accuracy"]}, step)
+                          "cluster/ari": metrics["ari"], "cluster/inertia": metrics["inertia"], **probe}, step)
         if plots:
             self.tracker.log_images({f"cluster/{name}": Path(path) for name, path in metrics["plots"].items()}, step)
 

@@ -41,16 +41,26 @@ def is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def on_process_device(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, if NCCL can move it: under NCCL every tensor of a collective must lie on this process's GPU (gloo
+    takes any). One made without device= lies on the CPU: said here in one line, not by NCCL's abort."""
+    if dist.is_initialized() and dist.get_backend() == "nccl" and \
+            tensor.device != torch.device("cuda", torch.cuda.current_device()):
+        raise RuntimeError(f"a {tuple(tensor.shape)} {tensor.dtype} tensor on {tensor.device} entered an NCCL "
+                           f"collective on cuda:{torch.cuda.current_device()}: make it with device= (a bug)")
+    return tensor
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (returns a new tensor; the input is untouched)."""
-    tensor = tensor.clone()
+    tensor = on_process_device(tensor).clone()
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    tensor = tensor.clone()
+    tensor = on_process_device(tensor).clone()
     if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
@@ -62,7 +72,7 @@ WIDENED = {torch.int16: torch.int32, torch.bool: torch.int32}
 
 def _pad_to_longest(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     """Every rank's row count, and this rank's tensor zero-padded to the longest (collectives need equal shapes)."""
-    tensor = tensor.to(WIDENED.get(tensor.dtype, tensor.dtype))
+    tensor = on_process_device(tensor).to(WIDENED.get(tensor.dtype, tensor.dtype))
     length = torch.tensor([tensor.shape[0]], device=tensor.device)
     lengths = [torch.zeros_like(length) for _ in range(world_size())]
     dist.all_gather(lengths, length)
@@ -82,6 +92,17 @@ def gather_variable(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(tensor.dtype)
 
 
+def gather_equal(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's tensor along dim 0, in rank order, on every rank, when every rank's has the same
+    shape (a training step's batch): one all_gather, no exchange of sizes (which would read them on the host)."""
+    if world_size() == 1:
+        return tensor
+    tensor = on_process_device(tensor.contiguous())
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts)
+
+
 def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
     """Concatenate every rank's tensor (lengths may differ) on rank 0 only; None on the other ranks."""
     if world_size() == 1:
@@ -95,7 +116,7 @@ def gather_to_main(tensor: torch.Tensor) -> torch.Tensor | None:
 def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Rank `src`'s tensor on every rank (shape and dtype must already match)."""
     if world_size() > 1:
-        tensor = tensor.contiguous()
+        tensor = on_process_device(tensor).contiguous()
         dist.broadcast(tensor, src=src)
     return tensor
 

@@ -8,6 +8,8 @@ the device, data.augment_on). Built from the config's data section, the manifest
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..core.errors import UserError
@@ -39,6 +41,7 @@ class TrainingBatches:
                  start_step: int):
         data = config.data
         self.device, self.data, self.unlabeled_views = device, data, algorithm.unlabeled_views
+        self.loader_wait_s = 0.0  # blocked on next(loader) since the last pop_loader_wait_s
         on_device = augment_on_device(data, manifest, device)
 
         def stream(split: str, make_item: ItemMaker, batch_size: int, accept=None, splits: tuple[str, ...] = ()):
@@ -65,6 +68,11 @@ class TrainingBatches:
             self.unlabeled = stream("unlabeled", make_item, config.train.batch_size * config.ssl.mu,
                                     splits=algorithm.unlabeled_splits)
 
+    def pop_loader_wait_s(self) -> float:
+        """Seconds spent blocked on the loaders since the last call (train/data_wait_share)."""
+        waited, self.loader_wait_s = self.loader_wait_s, 0.0
+        return waited
+
     def next(self) -> tuple[dict | None, dict | None]:
         return (self._next(self.labeled, ("image",)),
                 self._next(self.unlabeled, self.unlabeled_views, self.data.strong_view))
@@ -73,7 +81,10 @@ class TrainingBatches:
         """The stream's next batch on the device; a raw batch (uint8 images + seeds) gets its views made there."""
         if iterator is None:
             return None
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in next(iterator).items()}
+        waiting_since = time.perf_counter()
+        raw = next(iterator)  # the only wait for data: making views on the device is the step's work, not a wait
+        self.loader_wait_s += time.perf_counter() - waiting_since
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in raw.items()}
         if "seed" not in batch:
             return batch
         images, seeds = batch.pop("image"), batch.pop("seed")

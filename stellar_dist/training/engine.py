@@ -132,16 +132,13 @@ def train_loop(run: Run) -> int:
     # A bar on a terminal; in a log file (SLURM output, nohup) one plain line per log interval instead
     progress = tqdm(range(run.start_step, config.train.steps), initial=run.start_step, total=config.train.steps,
                     desc="train", disable=not (dist.is_main() and sys.stderr.isatty()), dynamic_ncols=True)
-    interval_start, data_wait_s = time.perf_counter(), 0.0
-    loop_started = interval_start
+    interval_start = loop_started = time.perf_counter()
     non_finite_steps = torch.zeros((), device=accelerator.device)
     stop_requested = StopRequest(accelerator.device, every=config.train.log_every_steps)
     run.model.train()
     for step in progress:
         run.step = step + 1
-        waiting_since = time.perf_counter()
         labeled, unlabeled = batches.next()
-        data_wait_s += time.perf_counter() - waiting_since
         cluster = run.head.targets(unlabeled)
         loss, step_stats = run.algorithm.loss(run.model, labeled, unlabeled, step, cluster)
         non_finite_steps += (~torch.isfinite(loss.detach())).float()
@@ -161,9 +158,9 @@ def train_loop(run: Run) -> int:
         if log_now or evaluate_now or recluster_now or save_now:
             _stop_non_finite(run, done, non_finite_steps)
         if log_now:
-            _log_interval(run, stats, progress, done, time.perf_counter() - interval_start, data_wait_s,
-                          loop_started)
-            interval_start, data_wait_s = time.perf_counter(), 0.0
+            _log_interval(run, stats, progress, done, time.perf_counter() - interval_start,
+                          batches.pop_loader_wait_s(), loop_started)
+            interval_start = time.perf_counter()
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)
         if recluster_now:
