@@ -65,12 +65,12 @@ check_import() {
 }
 SD=(python3 -m stellar_dist)
 case $SIZES in
-  tiny) NUM=120; SIZE=32; KMEANS=5000; STEPS=4; WORKERS=1
-        BATCH=(train.batch_size=4 ssl.mu=2 eval.batch_size=32 model.arch=resnet18)
+  tiny) NUM=120; SIZE=32; KMEANS=5000; STEPS=4; WORKERS=1; SMOKE=(--quick)
+        BATCH=(train.batch_size=4 ssl.mu=2 eval.batch_size=32 model.arch=shufflenet_v2_x0_5)
         SPEED=(--arch resnet18 --size 32 --batch 4 --mu 2 --steps 1 --warmup 1 --repeats 1);;
-  small) NUM=600; SIZE=32; KMEANS=20000; STEPS=12; WORKERS=4; BATCH=(train.batch_size=8 ssl.mu=2 eval.batch_size=64)
+  small) NUM=600; SIZE=32; KMEANS=20000; STEPS=12; WORKERS=4; SMOKE=(); BATCH=(train.batch_size=8 ssl.mu=2 eval.batch_size=64)
          SPEED=(--arch resnet18 --size 32 --batch 8 --mu 2 --steps 2 --warmup 1 --repeats 1);;
-  *) NUM=8000; SIZE=64; KMEANS=1000000; STEPS=60; WORKERS=8; BATCH=()
+  *) NUM=8000; SIZE=64; KMEANS=1000000; STEPS=60; WORKERS=8; SMOKE=(); BATCH=()
      SPEED=(--arch resnet18 mobilenet_v2 --size 64 --batch 64 --mu 7 --steps 10 --warmup 3 --repeats 3);;
 esac
 
@@ -120,7 +120,7 @@ fi
 if [ -z "${STOPPED:-}" ]; then
   say "3. smoke: every check runs; syncing ops per step and source line"
   step smoke 150 python3 bench/gpu_smoke.py --shards "${SHARDS:+$SCRATCH/shards}" --out "$SCRATCH/smoke" \
-    --json "$OUT/smoke.json"
+    --json "$OUT/smoke.json" "${SMOKE[@]}"
 
   say "4. FixMatch step images/s (synthetic batches)"
   step step_speed 80 python3 bench/step_speed.py "${SPEED[@]}" --out "$OUT/step_speed.json"

@@ -71,15 +71,15 @@ ALGORITHMS = (["ssl.algorithm=fixmatch", "ssl.distribution_alignment=true"], ["s
               ["ssl.algorithm=supervised"])
 
 
-def engine_steps(shards: str, out: str, device: torch.device) -> dict:
+def engine_steps(shards: str, out: str, device: torch.device, quick: bool = False) -> dict:
     from stellar_dist.training.config import load_config
     from stellar_dist.training.engine import train_loop
     from stellar_dist.training.session import setup
     from stellar_dist.training.syncs import SyncCounter
 
     results = {}
-    for index, choice in enumerate(ALGORITHMS):
-        config = load_config("configs/sdss.yaml", [
+    for index, choice in enumerate(ALGORITHMS[:1] + ALGORITHMS[-1:] if quick else ALGORITHMS):
+        config = load_config("configs/sdss.yaml", [*(["model.arch=shufflenet_v2_x0_5"] if quick else []),
             f"data.shards={shards}", f"output_dir={out}/{index}", "train.steps=4", "train.batch_size=16", "ssl.mu=2",
             "eval.every_steps=0", "checkpoint.every_steps=0", "cluster.at_end=false", "cluster.every_steps=0",
             "tracking=none", "train.log_every_steps=4", "data.num_workers=2", "resume=none",
@@ -104,13 +104,14 @@ def main() -> None:
     parser.add_argument("--shards", required=True)
     parser.add_argument("--out", required=True, help="scratch folder for the three-step run")
     parser.add_argument("--json", required=True, help="where the results go")
+    parser.add_argument("--quick", action="store_true", help="two algorithms, a small network: the suite's dry run")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (dry run)",
                "torch": torch.__version__}
     checks = (("bf16_step", lambda: bf16_step(device)), ("device_views", lambda: device_views(device)),
               ("device_kmeans", lambda: device_kmeans(device)),
-              ("engine_steps", lambda: engine_steps(args.shards, args.out, device)))
+              ("engine_steps", lambda: engine_steps(args.shards, args.out, device, args.quick)))
     failed = []
     for name, check in checks:
         started = time.perf_counter()

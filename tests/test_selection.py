@@ -101,6 +101,28 @@ def test_folds_test_every_spectrum_once():
     assert (plain == "test").sum() == round(13 * 0.2) + round(7 * 0.2)
 
 
+def test_new_spectra_keep_the_objects_the_last_pack_tested():
+    """An astronomer's rounds: 150 spectra, then 60 more. Decided by a seeded hash of each object's id, the second
+    pack tests every object the first one tested, whatever the order of the rows; a seeded permutation of row
+    positions (the old rule) kept about a fifth of them."""
+    from stellar_dist.data.splits import object_keys, split_catalog
+
+    rng = np.random.default_rng(0)
+    names = [f"id:{1237650000000000000 + index}" for index in range(400)]
+    classes = pd.Series(rng.choice(["GALAXY", "QSO", "STAR"], 400, p=[0.6, 0.1, 0.3]))
+    first = classes.where(np.arange(400) < 150, "")
+    second = classes.where(np.arange(400) < 210, "")
+    keys = object_keys(names, seed=42)
+    before = set(np.flatnonzero(split_catalog(first, 0.2, seed=42, keys=keys) == "test"))
+    after = set(np.flatnonzero(split_catalog(second, 0.2, seed=42, keys=keys) == "test"))
+    assert before <= after and 0.1 * 210 <= len(after) <= 0.3 * 210  # every object tested before is tested again
+    shuffled = rng.permutation(400)  # the same objects in another row order: the same split for each
+    again = split_catalog(second.iloc[shuffled].reset_index(drop=True), 0.2, seed=42, keys=keys[shuffled])
+    assert set(shuffled[np.flatnonzero(again == "test")]) == after
+    old_rule = [set(np.flatnonzero(split_catalog(catalog, 0.2, seed=42) == "test")) for catalog in (first, second)]
+    assert len(old_rule[0] & old_rule[1]) < 0.6 * len(old_rule[0])
+
+
 def test_select_cold_start_writes_targets_from_the_unlabeled_split(sim_shards, tmp_path):
     result = run_cli("select", "--shards", str(sim_shards), "--budget", "12", "--out", str(tmp_path / "t.csv"),
                      "--workers", "1")

@@ -32,7 +32,7 @@ from .images import encode, preprocess_image
 from .labels import join_labels
 from .manifest import FORMAT_VERSION, MANIFEST_NAME, owned_files
 from .objids import id_type
-from .splits import split_rows
+from .splits import object_keys, split_rows
 
 ENCODINGS = ("png", "jpg", "u8")
 PREPROCESS_MODES = ("resize", "crop")
@@ -170,6 +170,15 @@ def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, 
     return tasks
 
 
+def _object_names(frame: pd.DataFrame, catalog) -> list[str]:
+    """What names an object for the split rule: its id, else its image path as the catalog gives it (relative to
+    the catalog's folder when the image lies there): unchanged when rows are added or the catalog moves."""
+    base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+    ids = frame["objid"].fillna("").astype(str).tolist() if "objid" in frame.columns else [""] * len(frame)
+    paths = [os.path.relpath(path, base) for path in frame["image_path"]]
+    return [f"id:{objid}" if objid.strip() else f"path:{path}" for objid, path in zip(ids, paths)]
+
+
 def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrite: bool = False):
     """Validate the options, --out and the catalog (before anything is written); returns the catalog frame, the
     class names, each row's split and what the shards will hold (`pixels`: encoding, channels, FITS bands and
@@ -196,7 +205,7 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
                         f"{', '.join(class_names)}: a classifier needs labelled rows of at least two classes "
                         f"(column {options.label_column!r}; name another with --label-column)")
     exclude, duplicates = find_duplicates(frame)
-    splits = split_rows(frame["Class"], options, exclude)
+    splits = split_rows(frame["Class"], options, exclude, object_keys(_object_names(frame, catalog), options.seed))
     pixels = fits_bands.input_pixels(frame, splits, options, catalog)
     ids = id_type(frame["objid"]) if "objid" in frame.columns else None  # predict types its objid column by it
     scale = fits_bands.packed_pixel_scale(frame["image_path"].iloc[0], options)  # figures' scale bars

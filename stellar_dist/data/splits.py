@@ -8,6 +8,8 @@ few, `stratified_split`, to measure how an algorithm does with few labels.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -119,9 +121,10 @@ def _count_order(pools: dict[str, np.ndarray]) -> np.ndarray:
     return rows[np.argsort(keys, kind="stable")]
 
 
-def split_rows(classes: pd.Series, options, exclude: np.ndarray | None = None) -> np.ndarray:
+def split_rows(classes: pd.Series, options, exclude: np.ndarray | None = None, keys: np.ndarray | None = None
+               ) -> np.ndarray:
     """Each row's split under pack's options: the benchmark when a labeled fraction or count is given, else the
-    real catalog's rule (`split_catalog`)."""
+    real catalog's rule (`split_catalog`, ordered by `keys`: object_keys)."""
     if options.labeled_fraction or options.labeled_count:
         if options.fold:
             raise UserError("--fold splits a real catalog's spectra into test folds: it does not combine with "
@@ -129,7 +132,7 @@ def split_rows(classes: pd.Series, options, exclude: np.ndarray | None = None) -
         return stratified_split(classes, options.labeled_fraction or 0.1, options.test_fraction, options.seed,
                                 exclude, options.labeled_count, options.validation_fraction, options.labeled_seed)
     return split_catalog(classes, options.test_fraction, options.seed, exclude, options.validation_fraction,
-                         parse_fold(options.fold))
+                         parse_fold(options.fold), keys)
 
 
 def parse_fold(text: str) -> tuple[int, int] | None:
@@ -146,13 +149,19 @@ def parse_fold(text: str) -> tuple[int, int] | None:
 
 
 def split_catalog(classes: pd.Series, test_fraction: float, seed: int, exclude: np.ndarray | None = None,
-                  validation_fraction: float = 0.0, fold: tuple[int, int] | None = None) -> np.ndarray:
+                  validation_fraction: float = 0.0, fold: tuple[int, int] | None = None,
+                  keys: np.ndarray | None = None) -> np.ndarray:
     """A real catalog: every row with a class is labeled or held out, every row without one is unlabeled.
 
-    The rule, per class of n rows (seeded permutation): round(n * test_fraction) rows go to test, at least one and
-    at most n - 1 (a class of one row trains and is not tested; `--test-fraction 0`: no test split at all). With
-    `validation_fraction` the test rows are set aside ("heldout", never packed) and the next round(n * fraction)
-    rows (at least one, leaving at least one labeled) are the validation split, packed as "test". With `fold`
+    The rule, per class of n rows: with `keys` (pack's: a seeded 64-bit hash of each object's id, `object_keys`),
+    an object is a test object when its hash lies below test_fraction of the hash range, so an object stays where
+    it was when spectra are added (a pack with new spectra tests every object the last one tested, plus about
+    test_fraction of the new ones) and the row order does not matter; the count is about n * test_fraction. Without
+    keys, a seeded permutation and round(n * test_fraction) rows. Either way at least one and at most n - 1 (the
+    lowest hashes first; a class of one row trains and is not tested; `--test-fraction 0`: no test split). With
+    `validation_fraction` the test rows are set aside ("heldout", never packed) and the next objects (hash in
+    [test_fraction, test_fraction + validation_fraction), or the next round(n * fraction) rows; at least one,
+    leaving at least one labeled) are the validation split, packed as "test". With `fold`
     (I, K): the class's rows are dealt round-robin into K folds and fold I is the test split, so K packs test every
     row with a class exactly once (a cross-validated report, `stellar-dist evaluate --folds`). The rest is labeled.
     """
@@ -164,20 +173,36 @@ def split_catalog(classes: pd.Series, test_fraction: float, seed: int, exclude: 
     assignment = np.full(len(classes), "unlabeled", dtype=object)
     assignment[~keep] = "duplicate"
     for name in sorted(set(classes.unique()) - {""}):
-        rows = rng.permutation(np.flatnonzero((classes == name).to_numpy() & keep))
+        rows = np.flatnonzero((classes == name).to_numpy() & keep)
+        rows = rng.permutation(rows) if keys is None else rows[np.argsort(keys[rows], kind="stable")]
         assignment[rows] = "labeled"
         if fold is not None:
             assignment[rows[np.arange(len(rows)) % fold[1] == fold[0] - 1]] = "test"
             continue
-        num_test = _held(len(rows), test_fraction)
-        num_validation = _held(len(rows) - num_test, validation_fraction, len(rows))
+        if keys is None:
+            num_test = _held(len(rows), test_fraction)
+            num_validation = _held(len(rows) - num_test, validation_fraction, len(rows))
+        else:  # each object by its own hash: the rows are in hash order, so these are the first ones
+            share = keys[rows].astype(np.float64) / 2.0**64
+            num_test = _held(len(rows), test_fraction, count=int((share < test_fraction).sum()))
+            num_validation = _held(len(rows) - num_test, validation_fraction, count=int(
+                ((share >= test_fraction) & (share < test_fraction + validation_fraction)).sum()))
         assignment[rows[:num_test]] = "heldout" if validation_fraction else "test"
         assignment[rows[num_test : num_test + num_validation]] = "test"
     return assignment
 
 
-def _held(available: int, fraction: float, total: int | None = None) -> int:
-    """round(total * fraction) rows, at least one and leaving at least one; none without a fraction."""
+def object_keys(ids, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each object's id (text): where it falls in split_catalog's order, whatever else the
+    catalog holds."""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest(), "big")
+                     for value in ids], dtype=np.uint64)
+
+
+def _held(available: int, fraction: float, total: int | None = None, count: int | None = None) -> int:
+    """`count` rows (default round(total * fraction)), at least one and leaving at least one; none without a
+    fraction."""
     if not fraction or available < 2:
         return 0
-    return int(min(available - 1, max(1, round((total or available) * fraction))))
+    wanted = round((total or available) * fraction) if count is None else count
+    return int(min(available - 1, max(1, wanted)))
