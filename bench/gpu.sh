@@ -162,7 +162,8 @@ for name in ("train", "wait-workers", "wait-device"):
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     last = [row for row in rows if "train/images_per_second" in row][-1:] or [{}]
     summary[name] = {key.split("/")[-1]: value for key, value in last[0].items()
-                     if key in ("train/images_per_second", "train/data_wait_share", "train/gpu_memory_gib")}
+                     if key in ("train/images_per_second", "train/data_wait_share", "train/device_views_share",
+                                "train/gpu_memory_gib")}
     if name == "train" and (scratch / "run" / "metrics.json").exists():
         metrics = json.loads((scratch / "run" / "metrics.json").read_text())
         summary[name]["cluster_k"] = metrics.get("cluster", {}).get("k")

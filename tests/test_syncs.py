@@ -40,6 +40,13 @@ def test_a_training_step_has_no_device_sync(sim_shards, tmp_path, case):
     quiet = {2, 4, 5}  # not log steps: nothing may wait for the device (step 1 may fill one-time caches)
     assert not syncs.by_line(quiet), f"{case}: syncs in steps {sorted(quiet)}: {syncs.by_line(quiet)}"
     assert syncs.by_step().get(3, 0) > 0  # the counter sees the log step's reads (it can fail)
+    if "data.augment_on=device" in CASES[case]:  # where the time goes: blocked on loaders vs making views
+        import json
+
+        logged = [json.loads(line) for line in (tmp_path / case / "log.jsonl").read_text().splitlines()]
+        shares = [row for row in logged if "train/device_views_share" in row]
+        assert len(shares) == 2 and all(0 < row["train/device_views_share"] < 1 and
+                                        0 <= row["train/data_wait_share"] < 1 for row in shares)
 
 
 def test_the_counter_names_what_syncs_and_where():

@@ -105,7 +105,7 @@ def _batches(shards_dir: str, manifest: dict, split: str, *, batch_size: int, nu
 
     stream = OnceStream(shard_paths(shards_dir, split), ItemMaker.for_shards("plain", manifest, grayscale),
                         batch_size, rank=dist.rank(), world_size=dist.world_size(), keep=keep)
-    for batch in make_loader(stream, num_workers):
+    for batch in make_loader(stream, num_workers, pin_memory=torch.cuda.is_available()):  # copied without a wait
         if not bool(batch["valid"].all()):  # an unreadable sample is left out of the clustering
             batch = {key: value[batch["valid"]] for key, value in batch.items()}
         yield batch
@@ -114,10 +114,13 @@ def _batches(shards_dir: str, manifest: dict, split: str, *, batch_size: int, nu
 def _describe(batch: dict, split: str, device: torch.device) -> dict:
     # Copies: a tensor received from a DataLoader worker holds a shared-memory file descriptor for as long as it
     # lives; keeping ~5 per batch ran out of descriptors ("Too many open files") at 10^6 samples in one process.
-    return {"ids": batch["id"].to(device, copy=True),
-            "labels": (batch["true_label"] if split == "unlabeled" else batch["label"]).to(device, copy=True),
-            "splits": torch.full_like(batch["id"], SPLIT_CODES[split]).to(device),
-            "shards": batch["shard"].to(device, copy=True), "objids": batch["objid"].to(device, copy=True)}
+    def copied(tensor):
+        return tensor.to(device, copy=True, non_blocking=True)
+
+    return {"ids": copied(batch["id"]),
+            "labels": copied(batch["true_label"] if split == "unlabeled" else batch["label"]),
+            "splits": torch.full((len(batch["id"]),), SPLIT_CODES[split], dtype=batch["id"].dtype, device=device),
+            "shards": copied(batch["shard"]), "objids": copied(batch["objid"])}
 
 
 def _concatenated(parts: dict[str, list], empty_width: dict[str, int], device: torch.device
@@ -144,7 +147,7 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
                               grayscale=grayscale, keep=keep):
             for key, value in _describe(batch, split, device).items():
                 parts[key].append(value)
-            parts["features"].append(model.features(batch["image"].to(device)).float())
+            parts["features"].append(model.features(batch["image"].to(device, non_blocking=True)).float())
             ids = parts["ids"][-1]
             parts["fit"].append(selection.fit_mask(ids, split) if selection is not None
                                 else torch.full_like(ids, split != "test", dtype=torch.bool))

@@ -42,6 +42,7 @@ class TrainingBatches:
         data = config.data
         self.device, self.data, self.unlabeled_views = device, data, algorithm.unlabeled_views
         self.loader_wait_s = 0.0  # blocked on next(loader) since the last pop_loader_wait_s
+        self.view_times: list = []  # (start, end) of each batch's device views: CUDA events, or perf_counter on CPUs
         on_device = augment_on_device(data, manifest, device)
 
         def stream(split: str, make_item: ItemMaker, batch_size: int, accept=None, splits: tuple[str, ...] = ()):
@@ -73,6 +74,16 @@ class TrainingBatches:
         waited, self.loader_wait_s = self.loader_wait_s, 0.0
         return waited
 
+    def pop_view_s(self) -> float:
+        """Seconds the device spent making views since the last call (train/device_views_share). On a GPU, from
+        events recorded around each batch's views and read here, at a log step (reading them waits for them)."""
+        times, self.view_times = self.view_times, []
+        if self.device.type != "cuda":
+            return sum(end - start for start, end in times)
+        if times:
+            times[-1][1].synchronize()  # the last one recorded: on one stream, every earlier one has ended too
+        return sum(start.elapsed_time(end) for start, end in times) / 1000
+
     def next(self) -> tuple[dict | None, dict | None]:
         return (self._next(self.labeled, ("image",)),
                 self._next(self.unlabeled, self.unlabeled_views, self.data.strong_view))
@@ -88,4 +99,15 @@ class TrainingBatches:
         if "seed" not in batch:
             return batch
         images, seeds = batch.pop("image"), batch.pop("seed")
-        return batch | make_views(images, seeds, views, kind, self.data.max_shift_fraction)
+        start = self._mark()
+        made = make_views(images, seeds, views, kind, self.data.max_shift_fraction)
+        self.view_times.append((start, self._mark()))
+        return batch | made
+
+    def _mark(self):
+        """Now, on the device's clock: a recorded CUDA event (read later, without waiting now), else the time."""
+        if self.device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event

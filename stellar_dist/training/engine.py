@@ -99,12 +99,14 @@ def _write_metrics(run: Run, report: dict | None, step: int, seconds: float, clu
 
 
 def _log_interval(run: Run, stats: IntervalStats, progress, done: int, elapsed_s: float, data_wait_s: float,
-                  loop_started: float) -> None:
+                  loop_started: float, view_s: float = 0.0) -> None:
     """The interval's metrics (all-reduced) to the tracker, the progress bar, and a plain line in a log file."""
     metrics = stats.reduce(run.manifest["classes"])
     metrics["train/images_per_second"] = metrics.pop("train/images") / max(elapsed_s, 1e-9)
-    # the share of wall time the loop waited for its next batch (workers, copies, views on the device)
+    # the share of wall time the loop was blocked on the loaders; and the device's time making views (its work)
     metrics["train/data_wait_share"] = data_wait_s / max(elapsed_s, 1e-9)
+    if view_s:
+        metrics["train/device_views_share"] = view_s / max(elapsed_s, 1e-9)
     metrics["train/lr"] = run.scheduler.get_last_lr()[0]
     if torch.cuda.is_available():
         metrics["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -159,7 +161,7 @@ def train_loop(run: Run) -> int:
             _stop_non_finite(run, done, non_finite_steps)
         if log_now:
             _log_interval(run, stats, progress, done, time.perf_counter() - interval_start,
-                          batches.pop_loader_wait_s(), loop_started)
+                          batches.pop_loader_wait_s(), loop_started, batches.pop_view_s())
             interval_start = time.perf_counter()
         if evaluate_now and done != config.train.steps:
             evaluate_run(run, done)
