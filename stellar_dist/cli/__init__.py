@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if getattr(args, "workers", 0) < 0:
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
     _command(args.command).run(args)
-    _close_process_group()
+    if "torch.distributed" in sys.modules:  # only a command that imported torch can have started a process group
+        from ..core import dist
 
-
-def _close_process_group() -> None:
-    """A command that ran under a launcher ends its process group itself: left to the interpreter's exit, gloo's
-    threads may be torn down while joinable, and a rank dies with "terminate called without an active exception"
-    (seen once in a suite: a 2-rank select that had finished its work)."""
-    distributed = sys.modules.get("torch.distributed")  # never imported by commands that need no torch
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.destroy_process_group()
+        dist.close()

@@ -41,6 +41,14 @@ def is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def close() -> None:
+    """End this process's group when a command is done. Left to the interpreter's exit, gloo's threads may be torn
+    down while joinable and a rank dies with "terminate called without an active exception" (seen once in a suite:
+    a 2-rank select that had finished its work)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def on_process_device(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor, if NCCL can move it: under NCCL every tensor of a collective must lie on this process's GPU (gloo
     takes any). One made without device= lies on the CPU: said here in one line, not by NCCL's abort."""

@@ -170,13 +170,18 @@ def _shard_tasks(frame: pd.DataFrame, splits: np.ndarray, options: PackOptions, 
     return tasks
 
 
+def _catalog_base(catalog) -> str:
+    """The folder a catalog's relative image paths start from."""
+    return str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+
+
 def _object_names(frame: pd.DataFrame, catalog) -> list[str]:
-    """What names an object for the split rule: its id, else its image path as the catalog gives it (relative to
-    the catalog's folder when the image lies there): unchanged when rows are added or the catalog moves."""
-    base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+    """What names an object for the split rule: its id, else its image path relative to the catalog's folder:
+    unchanged when rows are added or the catalog moves."""
+    base = _catalog_base(catalog)
     ids = frame["objid"].fillna("").astype(str).tolist() if "objid" in frame.columns else [""] * len(frame)
-    paths = [os.path.relpath(path, base) for path in frame["image_path"]]
-    return [f"id:{objid}" if objid.strip() else f"path:{path}" for objid, path in zip(ids, paths)]
+    return [f"id:{objid}" if objid.strip() else f"path:{os.path.relpath(path, base)}"
+            for objid, path in zip(ids, frame["image_path"])]
 
 
 def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrite: bool = False):
@@ -216,7 +221,7 @@ def prepare(catalog: str | Path, out: str | Path, options: PackOptions, overwrit
 def write_shards(catalog, frame, splits, class_names, pixels: dict, options: PackOptions, staging: Path,
                  select=None) -> list:
     """Write the shards (all, or those whose task index `select` accepts) into `staging`; their results."""
-    base = str(Path(catalog).parent if Path(catalog).is_file() else Path(catalog))
+    base = _catalog_base(catalog)
     pixels = {key: value for key, value in pixels.items() if key != "duplicates"}  # the manifest's, not a task's
     common = {"staging": str(staging), "options": asdict(options), "base": base, "pixels": pixels,
               "class_index": {name: index for index, name in enumerate(class_names)}}

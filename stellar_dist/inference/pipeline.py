@@ -62,6 +62,11 @@ class Chunk:
     rejected: list
 
 
+def extra_types(extra: pd.DataFrame | None) -> dict[str, str] | None:
+    """{name: pandas dtype} of an input table's other columns (inputs.Inputs.extra), as `columns` takes them."""
+    return None if extra is None else {str(name): str(kind) for name, kind in extra.dtypes.items()}
+
+
 @dataclass
 class Predictor:
     model: torch.nn.Module
@@ -88,7 +93,7 @@ class Predictor:
 
     def check_extra(self, extra, source) -> dict[str, str]:
         """A table's other columns and their dtypes, refused in one line where one is also a prediction column."""
-        names = {} if extra is None else {str(name): str(dtype) for name, dtype in extra.dtypes.items()}
+        names = extra_types(extra) or {}
         clash = [name for name in names if name in self.columns()]
         if clash:
             raise UserError(f"--input {source} has column(s) {', '.join(clash)}, which predict writes: rename "
@@ -142,8 +147,7 @@ class Predictor:
                   "max_probability": maximum, **cluster_values,
                   "low_confidence": np.where(read, low, None), "unlike_training": np.where(read, beyond, None),
                   "unusual": np.where(read, low | beyond, None), "rejected_reason": reasons}
-        schema = self.columns(objid_type, identity,
-                              None if extra is None else {str(name): str(kind) for name, kind in extra.dtypes.items()})
+        schema = self.columns(objid_type, identity, extra_types(extra))
         frame = pd.DataFrame({name: table[name] for name in schema}).astype(schema)
         frame.attrs["far"] = (int((beyond & read).sum()), int(read.sum()))
         return frame

@@ -28,8 +28,8 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dic
             continue
         batch = {key: value[valid] for key, value in batch.items()}
         logits = model(batch["image"].to(device, non_blocking=True)).float()
-        for key, name in (("id", "id"), ("shard", "shard"), ("objid", "objid"), ("label", "label")):
-            parts[key].append(batch[name].to(device, non_blocking=True))  # from pinned memory on a GPU: no wait
+        for key in ("id", "shard", "objid", "label"):
+            parts[key].append(batch[key].to(device, non_blocking=True))  # from pinned memory on a GPU: no wait
         parts["prediction"].append(logits.argmax(-1))
         parts["probability"].append(logits.softmax(-1))
     model.train(was_training)

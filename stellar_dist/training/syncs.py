@@ -58,23 +58,19 @@ def _where() -> str:
 
 
 class SyncCounter(TorchDispatchMode):
-    """Counts the syncing ops run inside it, by source line and op (`active = False` leaves out what follows)."""
+    """Counts the syncing ops run inside it, by step, source line and op."""
 
     def __init__(self, step=lambda: 0, on_host: tuple = ()):
         super().__init__()
         self.step = step  # the training step in progress (a callable): counts are kept per step
         self.on_host = on_host  # tensors kept on the host by design (the EMA's counter): reading them waits for nothing
         self.counts: Counter = Counter()  # (step, "file:line op") -> count
-        self.active = True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.active and is_sync(func, args, kwargs) and not any(args[0] is tensor for tensor in self.on_host):
+        if is_sync(func, args, kwargs) and not any(args[0] is tensor for tensor in self.on_host):
             self.counts[(self.step(), f"{_where()} {func.overloadpacket.__name__}")] += 1
         return func(*args, **kwargs)
-
-    def total(self) -> int:
-        return sum(self.counts.values())
 
     def by_line(self, steps=None) -> dict[str, int]:
         """Syncs per source line and op (of the given steps only, if any), most frequent first."""
