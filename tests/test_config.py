@@ -12,9 +12,11 @@ from stellar_dist.core.errors import UserError
 
 def test_yaml_then_overrides_typed(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  steps: 10\n  lr: 1e-3\nssl:\n  threshold: 0.8\n")
+    path.write_text("train:\n  steps: 10\n  lr: 1e-3\n  mixed_precision: no\nssl:\n  threshold: 0.8\n")
     config = load_config(path, ["ssl.threshold=0.9", "train.batch_size=8", "resume=auto"])
     assert (config.train.steps, config.train.lr, config.ssl.threshold) == (10, 0.001, 0.9)
+    assert config.train.mixed_precision == "no"  # YAML 1.1 reads a bare no as False
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     assert config.train.batch_size == 8 and config.resume == "auto"
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
@@ -26,6 +28,7 @@ def test_yaml_then_overrides_typed(tmp_path):
     ("ssl.algorithm=meanteacher", "not one of supervised, pseudolabel, mixmatch, fixmatch, flexmatch, freematch"),
     ("ssl.mixmatch.views=0", "ssl.mixmatch.views=0 is out of range"),
     ("ssl.flexmatch.warmup=3", "ssl.flexmatch.warmup must be bool"),
+    ("train.mixed_precision=yes", "not one of auto, no, bf16, fp16"),
     ("bogus=1", "unknown config key(s) bogus"),
     ("train.steps", "is not KEY=VALUE"),
     ("train.batch_size=0", "train.batch_size=0 is out of range: it must lie in [1, 65536]"),

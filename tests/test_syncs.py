@@ -82,3 +82,35 @@ def test_cluster_sums_by_block_products_equal_index_add():
     assert torch.equal(cluster_sums(assignment, rows, 7), expected)
     assert torch.allclose(cluster_sums(assignment, rows, 7, blocked=True), expected, rtol=0, atol=1e-9)
     assert torch.allclose(cluster_sums(assignment, rows, 2000, blocked=True)[:7], expected, rtol=0, atol=1e-9)
+
+
+def test_evaluation_and_clustering_forward_in_the_runs_precision(sim_shards, tmp_path):
+    """A run that trains in bf16 (the default on GPUs) extracts its re-clustering features and its in-training
+    evaluations in bf16 too (half the memory traffic of an fp32 EMA forward); float32 comes out, close to the full
+    precision values; a run in full precision stays in full precision. Run here with CPU autocast."""
+    from stellar_dist.clustering.features import extract_features
+    from stellar_dist.training.evaluation import gather_predictions
+    from stellar_dist.training.session import setup
+
+    def run_in(precision):
+        AcceleratorState._reset_state(reset_partial_state=True)  # one Accelerator's precision per process
+        return setup(load_config(None, [f"data.shards={sim_shards}", f"output_dir={tmp_path / precision}",
+                                        f"model.arch={TEST_ARCH}", f"train.mixed_precision={precision}",
+                                        "tracking=none", "data.num_workers=0"]))
+
+    from accelerate.state import AcceleratorState
+
+    run = run_in("bf16")
+    data = run.head.data
+    assert data.autocast_dtype is torch.bfloat16
+    passes = {"batch_size": 32, "num_workers": 0, "grayscale": False, "device": data.device}
+    full = extract_features(run.ema.module, data.shards, data.manifest, **passes).features
+    half = extract_features(run.ema.module, data.shards, data.manifest, autocast_dtype=data.autocast_dtype,
+                            **passes).features
+    assert half.dtype == torch.float32 and half.shape == full.shape and not torch.equal(half, full)
+    assert torch.nn.functional.cosine_similarity(half, full).min() > 0.99
+    full, half = (gather_predictions(run.ema.module, data.shards, data.manifest, autocast_dtype=dtype, **passes)
+                  for dtype in (None, torch.bfloat16))
+    assert (half["id"] == full["id"]).all() and not (half["probability"] == full["probability"]).all()
+    assert abs(half["probability"] - full["probability"]).max() < 0.05
+    assert run_in("no").head.data.autocast_dtype is None  # the other tests' precision, restored

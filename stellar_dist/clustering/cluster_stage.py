@@ -34,7 +34,7 @@ def run_clustering(model, cluster: ClusterConfig, data: EvalData, *, seed: int, 
     k = num_clusters(cluster, len(manifest["classes"]))
     selection = plan_selection(manifest, seed + num_reclusterings, cluster.fit_samples, cluster.probe_samples)
     passes = {"batch_size": data.batch_size, "num_workers": data.num_workers, "grayscale": data.grayscale,
-              "device": data.device}
+              "device": data.device, "autocast_dtype": data.autocast_dtype}
     local = extract_features(model, shards_dir, manifest, selection=selection, **passes)
     state, reduced = fit_clustering(local, k=k, backend=cluster.backend, pca_dim=cluster.pca_dim, seed=seed,
                                     iterations=cluster.iterations, num_reclusterings=num_reclusterings)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import dist
+from ..data.eval_data import forward_precision
 from .cluster import HASH_PRIME, assign, id_hash, id_hash_int
 
 SPLIT_CODES = {"labeled": 0, "unlabeled": 1, "test": 2}
@@ -134,9 +135,10 @@ def _concatenated(parts: dict[str, list], empty_width: dict[str, int], device: t
 
 @torch.no_grad()
 def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int, num_workers: int, grayscale: bool,
-                     device: torch.device, selection: Selection | None = None) -> LocalFeatures:
+                     device: torch.device, selection: Selection | None = None,
+                     autocast_dtype: torch.dtype | None = None) -> LocalFeatures:
     """Pass 1: the backbone features of this rank's share of the selected samples (every sample without a
-    selection)."""
+    selection); the forward autocast to `autocast_dtype` when given, the features kept in float32."""
     was_training = model.training
     model.eval()
     parts: dict[str, list] = {name: [] for name in ("ids", "labels", "splits", "features", "shards", "objids", "fit")}
@@ -147,7 +149,9 @@ def extract_features(model, shards_dir: str, manifest: dict, *, batch_size: int,
                               grayscale=grayscale, keep=keep):
             for key, value in _describe(batch, split, device).items():
                 parts[key].append(value)
-            parts["features"].append(model.features(batch["image"].to(device, non_blocking=True)).float())
+            with forward_precision(device, autocast_dtype):
+                features = model.features(batch["image"].to(device, non_blocking=True))
+            parts["features"].append(features.float())
             ids = parts["ids"][-1]
             parts["fit"].append(selection.fit_mask(ids, split) if selection is not None
                                 else torch.full_like(ids, split != "test", dtype=torch.bool))
@@ -206,7 +210,7 @@ def assign_kept(local: LocalFeatures, reduced: torch.Tensor, centroids: torch.Te
 
 @torch.no_grad()
 def assign_stream(model, shards_dir: str, manifest: dict, state, *, batch_size: int, num_workers: int,
-                  grayscale: bool, device: torch.device) -> Assigned:
+                  grayscale: bool, device: torch.device, autocast_dtype: torch.dtype | None = None) -> Assigned:
     """Pass 2: every sample of this rank, reduced and assigned batch by batch; no feature is kept."""
     was_training = model.training
     model.eval()
@@ -214,7 +218,8 @@ def assign_stream(model, shards_dir: str, manifest: dict, state, *, batch_size: 
     for split in SPLIT_CODES:
         for batch in _batches(shards_dir, manifest, split, batch_size=batch_size, num_workers=num_workers,
                               grayscale=grayscale):
-            features = model.features(batch["image"].to(device)).float()
+            with forward_precision(device, autocast_dtype):
+                features = model.features(batch["image"].to(device, non_blocking=True)).float()
             reduced = reduce_features(features, state.pca_mean, state.pca_projection)
             for key, value in _assigned(_describe(batch, split, device), reduced, state.centroids).items():
                 parts[key].append(value)

@@ -19,6 +19,7 @@ asks `state_dict` / `load_state_dict`, the model folder `portable_tensors` / `po
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -95,8 +96,10 @@ class ClusterHead:
     def final_report(self, step: int, output_dir: Path) -> dict | None:
         """The end-of-run clustering with plots and assignments.csv. It never replaces an active head's targets
         (those stay what the head was trained on); without a head it becomes the run's clustering (predict's
-        clusters). Seeded like the next re-clustering, so re-reporting a finished run gives the same numbers."""
-        state, metrics = run_clustering(self.ema.module, self.options, self.data, seed=self.seed,
+        clusters). Seeded like the next re-clustering, so re-reporting a finished run gives the same numbers; in full
+        precision, as `stellar-dist cluster` re-reports it."""
+        state, metrics = run_clustering(self.ema.module, self.options, replace(self.data, autocast_dtype=None),
+                                        seed=self.seed,
                                         num_reclusterings=self._done(), plots_dir=output_dir / "plots",
                                         assignments=output_dir / "assignments.csv")
         if not self.active:

@@ -136,6 +136,8 @@ def check_range(dotted: str, value, spec: str | None) -> None:
 
 
 def check_type(dotted: str, value, expected):
+    if expected is str and isinstance(value, bool):
+        value = "yes" if value else "no"  # YAML 1.1 reads a bare no / yes as a boolean (mixed_precision: no)
     if expected is float and not isinstance(value, bool) and isinstance(value, (int, str)):
         try:
             return float(value)  # YAML reads 1e-3 as a string

@@ -3,6 +3,7 @@ the objids of the samples such a pass saw, as the tables written at the end prin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import dataclass
@@ -22,11 +23,27 @@ class EvalData:
     num_workers: int  # dataloader processes per rank
     grayscale: bool  # the run's data.grayscale: images are seen as in training
     device: torch.device
+    # The forward's autocast dtype: a training run's own (bf16 on GPUs by default) for its re-clusterings; None
+    # (full precision) for the reports a run ends with and for the evaluate / cluster / predict commands.
+    autocast_dtype: torch.dtype | None = None
 
     @classmethod
-    def from_config(cls, config, manifest: dict, device: torch.device, num_workers: int | None = None) -> "EvalData":
+    def from_config(cls, config, manifest: dict, device: torch.device, num_workers: int | None = None,
+                    autocast_dtype: torch.dtype | None = None) -> "EvalData":
         workers = config.data.num_workers if num_workers is None else num_workers
-        return cls(str(config.data.shards), manifest, config.eval.batch_size, workers, config.data.grayscale, device)
+        return cls(str(config.data.shards), manifest, config.eval.batch_size, workers, config.data.grayscale, device,
+                   autocast_dtype)
+
+
+# Accelerate's mixed_precision -> the dtype a forward without gradients autocasts to ("no": full precision)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def forward_precision(device: torch.device, autocast_dtype: torch.dtype | None):
+    """The context a forward pass over the shards runs in: autocast to `autocast_dtype`, or nothing."""
+    if autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=autocast_dtype)
 
 
 def objid_text_maker(shards_dir: str, splits: tuple[str, ...]):

@@ -23,6 +23,7 @@ from ..core import dist
 from ..core.errors import UserError, peer_failure, user_message
 from ..core.files import write_atomically
 from ..core.metrics import classification_report, format_report
+from ..data.eval_data import AUTOCAST_DTYPES
 from ..data.manifest import evaluated_on
 from . import checkpoint
 from .batches import TrainingBatches
@@ -49,11 +50,13 @@ def _stop_non_finite(run: Run, step: int, non_finite_steps: torch.Tensor) -> Non
 
 def evaluate_run(run: Run, step: int, final: bool = False) -> dict:
     """EMA model on the whole test split (all ranks); metrics and plots written on the main process (and, at the
-    end, predictions.csv: every test object's predicted class and probabilities)."""
+    end, predictions.csv: every test object's predicted class and probabilities). Evaluations during training run
+    in the run's precision (bf16 on GPUs); the final one in full precision, as `stellar-dist evaluate` repeats it."""
     config = run.config
+    precision = None if final else AUTOCAST_DTYPES.get(run.accelerator.mixed_precision)
     gathered = gather_predictions(run.ema.module, config.data.shards, run.manifest, batch_size=config.eval.batch_size,
                                   num_workers=config.data.num_workers, grayscale=config.data.grayscale,
-                                  device=run.accelerator.device)
+                                  device=run.accelerator.device, autocast_dtype=precision)
     run.model.train()  # back to training mode after every evaluation (kekmodel#42)
     report = classification_report(gathered["label"], gathered["prediction"], run.manifest["classes"])
     report["refused_ids"] = gathered["refused"].tolist()  # unreadable test samples, left out

@@ -11,12 +11,15 @@ import torch
 from ..core import dist
 from ..core.errors import UserError
 from ..core.files import atomic_path
+from ..data.eval_data import forward_precision
 from ..data.streams import ItemMaker, OnceStream, make_loader, shard_paths
 
 
 @torch.no_grad()
-def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dict[str, torch.Tensor]:
-    """This rank's predictions: ids, labels, predicted classes, class probabilities (on `device`)."""
+def predict_batches(model: torch.nn.Module, loader, device: torch.device,
+                    autocast_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """This rank's predictions: ids, labels, predicted classes, class probabilities (on `device`; the forward
+    autocast to `autocast_dtype` when given)."""
     was_training = model.training
     model.eval()
     parts: dict[str, list] = {"id": [], "label": [], "prediction": [], "probability": [], "shard": [], "objid": []}
@@ -27,7 +30,8 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dic
         if not bool(valid.any()):
             continue
         batch = {key: value[valid] for key, value in batch.items()}
-        logits = model(batch["image"].to(device, non_blocking=True)).float()
+        with forward_precision(device, autocast_dtype):
+            logits = model(batch["image"].to(device, non_blocking=True)).float()
         for key in ("id", "shard", "objid", "label"):
             parts[key].append(batch[key].to(device, non_blocking=True))  # from pinned memory on a GPU: no wait
         parts["prediction"].append(logits.argmax(-1))
@@ -43,11 +47,13 @@ def predict_batches(model: torch.nn.Module, loader, device: torch.device) -> dic
 
 
 def gather_predictions(model, shards_dir: str, manifest: dict, *, batch_size: int, num_workers: int,
-                       grayscale: bool, device: torch.device) -> dict[str, np.ndarray]:
+                       grayscale: bool, device: torch.device, autocast_dtype: torch.dtype | None = None
+                       ) -> dict[str, np.ndarray]:
     """Predictions for the whole test split on every rank, sorted by id; checks the count against the manifest."""
     stream = OnceStream(shard_paths(shards_dir, "test"), ItemMaker.for_shards("plain", manifest, grayscale),
                         batch_size, rank=dist.rank(), world_size=dist.world_size())
-    local = predict_batches(model, make_loader(stream, num_workers, pin_memory=device.type == "cuda"), device)
+    local = predict_batches(model, make_loader(stream, num_workers, pin_memory=device.type == "cuda"), device,
+                            autocast_dtype)
     gathered = {key: dist.gather_variable(value).cpu().numpy() for key, value in local.items()}
     refused = np.sort(gathered.pop("refused"))
     order = np.argsort(gathered["id"])

@@ -27,7 +27,7 @@ from ..core import dist
 from ..core.errors import UserError, raise_if_any
 from ..core.files import discard_private, private_folder, sweep, write_atomically
 from ..core.outputs import OutputLock, check_paths
-from ..data.eval_data import EvalData
+from ..data.eval_data import AUTOCAST_DTYPES, EvalData
 from ..data.manifest import check_shards, load_manifest
 from ..model.network import build_model
 from .config import Config, save_config, to_dict
@@ -178,7 +178,8 @@ def setup(config: Config) -> Run:
     algorithm = ALGORITHMS[config.ssl.algorithm](config, manifest, accelerator.device)
     tracker = RunTracker(accelerator, to_dict(config), output_dir, config.tracking == "wandb", config.wandb_project)
     head = ClusterHead(accelerator.unwrap_model(model), ema, optimizer, config,
-                       EvalData.from_config(config, manifest, accelerator.device), tracker,
+                       EvalData.from_config(config, manifest, accelerator.device,
+                                            autocast_dtype=AUTOCAST_DTYPES.get(accelerator.mixed_precision)), tracker,
                        trains_classifier=algorithm.trains_classifier, world_size=accelerator.num_processes,
                        unlabeled_samples=sum(manifest["num_samples"].get(split, 0)
                                              for split in algorithm.unlabeled_splits))
