@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser(argv).parse_args(argv)
     if getattr(args, "workers", 0) < 0:
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
-    _command(args.command).run(args)
-    if "torch.distributed" in sys.modules:  # only a command that imported torch can have started a process group
-        from ..core import dist
+    try:
+        _command(args.command).run(args)
+    finally:  # refused or done: a group left to the interpreter's exit can abort a rank (core/dist.close)
+        if "torch.distributed" in sys.modules:  # only a command that imported torch can have started a group
+            from ..core import dist
 
-        dist.close()
+            dist.close()
