@@ -12,6 +12,7 @@ config.json says) and returns class probabilities. Before it is kept, the export
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,12 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
         program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         with open(temporary, "wb") as handle:
             torch.export.save(program, handle)
-        with open(temporary, "rb") as handle, torch.no_grad():
+        with open(temporary, "rb") as handle, torch.no_grad(), warnings.catch_warnings():
+            # torch 2.11's archive reader warns about its own read-only buffer (not the user's business)
+            warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
             loaded = torch.export.load(handle).module()
             return _check("torch.export", expected, loaded(check).numpy())
     if fmt == "torchscript":
-        import warnings
-
         with warnings.catch_warnings():  # one line of ours instead of three FutureWarnings from torch.jit
             warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
             # The image size is fixed per model: the trace's constants (crop, photometric masks) are right for it.
@@ -99,9 +100,12 @@ def _write(model, description: dict, fmt: str, temporary: Path) -> float:
     except ImportError:
         raise UserError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript "
                         "onnxruntime (in a checkout: pip install -e '.[onnx]')") from None
-    torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
-                      output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                      dynamo=True, verbose=False, external_data=False)
+    with warnings.catch_warnings():  # torch 2.11's exporter trips over its own deprecated pytree check
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        torch.onnx.export(wrapper, (example,), str(temporary), input_names=["images"],
+                          output_names=["probabilities"], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                          dynamo=True, verbose=False, external_data=False)
     _describe_onnx(temporary, description)
     session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
     return _check("ONNX", expected, session.run(None, {"images": check.numpy()})[0])
