@@ -29,6 +29,7 @@ def test_yaml_then_overrides_typed(tmp_path):
     ("ssl.mixmatch.views=0", "ssl.mixmatch.views=0 is out of range"),
     ("ssl.flexmatch.warmup=3", "ssl.flexmatch.warmup must be bool"),
     ("train.mixed_precision=yes", "not one of auto, no, bf16, fp16"),
+    ("output_dir=no", "output_dir must be str, got False"),  # a path is never read as the word no
     ("bogus=1", "unknown config key(s) bogus"),
     ("train.steps", "is not KEY=VALUE"),
     ("train.batch_size=0", "train.batch_size=0 is out of range: it must lie in [1, 65536]"),

@@ -219,8 +219,8 @@ def assign_stream(model, shards_dir: str, manifest: dict, state, *, batch_size: 
         for batch in _batches(shards_dir, manifest, split, batch_size=batch_size, num_workers=num_workers,
                               grayscale=grayscale):
             with forward_precision(device, autocast_dtype):
-                features = model.features(batch["image"].to(device, non_blocking=True)).float()
-            reduced = reduce_features(features, state.pca_mean, state.pca_projection)
+                features = model.features(batch["image"].to(device, non_blocking=True))
+            reduced = reduce_features(features.float(), state.pca_mean, state.pca_projection)
             for key, value in _assigned(_describe(batch, split, device), reduced, state.centroids).items():
                 parts[key].append(value)
     model.train(was_training)

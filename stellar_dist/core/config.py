@@ -136,8 +136,6 @@ def check_range(dotted: str, value, spec: str | None) -> None:
 
 
 def check_type(dotted: str, value, expected):
-    if expected is str and isinstance(value, bool):
-        value = "yes" if value else "no"  # YAML 1.1 reads a bare no / yes as a boolean (mixed_precision: no)
     if expected is float and not isinstance(value, bool) and isinstance(value, (int, str)):
         try:
             return float(value)  # YAML reads 1e-3 as a string
@@ -171,10 +169,12 @@ def build(cls, values: dict, prefix: str = "", builders: dict | None = None, ext
         elif dataclasses.is_dataclass(expected):
             kwargs[name] = build(expected, value, f"{prefix}{name}.", builders)
         else:
+            allowed = getattr(cls, "CHOICES", {}).get(name)
+            if expected is str and isinstance(value, bool) and allowed:  # a word, not a path: the choices say
+                value = "yes" if value else "no"  # YAML 1.1 reads a bare no / yes as a boolean (mixed_precision: no)
             kwargs[name] = check_type(prefix + name, value, expected)
             if expected in (int, float):
                 check_range(prefix + name, kwargs[name], getattr(cls, "RANGES", {}).get(name))
-            allowed = getattr(cls, "CHOICES", {}).get(name)
             if allowed and kwargs[name] not in allowed:
                 raise UserError(f"config key {prefix}{name}={value!r} is not one of {', '.join(allowed)}")
     return cls(**kwargs)
